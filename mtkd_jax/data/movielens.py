@@ -1,0 +1,579 @@
+"""MovieLens 100K: a TFDS builder and a loader into the batch layout.
+
+Two layers:
+
+* `MovieLens100K`, a TFDS `GeneratorBasedBuilder` ('mtkd_movielens100k'),
+  turns the raw GroupLens files `u.data`, `u.user`, `u.item` into one example
+  per rating with the user's and the item's side features, split per user in
+  time order (see `split_points`). It reads the files from a manual directory
+  when one is given (`tfds.download.DownloadConfig(manual_dir=...)`) and
+  otherwise downloads the official zip. Without TensorFlow it must be prepared
+  with `file_format='array_record'` and read with `builder.as_data_source()`.
+* `load(cfg)` prepares the dataset once, decodes every split once into numpy
+  columns in the batch layout of `mtkd_jax.data.specs`, caches those columns as
+  `columns_<split>.npz` next to the prepared data, and returns `specs.Splits`.
+
+The data's licence forbids redistribution: point `data_dir` at a local copy
+(`--config.data.data_dir=/path/to/ml-100k`); never copy it into the repository.
+
+Features (all ids 0-based, vocabularies computed from the full files):
+  user_id, item_id:  raw 1-based ids minus one; vocab = largest id in
+                     u.user / u.item (943 / 1682).
+  age_bucket:        MovieLens-1M buckets <18, 18-24, 25-34, 35-44, 45-49,
+                     50-55, 56+ -> 0..6.
+  gender:            M -> 0, F -> 1.
+  occupation:        index in the sorted distinct occupations of u.user (the
+                     same order as u.occupation; 21 in ML-100K).
+  zip_prefix:        first character of the zip code if it is a digit (0..9),
+                     else 10 ('other': Canadian postcodes).
+  release_decade:    index in the sorted distinct decades of u.item's release
+                     dates; an empty date gets the last index ('unknown').
+  genres:            the indices of the item's genre flags (of 19), padded
+                     with -1 to `GENRES_MAX_LEN`.
+  timestamp, rating: as in u.data; like = 1.0 if rating >= 4 else 0.0.
+"""
+import hashlib
+import os
+import pathlib
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mtkd_jax.data import columns as columns_lib
+from mtkd_jax.data import specs
+
+URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+REQUIRED_FILES = ("u.data", "u.user", "u.item")
+DEFAULT_TFDS_DIR = "~/.cache/mtkd_jax/tfds"
+DATA_DIR_FLAG = "--config.data.data_dir=/path/to/ml-100k"
+
+AGE_LOWER_BOUNDS = (18, 25, 35, 45, 50, 56)
+AGE_BUCKETS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+GENDERS = ("M", "F")
+NUM_ZIP_PREFIXES = 11  # digits 0..9, then 'other'
+GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's",
+          "Comedy", "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir",
+          "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+          "War", "Western")
+GENRES_MAX_LEN = 6  # the most genres of any ML-100K item; checked on reading
+SPARSE_FIELDS = ("user_id", "item_id", "age_bucket", "gender", "occupation",
+                 "zip_prefix", "release_decade")
+SPLITS = ("train", "validation", "test")
+TASKS = (specs.TaskSpec("rating", "regression", "mse"),
+         specs.TaskSpec("like", "binary", "bce"))
+LIKE_THRESHOLD = 4
+# Bump when the layout of the cached columns changes.
+_CACHE_FORMAT = "movielens100k-columns-v1"
+_READ_CHUNK = 4096
+
+_CITATION = """\
+@article{harper2015movielens,
+  title={The MovieLens Datasets: History and Context},
+  author={Harper, F. Maxwell and Konstan, Joseph A.},
+  journal={ACM Transactions on Interactive Intelligent Systems},
+  volume={5}, number={4}, pages={19:1--19:19}, year={2015}}
+"""
+
+
+# ----------------------------------------------------------------------------
+# Reading the raw files.
+# ----------------------------------------------------------------------------
+
+
+def check_raw_dir(data_dir) -> pathlib.Path:
+  """Returns `data_dir` as a Path, or raises if it lacks a required file."""
+  path = pathlib.Path(os.path.expanduser(str(data_dir)))
+  missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+  if missing:
+    where = "exists" if path.is_dir() else "does not exist"
+    raise FileNotFoundError(
+        f"MovieLens 100K data_dir {str(path)!r} ({where}) is missing "
+        f"{', '.join(missing)} (needs {', '.join(REQUIRED_FILES)}). Pass the "
+        f"unzipped ml-100k folder with {DATA_DIR_FLAG}, or an empty "
+        f"data_dir to download {URL}.")
+  return path
+
+
+def _read_fields(path: pathlib.Path, sep: str,
+                 num_fields: int) -> Iterator[Tuple[int, List[str]]]:
+  """Yields (1-based line number, fields) of each non-blank line.
+
+  Raises:
+    ValueError: naming the file and line, if a line has the wrong number of
+      fields.
+  """
+  with open(path, encoding="latin-1") as f:
+    for line_no, line in enumerate(f, start=1):
+      line = line.rstrip("\r\n")
+      if not line.strip():
+        continue
+      fields = line.split(sep)
+      if len(fields) != num_fields:
+        raise ValueError(
+            f"{path}:{line_no}: expected {num_fields} {sep!r}-separated "
+            f"fields, got {len(fields)}: {line[:80]!r}.")
+      yield line_no, fields
+
+
+def _to_int(value: str, path, line_no: int, what: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{path}:{line_no}: {what} {value!r} is not an "
+                     "integer.") from None
+
+
+def age_bucket(age: int) -> int:
+  """Maps an age in years to the MovieLens-1M bucket index 0..6."""
+  return int(np.searchsorted(AGE_LOWER_BOUNDS, age, side="right"))
+
+
+def zip_prefix(zip_code: str) -> int:
+  """First digit of a zip code, or 10 when it does not start with a digit."""
+  first = zip_code.strip()[:1]
+  return int(first) if first.isdigit() else NUM_ZIP_PREFIXES - 1
+
+
+def parse_users(path) -> Dict[str, Any]:
+  """Reads u.user (`user id|age|gender|occupation|zip code`).
+
+  Returns:
+    A dict with int32 arrays "age_bucket", "gender", "occupation",
+    "zip_prefix" indexed by 0-based user id (rows of ids absent from the file
+    stay 0), "known" (bool, the ids present) and "occupations" (the sorted
+    vocabulary).
+  """
+  rows = []
+  for line_no, (uid, age, gender, occupation, zip_code) in _read_fields(
+      path, "|", 5):
+    uid = _to_int(uid, path, line_no, "user id")
+    age = _to_int(age, path, line_no, "age")
+    if uid < 1:
+      raise ValueError(f"{path}:{line_no}: user id {uid} < 1.")
+    if gender not in GENDERS:
+      raise ValueError(f"{path}:{line_no}: gender {gender!r} not in "
+                       f"{GENDERS}.")
+    rows.append((uid, age, gender, occupation.strip(), zip_code))
+  if not rows:
+    raise ValueError(f"{path}: no users.")
+  occupations = sorted({r[3] for r in rows})
+  num_users = max(r[0] for r in rows)
+  out = {k: np.zeros(num_users, np.int32)
+         for k in ("age_bucket", "gender", "occupation", "zip_prefix")}
+  known = np.zeros(num_users, bool)
+  for uid, age, gender, occupation, zip_code in rows:
+    i = uid - 1
+    out["age_bucket"][i] = age_bucket(age)
+    out["gender"][i] = GENDERS.index(gender)
+    out["occupation"][i] = occupations.index(occupation)
+    out["zip_prefix"][i] = zip_prefix(zip_code)
+    known[i] = True
+  return dict(out, known=known, occupations=occupations)
+
+
+def _release_year(date: str, path, line_no: int) -> Optional[int]:
+  """Year of a 'dd-Mon-yyyy' release date, None when the date is empty."""
+  if not date.strip():
+    return None
+  return _to_int(date.strip().rsplit("-", 1)[-1], path, line_no,
+                 "release year")
+
+
+def parse_items(path) -> Dict[str, Any]:
+  """Reads u.item (`movie id|title|release date|video date|URL|19 flags`).
+
+  Returns:
+    A dict with "genres" int32[num_items, GENRES_MAX_LEN] (genre indices
+    padded with -1), "release_decade" int32[num_items], "known" (bool) and
+    "decades" (the sorted decades; index len(decades) means unknown), all
+    indexed by 0-based item id, and "max_genres" (the real maximum).
+  """
+  rows = []
+  for line_no, fields in _read_fields(path, "|", 5 + len(GENRES)):
+    iid = _to_int(fields[0], path, line_no, "movie id")
+    if iid < 1:
+      raise ValueError(f"{path}:{line_no}: movie id {iid} < 1.")
+    flags = [_to_int(v, path, line_no, "genre flag") for v in fields[5:]]
+    genres = [g for g, v in enumerate(flags) if v]
+    if len(genres) > GENRES_MAX_LEN:
+      raise ValueError(
+          f"{path}:{line_no}: movie {iid} has {len(genres)} genres, more than "
+          f"GENRES_MAX_LEN={GENRES_MAX_LEN}; raise it (and the version).")
+    rows.append((iid, genres, _release_year(fields[2], path, line_no)))
+  if not rows:
+    raise ValueError(f"{path}: no movies.")
+  decades = sorted({y // 10 * 10 for _, _, y in rows if y is not None})
+  num_items = max(r[0] for r in rows)
+  genres = np.full((num_items, GENRES_MAX_LEN), -1, np.int32)
+  decade = np.zeros(num_items, np.int32)
+  known = np.zeros(num_items, bool)
+  for iid, item_genres, year in rows:
+    genres[iid - 1, :len(item_genres)] = item_genres
+    decade[iid - 1] = (len(decades) if year is None
+                       else decades.index(year // 10 * 10))
+    known[iid - 1] = True
+  return {"genres": genres, "release_decade": decade, "known": known,
+          "decades": decades,
+          "max_genres": max(len(g) for _, g, _ in rows)}
+
+
+def parse_ratings(path, users_known: np.ndarray,
+                  items_known: np.ndarray) -> Dict[str, np.ndarray]:
+  """Reads u.data (`user id<TAB>item id<TAB>rating<TAB>timestamp`).
+
+  Returns:
+    A dict of arrays in file order: "user_id", "item_id" (0-based int32),
+    "rating" (float32), "timestamp" (int64).
+
+  Raises:
+    ValueError: naming the file and line of a malformed line or of an id
+      that u.user / u.item do not define.
+  """
+  cols = ([], [], [], [])
+  for line_no, fields in _read_fields(path, "\t", 4):
+    uid, iid, rating, ts = (
+        _to_int(v, path, line_no, what) for v, what in
+        zip(fields, ("user id", "item id", "rating", "timestamp")))
+    if not 1 <= uid <= len(users_known) or not users_known[uid - 1]:
+      raise ValueError(f"{path}:{line_no}: user id {uid} is not in u.user.")
+    if not 1 <= iid <= len(items_known) or not items_known[iid - 1]:
+      raise ValueError(f"{path}:{line_no}: item id {iid} is not in u.item.")
+    for col, v in zip(cols, (uid - 1, iid - 1, rating, ts)):
+      col.append(v)
+  if not cols[0]:
+    raise ValueError(f"{path}: no ratings.")
+  return {"user_id": np.asarray(cols[0], np.int32),
+          "item_id": np.asarray(cols[1], np.int32),
+          "rating": np.asarray(cols[2], np.float32),
+          "timestamp": np.asarray(cols[3], np.int64)}
+
+
+def split_points(n: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """Per-user cut points (val_start, test_start) for n time-sorted ratings.
+
+  A user's ratings sorted by (timestamp, item_id) go to train at positions
+  [0, val_start), validation at [val_start, test_start), test at
+  [test_start, n), with
+    test_start = min(floor(0.9 n), n - 1)
+    val_start  = min(floor(0.8 n), test_start - 1).
+  So for n >= 3 each split gets at least one rating (n = 20 -> 16/2/2,
+  n = 25 -> 20/2/3). Users with n < 3 go entirely to train (`split_users`).
+  """
+  n = np.asarray(n, np.int64)
+  test_start = np.minimum(9 * n // 10, n - 1)
+  val_start = np.minimum(8 * n // 10, test_start - 1)
+  return val_start, test_start
+
+
+def split_users(user_id: np.ndarray, timestamp: np.ndarray,
+                item_id: np.ndarray) -> np.ndarray:
+  """Returns int8 split indices (0 train, 1 validation, 2 test) per rating.
+
+  Each user's ratings are ordered by (timestamp, item_id, file position) and
+  cut by `split_points`; users with fewer than 3 ratings are all train. The
+  split is chronological per user only: one user's validation ratings can be
+  older than another user's training ratings.
+  """
+  n = len(user_id)
+  order = np.lexsort((np.arange(n), item_id, timestamp, user_id))
+  sorted_user = user_id[order]
+  counts = np.bincount(user_id)
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  rank = np.arange(n) - starts[sorted_user]
+  n_user = counts[sorted_user]
+  val_start, test_start = split_points(n_user)
+  part = np.where(rank < val_start, 0, np.where(rank < test_start, 1, 2))
+  part[n_user < 3] = 0
+  out = np.empty(n, np.int8)
+  out[order] = part
+  return out
+
+
+def read_raw(data_dir) -> Dict[str, Any]:
+  """Parses the three raw files of `data_dir` into per-rating arrays.
+
+  Returns:
+    A dict with "examples" (a dict of per-rating arrays in u.data order: the
+    features of the module docstring plus "split"), and "metadata" (the
+    vocabularies, JSON-serialisable).
+  """
+  path = check_raw_dir(data_dir)
+  users = parse_users(path / "u.user")
+  items = parse_items(path / "u.item")
+  ratings = parse_ratings(path / "u.data", users["known"], items["known"])
+  u, i = ratings["user_id"], ratings["item_id"]
+  examples = {
+      "user_id": u,
+      "item_id": i,
+      "age_bucket": users["age_bucket"][u],
+      "gender": users["gender"][u],
+      "occupation": users["occupation"][u],
+      "zip_prefix": users["zip_prefix"][u],
+      "release_decade": items["release_decade"][i],
+      "genres": items["genres"][i],
+      "timestamp": ratings["timestamp"],
+      "rating": ratings["rating"],
+      "like": (ratings["rating"] >= LIKE_THRESHOLD).astype(np.float32),
+      "split": split_users(u, ratings["timestamp"], i),
+  }
+  vocab_sizes = {
+      "user_id": len(users["known"]),
+      "item_id": len(items["known"]),
+      "age_bucket": len(AGE_BUCKETS),
+      "gender": len(GENDERS),
+      "occupation": len(users["occupations"]),
+      "zip_prefix": NUM_ZIP_PREFIXES,
+      "release_decade": len(items["decades"]) + 1,
+  }
+  metadata = {
+      "vocab_sizes": vocab_sizes,
+      "occupations": users["occupations"],
+      "release_decades": items["decades"],
+      "genres": list(GENRES),
+      "genres_max_len": GENRES_MAX_LEN,
+      "max_genres_per_item": items["max_genres"],
+      "source_sha256": source_fingerprint(path),
+  }
+  return {"examples": examples, "metadata": metadata}
+
+
+def source_fingerprint(data_dir) -> str:
+  """sha256 over the required raw files (names and contents)."""
+  h = hashlib.sha256()
+  for name in REQUIRED_FILES:
+    h.update(name.encode())
+    h.update((pathlib.Path(data_dir) / name).read_bytes())
+  return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------
+# The TFDS builder.
+# ----------------------------------------------------------------------------
+
+
+class MovieLens100K(tfds.core.GeneratorBasedBuilder):
+  """MovieLens 100K ratings with user/item side features, split per user."""
+
+  name = "mtkd_movielens100k"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f"Unzip {URL} and pass the ml-100k folder (with "
+      f"{', '.join(REQUIRED_FILES)}) as the manual dir. Without one, the zip "
+      "is downloaded.")
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's own lookup, for a builder inside a package, needs the optional
+    # `importlib_resources` backport; this file's path is what it would find.
+    return epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    scalar = tfds.features.Scalar
+    features = {
+        name: scalar(np.int32, doc=f"{name}, 0-based index")
+        for name in SPARSE_FIELDS}
+    features.update(
+        genres=tfds.features.Tensor(
+            shape=(GENRES_MAX_LEN,), dtype=np.int32,
+            doc="genre indices (of 19), padded with -1"),
+        timestamp=scalar(np.int64, doc="unix seconds"),
+        rating=scalar(np.float32, doc="1..5 stars"),
+        like=scalar(np.float32, doc="1.0 if rating >= 4 else 0.0"),
+    )
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict(features),
+        # Examples keep u.data order within a split (integer keys).
+        disable_shuffling=True,
+        homepage="https://grouplens.org/datasets/movielens/100k/",
+        citation=_CITATION,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _source_dir(self, dl_manager) -> pathlib.Path:
+    """The manual dir when it holds files, else the downloaded zip."""
+    try:
+      manual_dir = dl_manager.manual_dir
+    except AssertionError:  # no manual dir, or an empty one
+      return pathlib.Path(dl_manager.download_and_extract(URL)) / "ml-100k"
+    return check_raw_dir(manual_dir)
+
+  def _split_generators(self, dl_manager):
+    raw = read_raw(self._source_dir(dl_manager))
+    empty = [name for k, name in enumerate(SPLITS)
+             if not (raw["examples"]["split"] == k).any()]
+    if empty:
+      raise ValueError(f"MovieLens splits {empty} would be empty: no user has "
+                       "the 3 ratings needed for validation and test.")
+    self.info.metadata.update(raw["metadata"])
+    return {name: self._generate_examples(raw["examples"], k)
+            for k, name in enumerate(SPLITS)}
+
+  def _generate_examples(self, examples, split_index):
+    keep = np.flatnonzero(examples["split"] == split_index)
+    feats = {k: v[keep] for k, v in examples.items() if k != "split"}
+    for j, line in enumerate(keep):
+      yield int(line), {k: v[j] for k, v in feats.items()}
+
+
+# ----------------------------------------------------------------------------
+# Loading into the batch layout.
+# ----------------------------------------------------------------------------
+
+
+def _cfg_get(cfg, name: str, default):
+  value = getattr(cfg, name, None)
+  return default if value is None else value
+
+
+def make_spec(metadata, embed_dim: int = 16) -> specs.DatasetSpec:
+  """The DatasetSpec of the prepared data described by its `metadata`."""
+  vocab = metadata["vocab_sizes"]
+  return specs.DatasetSpec(
+      name="movielens_100k",
+      sparse=tuple(specs.SparseField(f, int(vocab[f]), embed_dim)
+                   for f in SPARSE_FIELDS),
+      dense=(),
+      tasks=TASKS,
+      multi_hot=(specs.MultiHotField("genres", len(metadata["genres"]),
+                                     int(metadata["genres_max_len"]),
+                                     embed_dim),),
+      has_user_id=True)
+
+
+def examples_to_columns(feats: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Stacked TFDS features -> batch-layout columns (+ "timestamp")."""
+  n = len(feats["user_id"])
+  return {
+      "sparse": np.stack([np.asarray(feats[f], np.int32)
+                          for f in SPARSE_FIELDS], axis=1).reshape(n, -1),
+      "dense": np.zeros((n, 0), np.float32),
+      "multi_hot/genres": np.asarray(feats["genres"], np.int32).reshape(
+          n, GENRES_MAX_LEN),
+      "labels/rating": np.asarray(feats["rating"], np.float32),
+      "labels/like": np.asarray(feats["like"], np.float32),
+      "weights": np.ones(n, np.float32),
+      "user_id": np.asarray(feats["user_id"], np.int32),
+      "timestamp": np.asarray(feats["timestamp"], np.int64),
+  }
+
+
+def read_split(builder, split: str) -> Dict[str, np.ndarray]:
+  """Decodes a prepared split once into columns (see examples_to_columns)."""
+  source = builder.as_data_source(split)
+  names = list(builder.info.features.keys())
+  parts = {k: [] for k in names}
+  for start in range(0, len(source), _READ_CHUNK):
+    rows = source.__getitems__(
+        range(start, min(start + _READ_CHUNK, len(source))))
+    for k in names:
+      parts[k].append(np.stack([r[k] for r in rows]))
+  return examples_to_columns({k: np.concatenate(v) for k, v in parts.items()})
+
+
+def _prepared_stamp(builder) -> str:
+  """Identifies the prepared data: its dataset_info.json and metadata.json."""
+  h = hashlib.sha256(_CACHE_FORMAT.encode())
+  for name in ("dataset_info.json", "metadata.json"):
+    h.update(pathlib.Path(builder.data_dir, name).read_bytes())
+  return h.hexdigest()
+
+
+def _cache_path(builder, split: str) -> pathlib.Path:
+  return pathlib.Path(builder.data_dir) / f"columns_{split}.npz"
+
+
+def _save_npz(path: pathlib.Path, cols: Dict[str, np.ndarray],
+              stamp: str) -> None:
+  """Writes `cols` atomically ('/' in keys is stored as '__')."""
+  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+  with open(tmp, "wb") as f:
+    np.savez(f, _stamp=np.asarray(stamp),
+             **{k.replace("/", "__"): v for k, v in cols.items()})
+  os.replace(tmp, path)
+
+
+def _load_npz(path: pathlib.Path,
+              stamp: str) -> Optional[Dict[str, np.ndarray]]:
+  """The cached columns, or None if absent, unreadable or stale."""
+  if not path.is_file():
+    return None
+  try:
+    with np.load(path) as z:
+      if str(z["_stamp"]) != stamp:
+        return None
+      return {k.replace("__", "/"): z[k] for k in z.files if k != "_stamp"}
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def _prepare(data_dir, tfds_dir: str):
+  """Prepares (or reuses) the TFDS data; returns a builder reading it."""
+  if data_dir:
+    data_dir = check_raw_dir(data_dir)
+  builder = MovieLens100K(data_dir=tfds_dir, file_format="array_record")
+  if builder.is_prepared():
+    if not data_dir or (builder.info.metadata.get("source_sha256")
+                        == source_fingerprint(data_dir)):
+      return builder
+    # Prepared from other raw files: regenerate rather than serve stale data.
+    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+  else:
+    mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=str(data_dir) if data_dir else None,
+          download_mode=mode))
+  return MovieLens100K(data_dir=tfds_dir, file_format="array_record")
+
+
+def _head(cols: Dict[str, np.ndarray], n: int) -> Dict[str, np.ndarray]:
+  return {k: v[:n] for k, v in cols.items()}
+
+
+def load(cfg) -> specs.Splits:
+  """Loads MovieLens 100K as numpy columns in the batch layout.
+
+  Args:
+    cfg: a ConfigDict (or any object with attributes) with
+      data_dir: the unzipped ml-100k folder; '' or None downloads the zip.
+      tfds_dir: where TFDS writes the prepared data ('' -> DEFAULT_TFDS_DIR).
+      max_examples: 0 for all; else train keeps its first max_examples rows
+        and validation / test their first max(1, max_examples // 8) (the
+        80/10/10 ratio), in u.data order.
+      embed_dim: the embedding width put in the spec (default 16).
+
+  Returns:
+    `specs.Splits` whose splits hold "sparse" int32[N, 7] (SPARSE_FIELDS),
+    "dense" float32[N, 0], "multi_hot/genres" int32[N, 6], "labels/rating",
+    "labels/like", "weights", "user_id"; `extras[split]["timestamp"]` holds
+    the int64 unix times (not a model input).
+  """
+  data_dir = _cfg_get(cfg, "data_dir", "")
+  tfds_dir = os.path.expanduser(
+      _cfg_get(cfg, "tfds_dir", "") or DEFAULT_TFDS_DIR)
+  max_examples = int(_cfg_get(cfg, "max_examples", 0))
+  embed_dim = int(_cfg_get(cfg, "embed_dim", 16))
+
+  builder = _prepare(data_dir, tfds_dir)
+  spec = make_spec(builder.info.metadata, embed_dim)
+  stamp = _prepared_stamp(builder)
+  splits, extras = {}, {}
+  for split in SPLITS:
+    path = _cache_path(builder, split)
+    cols = _load_npz(path, stamp)
+    if cols is None:
+      cols = read_split(builder, split)
+      _save_npz(path, cols, stamp)
+    if max_examples > 0:
+      cols = _head(cols, max_examples if split == "train"
+                   else max(1, max_examples // 8))
+    extras[split] = {"timestamp": cols.pop("timestamp")}
+    columns_lib.validate_columns(spec, cols, split)
+    splits[split] = cols
+  return specs.Splits(spec=spec, extras=extras, **splits)

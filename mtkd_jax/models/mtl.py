@@ -1,0 +1,76 @@
+"""Multi-task architectures: Shared-Bottom and MMoE.
+
+Every model maps a batch to `(outputs, aux)`: `outputs = {task: float[B]}`
+(logits for binary tasks, predictions for regression tasks) and `aux`, a dict
+of what distillation and diagnostics read:
+  "shared":  float[B, H] or float[B, E, H], the shared representation;
+  "task_inputs": float[B, T, H], what each task tower receives;
+  "gates": float[B, T, E] (MMoE only), each task's softmax over experts.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.models import embedding
+from mtkd_jax.models import layers
+
+
+def _task_outputs(spec, tower_logits):
+  """float[B, T] -> {task: float[B]} in spec order."""
+  return {t: tower_logits[:, i] for i, t in enumerate(spec.task_names)}
+
+
+class SharedBottom(nn.Module):
+  """One shared bottom MLP, then one tower per task (Caruana 1997).
+
+  x = embed(batch); h = bottom(x); y_t = tower_t(h).
+  """
+  spec: specs_lib.DatasetSpec
+  bottom_hidden: Sequence[int] = (256, 128)
+  tower_hidden: Sequence[int] = (64,)
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, batch, *, train: bool = False):
+    x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
+    h = layers.MLP(self.bottom_hidden, self.dropout, name="bottom")(x, train=train)
+    towers = layers.StackedMLP(len(self.spec.tasks), tuple(self.tower_hidden) + (1,),
+                               self.dropout, final_activation=False,
+                               name="towers")
+    logits = towers(h, train=train)[..., 0]
+    num_tasks = len(self.spec.tasks)
+    aux = {"shared": h,
+           "task_inputs": jnp.broadcast_to(h[:, None], (h.shape[0], num_tasks, h.shape[-1]))}
+    return _task_outputs(self.spec, logits), aux
+
+
+class MMoE(nn.Module):
+  """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018, eq. 5-6).
+
+  f_k(x): E expert MLPs sharing the input x; g^t(x) = softmax(W_gt x), one
+  linear softmax gate per task; y_t = h_t(sum_k g^t(x)_k f_k(x)).
+  The experts are stacked weights evaluated as one wide matrix product.
+  """
+  spec: specs_lib.DatasetSpec
+  num_experts: int = 8
+  expert_hidden: Sequence[int] = (256, 128)
+  tower_hidden: Sequence[int] = (64,)
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, batch, *, train: bool = False):
+    num_tasks = len(self.spec.tasks)
+    x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
+    experts = layers.StackedMLP(self.num_experts, self.expert_hidden,
+                                self.dropout, name="experts")(x, train=train)
+    gate_logits = nn.Dense(num_tasks * self.num_experts, name="gates")(x)
+    gates = nn.softmax(gate_logits.reshape(-1, num_tasks, self.num_experts), axis=-1)
+    mixed = jnp.einsum("bte,beh->bth", gates, experts)
+    towers = layers.StackedMLP(num_tasks, tuple(self.tower_hidden) + (1,),
+                               self.dropout, final_activation=False,
+                               name="towers")
+    logits = towers(mixed, train=train)[..., 0]
+    aux = {"shared": experts, "task_inputs": mixed, "gates": gates}
+    return _task_outputs(self.spec, logits), aux

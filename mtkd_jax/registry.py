@@ -1,0 +1,17 @@
+"""Name lookups for the plain module-level registries (models, losses, ...).
+
+Registries are ordinary dicts; `lookup` only turns a missing key into an error
+that lists the valid names, so a typo in a config says what to write instead.
+"""
+from typing import Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+def lookup(registry: Mapping[str, T], name: str, kind: str) -> T:
+  """Returns `registry[name]`, or raises ValueError naming the valid choices."""
+  try:
+    return registry[name]
+  except KeyError:
+    valid = ", ".join(sorted(registry))
+    raise ValueError(f"Unknown {kind} {name!r}; valid names: {valid}.") from None

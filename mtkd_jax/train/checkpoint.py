@@ -1,0 +1,77 @@
+"""Orbax checkpoints: the latest (for resuming) and the best (for testing).
+
+Two managers in two directories (STACK.md: with `best_fn` and a small
+`max_to_keep` Orbax may delete the latest checkpoint, which resume needs):
+  <workdir>/checkpoints/  the last `keep` checkpoints, with the loop state
+                          (best metric so far, evals without improvement);
+  <workdir>/best/         one checkpoint, the best on validation so far, with
+                          its validation metrics.
+Saves are atomic (Orbax writes to a temporary directory and renames), so a run
+killed mid-save resumes from the previous complete checkpoint.
+"""
+import os
+from typing import Any, Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+  """The latest and best checkpoint managers of one workdir."""
+
+  def __init__(self, workdir: str, keep: int = 2):
+    self._latest = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self._best = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "best"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self._latest.latest_step()
+
+  def best_step(self) -> Optional[int]:
+    return self._best.latest_step()
+
+  def save_latest(self, step: int, state, loop_state: dict) -> None:
+    if step in self._latest.all_steps():
+      return
+    self._latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        loop=ocp.args.JsonSave(loop_state)))
+
+  def restore_latest(self, like_state) -> Tuple[Any, dict]:
+    """(state, loop_state) of the latest checkpoint, placed like `like_state`."""
+    step = self._latest.latest_step()
+    out = self._latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(like_state)),
+        loop=ocp.args.JsonRestore()))
+    return out.state, dict(out.loop)
+
+  def save_best(self, step: int, state, metrics: dict) -> None:
+    if step in self._best.all_steps():  # same step after a resume: identical
+      return
+    self._best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        metrics=ocp.args.JsonSave(metrics)))
+
+  def restore_best(self, like_state) -> Tuple[Any, dict]:
+    step = self._best.latest_step()
+    if step is None:
+      raise FileNotFoundError("No best checkpoint was saved (no evaluation ran).")
+    out = self._best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(like_state)),
+        metrics=ocp.args.JsonRestore()))
+    return out.state, dict(out.metrics)
+
+  def wait(self) -> None:
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()

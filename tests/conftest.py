@@ -1,0 +1,22 @@
+"""Test set-up: 8 fake CPU devices for the multi-device tests.
+
+`jax_num_cpu_devices` must be set before JAX creates its backend; conftest is
+imported before any test module runs JAX code.
+"""
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ML100K = REPO.parent / "shared" / "data" / "ml-100k"
+
+
+@pytest.fixture
+def ml100k_dir():
+  if not (ML100K / "u.data").exists():
+    pytest.skip(f"MovieLens-100K not found at {ML100K} (licensed data, not "
+                "in the repository).")
+  return ML100K

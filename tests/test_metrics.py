@@ -1,0 +1,294 @@
+"""Tests for mtkd_jax.metrics, against scikit-learn and hand-computed values."""
+import math
+import time
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from mtkd_jax import metrics
+
+
+def _binary_data(rng, n, decimals=1):
+  """Random labels and heavily tied scores (rounded to `decimals`)."""
+  labels = (rng.random(n) < 0.3).astype(np.float32)
+  scores = np.round(rng.random(n) + 0.3 * labels, decimals).astype(np.float32)
+  return labels, scores
+
+
+def _gauc_reference(labels, scores, user_ids, weights=None):
+  """Straightforward per-user loop with sklearn (DIN's GAUC definition)."""
+  if weights is None:
+    weights = np.ones(len(labels))
+  num = den = 0.0
+  for u in np.unique(user_ids):
+    m = (user_ids == u) & (weights > 0)
+    y, s, w = labels[m], scores[m], weights[m]
+    if y.min() == y.max():
+      continue
+    num += w.sum() * skm.roc_auc_score(y, s, sample_weight=w)
+    den += w.sum()
+  return num / den
+
+
+# ----------------------------------------------------------------------- AUC
+
+
+def test_auc_hand_computed():
+  # Pairs (pos, neg): (0.35, 0.1) win, (0.35, 0.4) loss, (0.8, *) two wins.
+  assert metrics.auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+
+
+def test_auc_ties_count_half():
+  assert metrics.auc([0, 1], [0.5, 0.5]) == 0.5
+  # One tie (0.5) and one win out of 2 pairs.
+  assert metrics.auc([0, 0, 1], [0.5, 0.2, 0.5]) == 0.75
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("decimals", [1, 2, 6])
+def test_auc_matches_sklearn_with_ties(seed, decimals):
+  rng = np.random.default_rng(seed)
+  labels, scores = _binary_data(rng, 5000, decimals)
+  got = metrics.auc(labels, scores)
+  assert type(got) is float
+  np.testing.assert_allclose(got, skm.roc_auc_score(labels, scores),
+                             rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auc_weighted_matches_sklearn(seed):
+  rng = np.random.default_rng(seed)
+  labels, scores = _binary_data(rng, 5000)
+  weights = rng.random(5000) * 3
+  np.testing.assert_allclose(
+      metrics.auc(labels, scores, weights),
+      skm.roc_auc_score(labels, scores, sample_weight=weights),
+      rtol=0, atol=1e-12)
+
+
+def test_auc_integer_weights_equal_repeated_rows():
+  rng = np.random.default_rng(3)
+  labels, scores = _binary_data(rng, 500)
+  counts = rng.integers(1, 4, size=500)
+  np.testing.assert_allclose(
+      metrics.auc(labels, scores, counts),
+      metrics.auc(np.repeat(labels, counts), np.repeat(scores, counts)),
+      rtol=0, atol=1e-12)
+
+
+def test_auc_zero_weight_rows_ignored():
+  rng = np.random.default_rng(4)
+  labels, scores = _binary_data(rng, 2000)
+  weights = (rng.random(2000) < 0.7).astype(np.float32)
+  # Padding rows hold garbage (label 7, nan score) that must not matter.
+  labels_pad = np.where(weights > 0, labels, 7.0)
+  scores_pad = np.where(weights > 0, scores, np.nan)
+  keep = weights > 0
+  assert metrics.auc(labels_pad, scores_pad, weights) == metrics.auc(
+      labels[keep], scores[keep])
+
+
+def test_auc_single_class_is_nan():
+  assert math.isnan(metrics.auc([1, 1, 1], [0.1, 0.2, 0.3]))
+  assert math.isnan(metrics.auc([0, 0], [0.1, 0.2]))
+  assert math.isnan(metrics.auc([0, 1], [0.1, 0.2], weights=[1, 0]))
+  assert math.isnan(metrics.auc([], []))
+
+
+def test_auc_rejects_bad_inputs():
+  with pytest.raises(ValueError, match="0 or 1"):
+    metrics.auc([0, 0.5, 1], [0.1, 0.2, 0.3])
+  with pytest.raises(ValueError, match="shape"):
+    metrics.auc([0, 1], [0.1, 0.2, 0.3])
+  with pytest.raises(ValueError, match=">= 0"):
+    metrics.auc([0, 1], [0.1, 0.2], weights=[1, -1])
+
+
+def test_auc_one_million_rows_is_fast():
+  rng = np.random.default_rng(5)
+  labels, scores = _binary_data(rng, 1_000_000, decimals=3)
+  metrics.auc(labels[:1000], scores[:1000])  # warm up
+  start = time.perf_counter()
+  got = metrics.auc(labels, scores)
+  elapsed = time.perf_counter() - start
+  assert elapsed < 2.0, elapsed
+  np.testing.assert_allclose(got, skm.roc_auc_score(labels, scores),
+                             rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------- GAUC
+
+
+def test_gauc_hand_computed():
+  # User 1: pairs (0.9 > 0.5) win, (0.3 < 0.5) loss -> AUC 0.5, 3 impressions.
+  # User 2: AUC 1, 2 impressions. User 3: positives only -> skipped.
+  labels = [1, 0, 1, 0, 1, 1, 1]
+  scores = [0.9, 0.5, 0.3, 0.2, 0.7, 0.1, 0.4]
+  users = [1, 1, 1, 2, 2, 3, 3]
+  assert metrics.gauc(labels, scores, users) == pytest.approx(
+      (3 * 0.5 + 2 * 1.0) / 5, abs=1e-15)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gauc_matches_per_user_loop(weighted):
+  rng = np.random.default_rng(6)
+  n = 20_000
+  labels, scores = _binary_data(rng, n)
+  users = rng.integers(0, 500, size=n)
+  # Some users with a single class, which must be skipped.
+  labels[users < 20] = 1.0
+  labels[(users >= 20) & (users < 40)] = 0.0
+  weights = rng.random(n) * 2 if weighted else None
+  np.testing.assert_allclose(
+      metrics.gauc(labels, scores, users, weights),
+      _gauc_reference(labels, scores, users, weights), rtol=0, atol=1e-12)
+
+
+def test_gauc_zero_weight_rows_ignored():
+  rng = np.random.default_rng(7)
+  n = 5000
+  labels, scores = _binary_data(rng, n)
+  users = rng.integers(0, 100, size=n)
+  weights = (rng.random(n) < 0.6).astype(np.float32)
+  keep = weights > 0
+  assert metrics.gauc(labels, scores, users, weights) == metrics.gauc(
+      labels[keep], scores[keep], users[keep])
+
+
+def test_gauc_one_user_equals_auc():
+  rng = np.random.default_rng(8)
+  labels, scores = _binary_data(rng, 1000)
+  np.testing.assert_allclose(
+      metrics.gauc(labels, scores, np.zeros(1000, np.int32)),
+      metrics.auc(labels, scores), rtol=0, atol=1e-14)
+
+
+def test_gauc_large_int64_user_ids_stay_distinct():
+  # 2**60 and 2**60 + 1 collide in float64; they are different users.
+  users = np.array([2**60, 2**60, 2**60 + 1, 2**60 + 1], dtype=np.int64)
+  # As two users: AUC 1 and AUC 0 -> 0.5. Merged: 0.5 too, so break symmetry.
+  labels = [1, 0, 1, 0]
+  scores = [0.9, 0.1, 0.2, 0.8]
+  assert metrics.gauc(labels, scores, users) == 0.5
+  assert metrics.gauc(labels, scores, users, [1, 1, 3, 3]) == 0.25
+
+
+def test_gauc_no_valid_user_is_nan():
+  assert math.isnan(metrics.gauc([1, 0], [0.3, 0.2], [1, 2]))
+
+
+def test_gauc_is_fast():
+  rng = np.random.default_rng(9)
+  n = 1_000_000
+  labels, scores = _binary_data(rng, n, decimals=2)
+  users = rng.integers(0, 100_000, size=n)
+  start = time.perf_counter()
+  metrics.gauc(labels, scores, users)
+  assert time.perf_counter() - start < 2.0
+
+
+# ------------------------------------------------------------------- logloss
+
+
+def test_logloss_matches_sklearn():
+  rng = np.random.default_rng(10)
+  labels = (rng.random(3000) < 0.4).astype(np.float64)
+  probs = rng.uniform(0.01, 0.99, 3000)
+  weights = rng.random(3000)
+  np.testing.assert_allclose(metrics.logloss(labels, probs),
+                             skm.log_loss(labels, probs), rtol=1e-12)
+  np.testing.assert_allclose(
+      metrics.logloss(labels, probs, weights),
+      skm.log_loss(labels, probs, sample_weight=weights), rtol=1e-12)
+
+
+def test_logloss_clips_and_ignores_padding():
+  assert metrics.logloss([1.0], [0.0]) == pytest.approx(-math.log(1e-7))
+  assert metrics.logloss([1.0, 0.0], [0.5, 1.0], weights=[1, 0]) == (
+      pytest.approx(math.log(2)))
+
+
+def test_logloss_from_logits_matches_sigmoid():
+  rng = np.random.default_rng(11)
+  labels = (rng.random(3000) < 0.4).astype(np.float64)
+  logits = rng.normal(0, 3, 3000)
+  weights = rng.random(3000)
+  probs = 1 / (1 + np.exp(-logits))
+  np.testing.assert_allclose(
+      metrics.logloss_from_logits(labels, logits, weights),
+      metrics.logloss(labels, probs, weights, eps=1e-15), rtol=1e-10)
+
+
+def test_logloss_from_logits_extreme_logits():
+  assert metrics.logloss_from_logits([0.0], [100.0]) == pytest.approx(
+      100.0, rel=1e-15)
+  assert metrics.logloss_from_logits([1.0], [-100.0]) == pytest.approx(
+      100.0, rel=1e-15)
+  right = metrics.logloss_from_logits([1.0, 0.0], [100.0, -100.0])
+  assert right == pytest.approx(math.exp(-100), rel=1e-12)  # log1p(e^-100)
+  assert math.isfinite(metrics.logloss_from_logits([0, 1], [1e4, -1e4]))
+
+
+# ---------------------------------------------------- regression, calibration
+
+
+def test_rmse_mae_match_numpy():
+  rng = np.random.default_rng(12)
+  t, p, w = rng.normal(size=1000), rng.normal(size=1000), rng.random(1000)
+  np.testing.assert_allclose(metrics.rmse(t, p),
+                             np.sqrt(np.mean((t - p) ** 2)), rtol=1e-13)
+  np.testing.assert_allclose(metrics.mae(t, p), np.mean(np.abs(t - p)),
+                             rtol=1e-13)
+  np.testing.assert_allclose(
+      metrics.rmse(t, p, w), np.sqrt(np.average((t - p) ** 2, weights=w)),
+      rtol=1e-13)
+  np.testing.assert_allclose(metrics.mae(t, p, w),
+                             np.average(np.abs(t - p), weights=w), rtol=1e-13)
+  np.testing.assert_allclose(
+      metrics.mae(t, p, w > 0.5),
+      skm.mean_absolute_error(t[w > 0.5], p[w > 0.5]), rtol=1e-13)
+
+
+def test_calibration():
+  cal = metrics.calibration([1, 0, 0, 1, 1], [0.6, 0.2, 0.1, 0.3, 0.9],
+                            weights=[1, 1, 0, 1, 0])
+  assert cal["mean_label"] == pytest.approx(2 / 3)
+  assert cal["mean_pred"] == pytest.approx(1.1 / 3)
+  assert cal["pcoc"] == pytest.approx(1.1 / 2)
+  assert math.isnan(metrics.calibration([0, 0], [0.1, 0.2])["pcoc"])
+
+
+# ------------------------------------------------------ compute_task_metrics
+
+
+def test_compute_task_metrics_binary():
+  rng = np.random.default_rng(13)
+  labels = (rng.random(1000) < 0.3).astype(np.float32)
+  logits = rng.normal(size=1000).astype(np.float32)
+  users = rng.integers(0, 20, size=1000)
+  weights = (rng.random(1000) < 0.9).astype(np.float32)
+  out = metrics.compute_task_metrics("binary", labels, logits, weights)
+  assert set(out) == {"auc", "logloss", "pcoc"}
+  out = metrics.compute_task_metrics("binary", labels, logits, weights, users)
+  assert set(out) == {"auc", "logloss", "pcoc", "gauc"}
+  assert all(type(v) is float for v in out.values())
+  assert out["auc"] == metrics.auc(labels, logits, weights)
+  assert out["gauc"] == metrics.gauc(labels, logits, users, weights)
+  assert out["logloss"] == metrics.logloss_from_logits(labels, logits, weights)
+  probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  assert out["pcoc"] == pytest.approx(
+      metrics.calibration(labels, probs, weights)["pcoc"], rel=1e-12)
+
+
+def test_compute_task_metrics_regression():
+  out = metrics.compute_task_metrics("regression", [1.0, 2.0, 3.0],
+                                     [1.0, 2.0, 5.0], user_ids=[0, 0, 1])
+  assert out == {"rmse": pytest.approx(2 / math.sqrt(3)),
+                 "mae": pytest.approx(2 / 3)}
+  assert all(type(v) is float for v in out.values())
+
+
+def test_compute_task_metrics_unknown_kind():
+  with pytest.raises(ValueError, match="binary, regression"):
+    metrics.compute_task_metrics("multiclass", [0], [0.0])
