@@ -4,12 +4,14 @@ r"""Trains and evaluates one experiment config.
       [--config.train.batch_size=512 ...]
 """
 import logging as std_logging
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mtkd_jax import errors
 from mtkd_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,7 +34,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except errors.UserFacingError as e:  # the message says what to fix
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mtkd_jax import errors
 from mtkd_jax.data import columns as columns_lib
 from mtkd_jax.data import specs
 
@@ -88,7 +89,7 @@ def check_raw_dir(data_dir) -> pathlib.Path:
   missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
   if missing:
     where = "exists" if path.is_dir() else "does not exist"
-    raise FileNotFoundError(
+    raise errors.MissingDataError(
         f"MovieLens 100K data_dir {str(path)!r} ({where}) is missing "
         f"{', '.join(missing)} (needs {', '.join(REQUIRED_FILES)}). Pass the "
         f"unzipped ml-100k folder with {DATA_DIR_FLAG}, or an empty "
@@ -111,7 +112,7 @@ def _read_fields(path: pathlib.Path, sep: str,
         continue
       fields = line.split(sep)
       if len(fields) != num_fields:
-        raise ValueError(
+        raise errors.DataError(
             f"{path}:{line_no}: expected {num_fields} {sep!r}-separated "
             f"fields, got {len(fields)}: {line[:80]!r}.")
       yield line_no, fields
@@ -121,7 +122,7 @@ def _to_int(value: str, path, line_no: int, what: str) -> int:
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f"{path}:{line_no}: {what} {value!r} is not an "
+    raise errors.DataError(f"{path}:{line_no}: {what} {value!r} is not an "
                      "integer.") from None
 
 
@@ -151,13 +152,13 @@ def parse_users(path) -> Dict[str, Any]:
     uid = _to_int(uid, path, line_no, "user id")
     age = _to_int(age, path, line_no, "age")
     if uid < 1:
-      raise ValueError(f"{path}:{line_no}: user id {uid} < 1.")
+      raise errors.DataError(f"{path}:{line_no}: user id {uid} < 1.")
     if gender not in GENDERS:
-      raise ValueError(f"{path}:{line_no}: gender {gender!r} not in "
+      raise errors.DataError(f"{path}:{line_no}: gender {gender!r} not in "
                        f"{GENDERS}.")
     rows.append((uid, age, gender, occupation.strip(), zip_code))
   if not rows:
-    raise ValueError(f"{path}: no users.")
+    raise errors.DataError(f"{path}: no users.")
   occupations = sorted({r[3] for r in rows})
   num_users = max(r[0] for r in rows)
   out = {k: np.zeros(num_users, np.int32)
@@ -194,16 +195,16 @@ def parse_items(path) -> Dict[str, Any]:
   for line_no, fields in _read_fields(path, "|", 5 + len(GENRES)):
     iid = _to_int(fields[0], path, line_no, "movie id")
     if iid < 1:
-      raise ValueError(f"{path}:{line_no}: movie id {iid} < 1.")
+      raise errors.DataError(f"{path}:{line_no}: movie id {iid} < 1.")
     flags = [_to_int(v, path, line_no, "genre flag") for v in fields[5:]]
     genres = [g for g, v in enumerate(flags) if v]
     if len(genres) > GENRES_MAX_LEN:
-      raise ValueError(
+      raise errors.DataError(
           f"{path}:{line_no}: movie {iid} has {len(genres)} genres, more than "
           f"GENRES_MAX_LEN={GENRES_MAX_LEN}; raise it (and the version).")
     rows.append((iid, genres, _release_year(fields[2], path, line_no)))
   if not rows:
-    raise ValueError(f"{path}: no movies.")
+    raise errors.DataError(f"{path}: no movies.")
   decades = sorted({y // 10 * 10 for _, _, y in rows if y is not None})
   num_items = max(r[0] for r in rows)
   genres = np.full((num_items, GENRES_MAX_LEN), -1, np.int32)
@@ -237,13 +238,13 @@ def parse_ratings(path, users_known: np.ndarray,
         _to_int(v, path, line_no, what) for v, what in
         zip(fields, ("user id", "item id", "rating", "timestamp")))
     if not 1 <= uid <= len(users_known) or not users_known[uid - 1]:
-      raise ValueError(f"{path}:{line_no}: user id {uid} is not in u.user.")
+      raise errors.DataError(f"{path}:{line_no}: user id {uid} is not in u.user.")
     if not 1 <= iid <= len(items_known) or not items_known[iid - 1]:
-      raise ValueError(f"{path}:{line_no}: item id {iid} is not in u.item.")
+      raise errors.DataError(f"{path}:{line_no}: item id {iid} is not in u.item.")
     for col, v in zip(cols, (uid - 1, iid - 1, rating, ts)):
       col.append(v)
   if not cols[0]:
-    raise ValueError(f"{path}: no ratings.")
+    raise errors.DataError(f"{path}: no ratings.")
   return {"user_id": np.asarray(cols[0], np.int32),
           "item_id": np.asarray(cols[1], np.int32),
           "rating": np.asarray(cols[2], np.float32),
@@ -408,7 +409,7 @@ class MovieLens100K(tfds.core.GeneratorBasedBuilder):
     empty = [name for k, name in enumerate(SPLITS)
              if not (raw["examples"]["split"] == k).any()]
     if empty:
-      raise ValueError(f"MovieLens splits {empty} would be empty: no user has "
+      raise errors.DataError(f"MovieLens splits {empty} would be empty: no user has "
                        "the 3 ratings needed for validation and test.")
     self.info.metadata.update(raw["metadata"])
     return {name: self._generate_examples(raw["examples"], k)

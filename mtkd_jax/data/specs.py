@@ -15,6 +15,8 @@ Batch layout (a flat dict of arrays, leading axis = examples):
 import dataclasses
 from typing import Optional, Tuple
 
+from mtkd_jax import errors
+
 TASK_KINDS = ("binary", "regression")
 
 
@@ -62,7 +64,7 @@ class TaskSpec:
 
   def __post_init__(self):
     if self.kind not in TASK_KINDS:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Task {self.name!r} has kind {self.kind!r}; valid kinds: "
           f"{', '.join(TASK_KINDS)}.")
 
@@ -85,7 +87,7 @@ class DatasetSpec:
     for t in self.tasks:
       if t.name == name:
         return t
-    raise ValueError(f"Unknown task {name!r}; tasks of {self.name}: "
+    raise errors.ConfigError(f"Unknown task {name!r}; tasks of {self.name}: "
                      f"{', '.join(self.task_names)}.")
 
   def with_task_overrides(self, overrides) -> "DatasetSpec":
@@ -96,7 +98,7 @@ class DatasetSpec:
     """
     unknown = set(overrides) - set(self.task_names)
     if unknown:
-      raise ValueError(f"Task overrides name unknown tasks {sorted(unknown)}; "
+      raise errors.ConfigError(f"Task overrides name unknown tasks {sorted(unknown)}; "
                        f"tasks of {self.name}: {', '.join(self.task_names)}.")
     tasks = []
     for t in self.tasks:
@@ -122,5 +124,5 @@ class Splits:
 
   def split(self, name: str) -> dict:
     if name not in ("train", "validation", "test"):
-      raise ValueError(f"Unknown split {name!r}; valid: train, validation, test.")
+      raise errors.ConfigError(f"Unknown split {name!r}; valid: train, validation, test.")
     return getattr(self, name)

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import optimize
 from scipy import special
 
+from mtkd_jax import errors
 from mtkd_jax.data import columns as columns_lib
 from mtkd_jax.data import specs
 
@@ -292,13 +293,13 @@ def generate_ctr(
     float32[N], the hidden model's probabilities.
   """
   if not -1.0 <= task_correlation <= 1.0:
-    raise ValueError(f"task_correlation must be in [-1, 1], got "
+    raise errors.ConfigError(f"task_correlation must be in [-1, 1], got "
                      f"{task_correlation}.")
   for name, rate in (("ctr_rate", ctr_rate), ("cvr_rate", cvr_rate)):
     if not 0.0 < rate < 1.0:
-      raise ValueError(f"{name} must be in (0, 1), got {rate}.")
+      raise errors.ConfigError(f"{name} must be in (0, 1), got {rate}.")
   if num_sparse < 0 or num_dense < 0 or num_sparse + num_dense == 0:
-    raise ValueError(f"Need num_sparse, num_dense >= 0 and at least one "
+    raise errors.ConfigError(f"Need num_sparse, num_dense >= 0 and at least one "
                      f"feature; got {num_sparse}, {num_dense}.")
   model_rng, calib_rng, data_rng = [
       np.random.default_rng(s)
@@ -343,14 +344,14 @@ def _split_sizes(num_examples, validation_fraction, test_fraction):
   """(train, validation, test) row counts; train takes the rounding."""
   if not (0.0 <= validation_fraction and 0.0 <= test_fraction and
           validation_fraction + test_fraction < 1.0):
-    raise ValueError(
+    raise errors.ConfigError(
         f"Need validation_fraction, test_fraction >= 0 with sum < 1; got "
         f"{validation_fraction}, {test_fraction}.")
   n_val = int(round(num_examples * validation_fraction))
   n_test = int(round(num_examples * test_fraction))
   n_train = num_examples - n_val - n_test
   if n_train <= 0:
-    raise ValueError(f"No training rows: {num_examples} examples, "
+    raise errors.ConfigError(f"No training rows: {num_examples} examples, "
                      f"{n_val} validation, {n_test} test.")
   return n_train, n_val, n_test
 
@@ -439,9 +440,9 @@ def _draw_task_weights(rng, correlation, input_dim, c):
     (w1, w2), float64[d] each.
   """
   if not -1.0 <= correlation <= 1.0:
-    raise ValueError(f"correlation must be in [-1, 1], got {correlation}.")
+    raise errors.ConfigError(f"correlation must be in [-1, 1], got {correlation}.")
   if input_dim < 2:
-    raise ValueError(f"input_dim must be >= 2, got {input_dim}.")
+    raise errors.ConfigError(f"input_dim must be >= 2, got {input_dim}.")
   g1 = rng.standard_normal(input_dim)
   g2 = rng.standard_normal(input_dim)
   u1 = g1 / np.linalg.norm(g1)

@@ -23,6 +23,8 @@ import numpy as np
 from absl import logging
 
 from mtkd_jax import data as data_lib
+from mtkd_jax import errors
+from mtkd_jax import losses
 from mtkd_jax import models
 from mtkd_jax.data import pipeline
 from mtkd_jax.train import checkpoint as checkpoint_lib
@@ -43,17 +45,17 @@ def _progress(total, initial):
 
 def check_finite(step_metrics: List[Dict[str, np.ndarray]], first_step: int,
                  task_names) -> None:
-  """Raises FloatingPointError naming the first step and task with a bad loss."""
+  """Raises NonFiniteLossError naming the first step and task with a bad loss."""
   for offset, m in enumerate(step_metrics):
     for name in task_names:
       value = float(m[f"loss/{name}"])
       if not math.isfinite(value):
-        raise FloatingPointError(
+        raise errors.NonFiniteLossError(
             f"Non-finite loss at step {first_step + offset}: task {name!r} "
             f"loss = {value}. Lower the learning rate, clip gradients "
             "(--config.optimizer.grad_clip_norm) or check the data.")
     if not math.isfinite(float(m["loss"])):
-      raise FloatingPointError(
+      raise errors.NonFiniteLossError(
           f"Non-finite total loss at step {first_step + offset}: "
           f"{float(m['loss'])}.")
 
@@ -83,8 +85,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   splits = data_lib.load_dataset(config.data)
   spec = splits.spec.with_task_overrides(config.tasks.to_dict())
+  for task in spec.tasks:  # fail on a bad loss name now, not inside jit
+    losses.get_loss(task.loss)
   model = models.build_model(spec, config.model)
   tcfg = config.train
+  if tcfg.select_mode not in ("max", "min"):
+    raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
+                             f"{tcfg.select_mode!r}.")
   mode = tcfg.parallel
   mesh = parallel.make_mesh(tcfg.num_devices)
   parallel.check_batch_size(tcfg.batch_size, mesh)
@@ -138,61 +145,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = None if done else _progress(total_steps, start_step)
   buffer, buffer_start = [], step + 1
   last_time, last_step = time.perf_counter(), step
-  while not done:
-    batch = next(batches)
-    if step == start_step:
-      t0 = time.perf_counter()
-      state, metrics = train_fn(state, batch)
-      jax.block_until_ready(metrics)
-      logging.info("First step (compile + run): %.2f s.",
-                   time.perf_counter() - t0)
-    else:
-      state, metrics = train_fn(state, batch)
-    step += 1
-    buffer.append(metrics)
-    is_last = step >= total_steps
-    is_eval = is_last or (tcfg.eval_every and step % tcfg.eval_every == 0)
-    is_ckpt = is_last or (tcfg.checkpoint_every and
-                          step % tcfg.checkpoint_every == 0)
-    if is_last or is_eval or is_ckpt or step % tcfg.log_every == 0:
-      host = jax.device_get(buffer)
-      check_finite(host, buffer_start, spec.task_names)
-      now = time.perf_counter()
-      summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]
-                 if k != "num_examples"}
-      summary["examples_per_sec"] = (
-          sum(float(m["num_examples"]) for m in host) / (now - last_time))
-      summary["steps_per_sec"] = (step - last_step) / (now - last_time)
-      writer.write(step, "train", summary)
-      if progress is not None:
-        progress.update(step - last_step)
-        progress.set_postfix(loss=f"{summary['loss']:.4f}",
-                             ex_s=f"{summary['examples_per_sec']:.0f}")
-      buffer, buffer_start = [], step + 1
-      last_time, last_step = now, step
-    if is_eval:
-      val = run_eval(state.params, "validation")
-      writer.write(step, "validation", val)
-      if tcfg.select_metric not in val:
-        raise ValueError(f"select_metric {tcfg.select_metric!r} is not a "
-                         f"validation metric; available: {', '.join(sorted(val))}.")
-      value = val[tcfg.select_metric]
-      if _is_better(value, loop_state["best_value"], tcfg.select_mode):
-        loop_state.update(best_value=value, best_step=step, evals_since_best=0)
-        ckpt.save_best(step, state, val)
+  try:
+    while not done:
+      batch = next(batches)
+      if step == start_step:
+        t0 = time.perf_counter()
+        state, metrics = train_fn(state, batch)
+        jax.block_until_ready(metrics)
+        logging.info("First step (compile + run): %.2f s.",
+                     time.perf_counter() - t0)
       else:
-        loop_state["evals_since_best"] += 1
-        if tcfg.patience and loop_state["evals_since_best"] >= tcfg.patience:
-          loop_state["stopped_early"] = True
-          logging.info("Early stop at step %d: no better validation %s for %d "
-                       "evaluations.", step, tcfg.select_metric, tcfg.patience)
-          is_ckpt, done = True, True
-      last_time = time.perf_counter()  # eval time is not train throughput
-    if is_ckpt:
-      save_latest(step)
-    done = done or is_last
-  if progress is not None:
-    progress.close()
+        state, metrics = train_fn(state, batch)
+      step += 1
+      buffer.append(metrics)
+      is_last = step >= total_steps
+      is_eval = is_last or (tcfg.eval_every and step % tcfg.eval_every == 0)
+      is_ckpt = is_last or (tcfg.checkpoint_every and
+                            step % tcfg.checkpoint_every == 0)
+      if is_last or is_eval or is_ckpt or step % tcfg.log_every == 0:
+        host = jax.device_get(buffer)
+        check_finite(host, buffer_start, spec.task_names)
+        now = time.perf_counter()
+        summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]
+                   if k != "num_examples"}
+        summary["examples_per_sec"] = (
+            sum(float(m["num_examples"]) for m in host) / (now - last_time))
+        summary["steps_per_sec"] = (step - last_step) / (now - last_time)
+        writer.write(step, "train", summary)
+        if progress is not None:
+          progress.update(step - last_step)
+          progress.set_postfix(loss=f"{summary['loss']:.4f}",
+                               ex_s=f"{summary['examples_per_sec']:.0f}")
+        buffer, buffer_start = [], step + 1
+        last_time, last_step = now, step
+      if is_eval:
+        val = run_eval(state.params, "validation")
+        writer.write(step, "validation", val)
+        if tcfg.select_metric not in val:
+          raise errors.ConfigError(
+              f"select_metric {tcfg.select_metric!r} is not a validation "
+              f"metric; available: {', '.join(sorted(val))}.")
+        value = val[tcfg.select_metric]
+        if _is_better(value, loop_state["best_value"], tcfg.select_mode):
+          loop_state.update(best_value=value, best_step=step, evals_since_best=0)
+          ckpt.save_best(step, state, val)
+        else:
+          loop_state["evals_since_best"] += 1
+          if tcfg.patience and loop_state["evals_since_best"] >= tcfg.patience:
+            loop_state["stopped_early"] = True
+            logging.info("Early stop at step %d: no better validation %s for %d "
+                         "evaluations.", step, tcfg.select_metric, tcfg.patience)
+            is_ckpt, done = True, True
+        last_time = time.perf_counter()  # eval time is not train throughput
+      if is_ckpt:
+        save_latest(step)
+      done = done or is_last
+  finally:
+    if progress is not None:
+      progress.close()
   ckpt.wait()
 
   best_state, best_val = ckpt.restore_best(state)

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mtkd_jax import errors
 from mtkd_jax.train.step import AXIS
 
 MODES = ("jit", "pmap")
@@ -34,9 +35,9 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   devices = jax.devices()
   if num_devices:
     if jax.process_count() > 1:
-      raise ValueError("num_devices > 0 is for single-host runs only.")
+      raise errors.ConfigError("num_devices > 0 is for single-host runs only.")
     if num_devices > len(devices):
-      raise ValueError(f"num_devices={num_devices} but only {len(devices)} "
+      raise errors.ConfigError(f"num_devices={num_devices} but only {len(devices)} "
                        "devices exist.")
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), (AXIS,))
@@ -46,7 +47,7 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """Returns the per-host batch size; the global one must split evenly."""
   n = mesh.devices.size
   if global_batch_size % n:
-    raise ValueError(f"Batch size {global_batch_size} is not divisible by the "
+    raise errors.ConfigError(f"Batch size {global_batch_size} is not divisible by the "
                      f"{n} devices; choose a multiple of {n}.")
   return global_batch_size // jax.process_count()
 
@@ -78,7 +79,7 @@ def compile_step(per_device_fn: Callable, mode: str, mesh: Mesh, *,
     def flat(*args):
       return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), fn(*args))
     return flat
-  raise ValueError(f"Unknown parallel mode {mode!r}; valid: {', '.join(MODES)}.")
+  raise errors.ConfigError(f"Unknown parallel mode {mode!r}; valid: {', '.join(MODES)}.")
 
 
 def shard_batch(local_batch: dict, mode: str, mesh: Mesh) -> dict:
