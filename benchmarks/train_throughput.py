@@ -1,4 +1,4 @@
-r"""Train / inference throughput of mtkd_jax models on the BENCHMARK.md workload.
+r"""Throughput of mtkd_jax models on the ../shared/BENCHMARK.md workload.
 
   python -m benchmarks.train_throughput --models mmoe,shared_bottom --repeats 3
   python -m benchmarks.train_throughput --quick --models mmoe   # smoke check
@@ -15,6 +15,8 @@ measures torch-rechub, so the figures can be set side by side:
   * quality: one epoch from a fresh model (seed 0) over the train rows in the
     fixed shuffled order of `pipeline.train_batches(seed=1)` (205 steps, the
     last one padded with weight-0 rows), then test AUC / logloss per task;
+    `epoch_s` is that epoch's wall time including the first step's compile,
+    `epoch_s_after_first_step` the time of the other 204 steps;
   * throughput continues on that model: `--warmup` steps, then repeats of
     `--steps` steps on batches already on the device (the timed region is the
     step alone), examples/s = steps * batch / time, median of "clean" repeats;
@@ -59,7 +61,7 @@ TASKS = ("ctr", "cvr")  # columns 0 and 1 of `labels` / `true_prob`
 EMBED_DIM = 16
 MODEL_SEED = 0
 SHUFFLE_SEED = 1
-NUM_DEVICE_BATCHES = 20  # distinct pre-transferred batches the timed steps cycle
+NUM_DEVICE_BATCHES = 20  # distinct on-device batches the timed steps cycle
 CLEAN = 0.05  # a repeat is clean when other processes use < 5% of the CPU
 # jax._src.dispatch.BACKEND_COMPILE_EVENT: one event per XLA compilation.
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -96,7 +98,7 @@ def load_data(path):
 
 
 def ensure_data(path, generator):
-  """Writes the workload to `path` with the shared generator if it is missing."""
+  """Writes the workload to `path` with the shared generator if missing."""
   if os.path.exists(path):
     return
   print(f"# {path} missing; generating it with {generator}", file=sys.stderr)
@@ -154,7 +156,7 @@ def cpu_snapshot():
 
 
 def other_cpu_share(s0, s1):
-  """Share of the machine's CPU used by other processes between two snapshots."""
+  """Share of the machine's CPU used by other processes between snapshots."""
   cap = (s1[0] - s0[0]) * os.sysconf("SC_CLK_TCK") * os.cpu_count()
   return max(0.0, (s1[1] - s0[1] - (s1[2] - s0[2])) / max(cap, 1e-9))
 
@@ -292,7 +294,8 @@ def run_worker(cfg):
   rec["init_s"] = round(time.perf_counter() - t0, 3)
   params = init_state.params
   total = sum(int(x.size) for x in jax.tree.leaves(params))
-  embedding = sum(int(x.size) for x in jax.tree.leaves(params.get("embedding", {})))
+  embedding = sum(int(x.size)
+                  for x in jax.tree.leaves(params.get("embedding", {})))
   rec.update(params=total, params_dense=total - embedding,
              params_embedding=embedding, devices=int(mesh.devices.size))
   del init_state, params
@@ -333,9 +336,11 @@ def run_worker(cfg):
     t2 = time.perf_counter()
     losses = [float(m["loss"]) for m in jax.device_get(step_metrics)]
     rec.update(
-        epoch_s=round(t2 - t_epoch, 3), epoch_s_after_first_step=round(t2 - t1, 3),
-        epoch_steps=per_epoch, epoch_mean_train_loss=float(np.mean(losses)),
-        epoch_other_procs_cpu_share=round(other_cpu_share(s0, cpu_snapshot()), 3))
+        epoch_s=round(t2 - t_epoch, 3),
+        epoch_s_after_first_step=round(t2 - t1, 3), epoch_steps=per_epoch,
+        epoch_mean_train_loss=float(np.mean(losses)),
+        epoch_other_procs_cpu_share=round(
+            other_cpu_share(s0, cpu_snapshot()), 3))
     del step_metrics
     t0 = time.perf_counter()
     preds = evaluate.predict(eval_fn, state.params, test, infer_bs, put)
@@ -412,7 +417,9 @@ def run_worker(cfg):
   rec["recompiles_after_first_step"] = len(recompiled)
   rec["recompiled_functions"] = sorted(set(recompiled))
   if hasattr(train_fn, "_cache_size"):
-    rec["train_fn_cache_size"] = train_fn._cache_size()  # pylint: disable=protected-access
+    # Executables held by the jitted step; 1 unless it recompiled.
+    rec["train_fn_cache_size"] = (
+        train_fn._cache_size())  # pylint: disable=protected-access
   del device_batches
 
   # ---- inference throughput: the eval step at infer_bs over test rows ----
@@ -436,7 +443,8 @@ def run_worker(cfg):
       lambda: jax.block_until_ready(eval_fn(params, infer_batches[0])),
       infer_body, cfg["repeats"], cfg["max_repeats"], idle)
   rec.update(infer_examples_per_sec=round(med, 1), infer_clean_repeats=n_clean,
-             infer_examples_per_sec_all=rates, infer_other_procs_cpu_share=other)
+             infer_examples_per_sec_all=rates,
+             infer_other_procs_cpu_share=other)
   del infer_batches, infer_host, full
 
   # ---- input pipeline alone: train_batches + shard_batch ------------------
@@ -462,7 +470,8 @@ def run_worker(cfg):
       n_test_rows=columns_lib.num_rows(test), idle_wait_s=idle.waited,
       peak_rss_mib=round(peak_rss_mib(), 1), jax_version=jax.__version__,
       backend=jax.default_backend(), cpu_count=os.cpu_count(),
-      xla_flags=os.environ.get("XLA_FLAGS", ""), python=platform.python_version(),
+      xla_flags=os.environ.get("XLA_FLAGS", ""),
+      python=platform.python_version(),
       data_matches_benchmark=rec["data_sha256"] == EXPECTED_SHA256,
       loadavg_end=loadavg())
   return rec
@@ -497,7 +506,8 @@ def parse_args(argv=None):
   p.add_argument("--idle-wait", type=float,
                  help="per model: seconds it may wait for a quiet machine")
   p.add_argument("--quick", action="store_true",
-                 help="smoke check: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+                 help="smoke check: " + ", ".join(
+                     f"{k}={v}" for k, v in QUICK.items()))
   p.add_argument("--out", help="also write all JSON lines to this file")
   p.add_argument("--worker", help=argparse.SUPPRESS)  # JSON settings
   p.add_argument("--json-out", help=argparse.SUPPRESS)

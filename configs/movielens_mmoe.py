@@ -1,6 +1,6 @@
-r"""MMoE on MovieLens-100K: rating (regression) + like (rating >= 4, binary).
+r"""python -m experiments.run --config configs/movielens_mmoe.py --config.data.data_dir=../shared/data/ml-100k --workdir /tmp/mtkd/movielens_mmoe
 
-  python -m experiments.run --config configs/movielens_mmoe.py --config.data.data_dir=../shared/data/ml-100k --workdir /tmp/mtkd/movielens_mmoe
+MMoE on MovieLens-100K: rating (regression) + like (rating >= 4, binary).
 
 Smoke (seconds): --config configs/movielens_mmoe.py:smoke
 

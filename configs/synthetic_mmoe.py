@@ -1,6 +1,6 @@
-r"""MMoE on the built-in synthetic CTR/CVR data (no download); the default.
+r"""python -m experiments.run --config configs/synthetic_mmoe.py --workdir /tmp/mtkd/synthetic_mmoe
 
-  python -m experiments.run --config configs/synthetic_mmoe.py --workdir /tmp/mtkd/synthetic_mmoe
+MMoE on the built-in synthetic CTR/CVR data (no download); the default.
 
 Smoke (seconds): --config configs/synthetic_mmoe.py:smoke
 
