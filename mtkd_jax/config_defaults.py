@@ -7,6 +7,8 @@ misspelt key fails with a message naming it.
 """
 import ml_collections
 
+from mtkd_jax import weighting
+
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -22,6 +24,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.bottom_hidden = (256, 128)
   c.model.tower_hidden = (64,)
   c.model.dropout = 0.0
+
+  # Multi-task balancing: --config.weighting.name=pcgrad (see weighting/).
+  c.weighting = weighting.default_config()
+  c.weighting.diagnostics_every = 500  # per-term grad norms/cosines; 0 = off
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"

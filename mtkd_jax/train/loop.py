@@ -26,6 +26,7 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import losses
 from mtkd_jax import models
+from mtkd_jax import weighting
 from mtkd_jax.data import pipeline
 from mtkd_jax.train import checkpoint as checkpoint_lib
 from mtkd_jax.train import evaluate
@@ -58,6 +59,32 @@ def check_finite(step_metrics: List[Dict[str, np.ndarray]], first_step: int,
       raise errors.NonFiniteLossError(
           f"Non-finite total loss at step {first_step + offset}: "
           f"{float(m['loss'])}.")
+
+
+def make_step_config(config, model, tx, spec, params, example_batch):
+  """The step's static pieces: terms, weighting method, gradient mode."""
+  method = weighting.get_method(config.weighting.name)
+  mode = config.weighting.mode
+  if mode not in ("param", "rep"):
+    raise errors.ConfigError(f"weighting.mode must be 'param' or 'rep', got "
+                             f"{mode!r}.")
+  if mode == "rep" and not method.supports_rep_grad:
+    raise errors.ConfigError(
+        f"Weighting method {config.weighting.name!r} needs parameter "
+        "gradients; use --config.weighting.mode=param.")
+  terms = step_lib.term_names(model, params, example_batch, spec.tasks)
+  return step_lib.StepConfig(model, tx, spec.tasks, terms, method,
+                             config.weighting, rep_grad=mode == "rep")
+
+
+def init_weighting(step_cfg, weighting_config, params):
+  """The weighting method's initial state for the step's terms."""
+  method = step_cfg.method
+  if method.needs_full_grads:
+    shared = step_lib.shared_params(params, step_cfg.model)
+    size = sum(x.size for x in jax.tree.leaves(shared))
+    return method.init(step_cfg.terms, weighting_config, num_shared_params=size)
+  return method.init(step_cfg.terms, weighting_config)
 
 
 def _is_better(value, best, mode):
@@ -103,6 +130,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
   init_state = state_lib.create_train_state(model, tx, example, config.seed)
+  step_cfg = make_step_config(config, model, tx, spec, init_state.params, example)
+  init_state = init_state.replace(weighting_state=init_weighting(
+      step_cfg, config.weighting, init_state.params))
   state = parallel.replicate(init_state, mesh)
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{sum(x.size for x in jax.tree.leaves(init_state.params)):,}")
@@ -119,9 +149,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 tensorboard=tcfg.tensorboard)
 
   train_fn = parallel.compile_step(
-      functools.partial(step_lib.train_step, model=model, tx=tx,
-                        tasks=spec.tasks),
+      functools.partial(step_lib.train_step, cfg=step_cfg),
       mode, mesh, out_batched=False, donate_state=True)
+  diagnostics_fn = parallel.compile_step(
+      functools.partial(step_lib.gradient_diagnostics, cfg=step_cfg),
+      mode, mesh, out_batched=False, donate_state=False)
+  diagnostics_every = config.weighting.diagnostics_every
   eval_fn = parallel.compile_step(
       functools.partial(step_lib.eval_step, model=model),
       mode, mesh, out_batched=True, donate_state=False)
@@ -155,7 +188,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("First step (compile + run): %.2f s.",
                      time.perf_counter() - t0)
       else:
+        if diagnostics_every and (step + 1) % diagnostics_every == 0:
+          diagnostics = diagnostics_fn(state, batch)  # before the update
         state, metrics = train_fn(state, batch)
+        if diagnostics_every and (step + 1) % diagnostics_every == 0:
+          metrics = {**metrics, **diagnostics}
       step += 1
       buffer.append(metrics)
       is_last = step >= total_steps
@@ -166,8 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         host = jax.device_get(buffer)
         check_finite(host, buffer_start, spec.task_names)
         now = time.perf_counter()
-        summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]
-                   if k != "num_examples"}
+        summary = {k: float(np.mean([m[k] for m in host if k in m]))
+                   for k in set().union(*host) if k != "num_examples"}
         summary["examples_per_sec"] = (
             sum(float(m["num_examples"]) for m in host) / (now - last_time))
         summary["steps_per_sec"] = (step - last_step) / (now - last_time)

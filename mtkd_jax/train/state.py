@@ -74,12 +74,14 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   return tx
 
 
-def create_train_state(model, tx, example_batch, seed: int) -> TrainState:
+def create_train_state(model, tx, example_batch, seed: int,
+                       weighting_state=None) -> TrainState:
   """Initialises params from `example_batch` (shapes only matter)."""
   rng = jax.random.PRNGKey(seed)  # raw uint32[2]: checkpoints as a plain array
   init_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
   variables = model.init({"params": init_rng, "dropout": dropout_rng},
                          example_batch, train=False)
-  params = variables["params"]
+  params = variables["params"]  # other collections (perturbations) are per-step
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), rng=run_rng)
+                    opt_state=tx.init(params), rng=run_rng,
+                    weighting_state={} if weighting_state is None else weighting_state)

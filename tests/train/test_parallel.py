@@ -17,6 +17,7 @@ import pytest
 from mtkd_jax import config_defaults
 from mtkd_jax import losses
 from mtkd_jax import models
+from mtkd_jax import weighting
 from mtkd_jax.data import specs
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
@@ -52,12 +53,15 @@ def setup(optimizer="sgd"):
   return model, tx, state
 
 
-def run(mode, num_devices, steps=3, optimizer="sgd"):
+def run(mode, num_devices, steps=3, optimizer="sgd", method="ew", rep=False):
   model, tx, state = setup(optimizer)
+  wcfg = weighting.default_config()
+  cfg = step_lib.StepConfig(model, tx, SPEC.tasks, SPEC.task_names,
+                            weighting.get_method(method), wcfg, rep_grad=rep)
+  state = state.replace(weighting_state=cfg.method.init(cfg.terms, wcfg))
   mesh = parallel.make_mesh(num_devices)
-  fn = parallel.compile_step(
-      functools.partial(step_lib.train_step, model=model, tx=tx, tasks=SPEC.tasks),
-      mode, mesh, out_batched=False, donate_state=True)
+  fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=cfg),
+                             mode, mesh, out_batched=False, donate_state=True)
   state = parallel.replicate(state, mesh)
   history = []
   for s in range(steps):

@@ -1,0 +1,159 @@
+"""Conversion-funnel models: ESMM and AITM (impression -> click -> convert).
+
+Both read the tasks as steps of a funnel and keep the interface of `mtl.py`:
+`__call__(batch, *, train) -> ({task: logit float[B]}, aux)`. Models that add
+a regulariser return it per example in aux["aux_losses"] = {name: float[B]}
+(already multiplied by its weight); the train step adds each as a loss term.
+"""
+from typing import Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtkd_jax import errors
+from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.models import embedding
+from mtkd_jax.models import layers
+
+
+def ctcvr_logit(ctr_logit, cvr_logit):
+  """logit(sigmoid(a) * sigmoid(b)), computed without cancellation.
+
+  log p = log_sigmoid(a) + log_sigmoid(b), and 1 - p is split into two
+  positive parts, 1 - s(a) s(b) = s(-a) + s(a) s(-b), so
+    log(1 - p) = logaddexp(log_sigmoid(-a), log_sigmoid(a) + log_sigmoid(-b))
+  is exact for every a, b (unlike log(-expm1(log p)), which loses 1 - p once
+  both logits pass ~88 in float32); logit = log p - log(1 - p).
+  """
+  log_p = jax.nn.log_sigmoid(ctr_logit) + jax.nn.log_sigmoid(cvr_logit)
+  log_1mp = jnp.logaddexp(jax.nn.log_sigmoid(-ctr_logit),
+                          jax.nn.log_sigmoid(ctr_logit) +
+                          jax.nn.log_sigmoid(-cvr_logit))
+  return log_p - log_1mp
+
+
+def _check_binary(spec, model):
+  for task in spec.tasks:
+    if task.kind != "binary":
+      raise errors.ConfigError(f"{model} models binary funnel steps; task "
+                               f"{task.name!r} is {task.kind}.")
+
+
+class ESMM(nn.Module):
+  """Entire Space Multi-task Model (Ma et al., SIGIR 2018, eq. 1-3).
+
+  Two towers over ONE shared embedding (the paper's embedding sharing):
+    pCTR = sigmoid(f_ctr(x)), pCVR = sigmoid(f_cvr(x)), pCTCVR = pCTR * pCVR.
+  Both supervised terms live on all impressions: the click label on pCTR and
+  the click-and-convert label on pCTCVR; pCVR is never fitted on clicked
+  samples alone (it is learnt through pCTCVR), which removes the sample
+  selection bias.
+
+  `tasks` = (click task, click-and-convert task) names in the dataset
+  (config model.esmm_tasks). Each tower is an MLP `tower_hidden` + (1,)
+  (config bottom_hidden + tower_hidden: the paper's towers are whole base
+  networks).
+
+  Returns:
+    outputs: {tasks[0]: logit of pCTR, tasks[1]: logit of pCTCVR
+      (`ctcvr_logit`)}; aux["cvr_logits"]: float[B], the CVR tower's logit
+    (evaluate CVR on clicked rows with it); aux["shared"]: the embedding
+    float[B, D]; aux["task_inputs"]: each tower's last hidden layer
+    float[B, 2, H].
+  """
+  spec: specs_lib.DatasetSpec
+  tasks: Tuple[str, str] = ("ctr", "ctcvr")
+  tower_hidden: Sequence[int] = (256, 128, 64)
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, batch, *, train: bool = False):
+    if len(self.tasks) != 2 or set(self.tasks) != set(self.spec.task_names):
+      raise errors.ConfigError(
+          f"ESMM predicts exactly model.esmm_tasks = {tuple(self.tasks)} "
+          f"(click, click-and-convert); the dataset's tasks are "
+          f"{self.spec.task_names}.")
+    _check_binary(self.spec, "ESMM")
+    x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
+    hidden = layers.StackedMLP(2, tuple(self.tower_hidden), self.dropout,
+                               name="towers")(x, train=train)  # [B, 2, H]
+    heads = layers.StackedMLP(2, (1,), final_activation=False, name="heads")
+    logits = heads(hidden, train=train)[..., 0]
+    ctr, cvr = logits[:, 0], logits[:, 1]
+    outputs = {self.tasks[0]: ctr, self.tasks[1]: ctcvr_logit(ctr, cvr)}
+    aux = {"shared": x, "task_inputs": hidden, "cvr_logits": cvr}
+    return outputs, aux
+
+
+class AttentionTransfer(nn.Module):
+  """AIT module (Xi et al., KDD 2021, eq. 3-4) over U candidate vectors.
+
+  w_u = softmax_u(<h1(u), h2(u)> / sqrt(k)), z = sum_u w_u h3(u), with
+  h1, h2, h3 bias-free linear maps R^k -> R^k (as the authors' code).
+
+  Inputs: float[B, U, k]. Returns (z float[B, k], w float[B, U]).
+  """
+
+  @nn.compact
+  def __call__(self, candidates):
+    dim = candidates.shape[-1]
+    h1 = nn.Dense(dim, use_bias=False, name="h1")(candidates)
+    h2 = nn.Dense(dim, use_bias=False, name="h2")(candidates)
+    h3 = nn.Dense(dim, use_bias=False, name="h3")(candidates)
+    w = nn.softmax(jnp.sum(h1 * h2, axis=-1) / jnp.sqrt(dim), axis=-1)
+    return jnp.einsum("bu,buk->bk", w, h3), w
+
+
+class AITM(nn.Module):
+  """Adaptive Information Transfer Multi-task (Xi et al., KDD 2021, sec. 3).
+
+  Tasks are the funnel's steps in spec order (first = click). Over a shared
+  embedding, task t's tower gives q_t; z_1 = q_1 and, for t >= 2,
+    p_{t-1} = g_{t-1}(z_{t-1})       (transfer MLP: Dense(k) + ReLU),
+    z_t = AIT({p_{t-1}, q_t})        (`AttentionTransfer`),
+  and y_t = sigmoid(Dense_1(z_t)) (returned as its logit).
+
+  Behavioural Expectation Calibrator (eq. 6), per example:
+    L_lc = alpha * sum_{t>=2} max(y_t - y_{t-1}, 0)   (probabilities),
+  alpha = calibration_weight (config model.aitm_calibration_weight, paper
+  0.6), returned as aux["aux_losses"]["aitm/calibration"] float[B].
+
+  aux["attention"]: float[B, T-1, 2], the AIT weights of (p_{t-1}, q_t) for
+  t = 2..T. Task-specific parameters: only the output heads (tower t and the
+  transfer into t feed every later task).
+  """
+  spec: specs_lib.DatasetSpec
+  tower_hidden: Sequence[int] = (256, 128, 64)
+  calibration_weight: float = 0.6
+  dropout: float = 0.0
+  task_specific_params = ("heads",)
+
+  @nn.compact
+  def __call__(self, batch, *, train: bool = False):
+    num_tasks = len(self.spec.tasks)
+    _check_binary(self.spec, "AITM")
+    x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
+    q = layers.StackedMLP(num_tasks, tuple(self.tower_hidden), self.dropout,
+                          name="towers")(x, train=train)  # [B, T, k]
+    dim = q.shape[-1]
+    z, attention = [q[:, 0]], []
+    for t in range(1, num_tasks):
+      p = nn.relu(nn.Dense(dim, name=f"transfer_{t}")(z[-1]))
+      if self.dropout > 0:
+        p = nn.Dropout(self.dropout, deterministic=not train)(p)
+      z_t, w = AttentionTransfer(name=f"attention_{t + 1}")(
+          jnp.stack([p, q[:, t]], axis=1))
+      z.append(z_t)
+      attention.append(w)
+    z = jnp.stack(z, axis=1)  # [B, T, k]
+    logits = layers.StackedMLP(num_tasks, (1,), final_activation=False,
+                               name="heads")(z, train=train)[..., 0]
+    probs = jax.nn.sigmoid(logits)
+    calibration = jnp.sum(jax.nn.relu(probs[:, 1:] - probs[:, :-1]), axis=1)
+    aux = {"shared": x, "task_inputs": z,
+           "attention": (jnp.stack(attention, axis=1) if attention else
+                         jnp.zeros((x.shape[0], 0, 2), x.dtype)),
+           "aux_losses": {
+               "aitm/calibration": self.calibration_weight * calibration}}
+    return {t: logits[:, i] for i, t in enumerate(self.spec.task_names)}, aux

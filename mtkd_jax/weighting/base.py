@@ -1,0 +1,64 @@
+"""The shape of a multi-task weighting method (optax-style init/update).
+
+Every method, loss-level or gradient-level, reduces to choosing coefficients
+c_t for the named loss terms; the train step then follows the combined
+gradient  g = sum_t c_t g_t  on the shared parameters (gradient-surgery
+methods such as PCGrad, CAGrad or MGDA produce linear combinations of the
+task gradients too: their coefficients are functions of inner products).
+So a method only ever sees
+
+  losses: float32[T]    the terms' global (all-device) mean losses, in the
+                        order of `term_names` given to `init`;
+  gram:   float32[T, T] G_ij = <g_i, g_j>, the inner products of the global
+                        per-term gradients of the shared parameters (or, for
+                        "rep-grad" mode, of the shared representation), or
+                        None for methods with `needs_grads=False`.
+
+Because gram is computed from the all-device gradients, a method gives the
+same update on 1 device and on 8 for the same global batch.
+
+`update(losses, grads, state, *, step, rng, params) -> (combination, state, diag)`:
+  grads: a `TaskGrads` (gram, and the flat gradients only for methods with
+         `needs_full_grads`), or None for methods with `needs_grads=False`;
+  combination: a `Combination`: coeffs float32[T], the c_t above (no
+          gradient flows through them), and optionally `direction`, the
+          shared-parameter update direction itself, float32[P], for the few
+          methods whose direction is not a combination of the current
+          gradients (DB-MTL's running average of gradients);
+  state:  the method's new state (a pytree of arrays, checkpointed in the
+          TrainState): learnable weights, running averages, ...;
+  diag:   {name: scalar array} logged with the train metrics, e.g.
+          {"weight/ctr": ...}.
+`step` is the int32 step, `rng` a PRNG key that is the same on every device
+(methods that draw random numbers, e.g. RLW and PCGrad's task order, use
+it), `params` is the method's hyper-parameter ConfigDict (plain Python
+values, static).
+
+`scales_specific`: whether c_t also scales the gradient of task t's own
+(task-specific) parameters, as for loss weighting (the loss itself is
+weighted); gradient-surgery methods act on shared parameters only, so their
+task-specific parameters follow the unweighted sum (c_t = 1 there), as in
+the papers.
+"""
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+
+
+class TaskGrads(NamedTuple):
+  gram: jax.Array  # float32[T, T], <g_i, g_j> over the shared parameters
+  flat: Optional[jax.Array] = None  # float32[T, P], only if needs_full_grads
+
+
+class Combination(NamedTuple):
+  coeffs: jax.Array  # float32[T]
+  direction: Optional[jax.Array] = None  # float32[P] shared update direction
+
+
+class WeightingMethod(NamedTuple):
+  init: Callable[..., Any]  # init(term_names: tuple[str, ...], params) -> state
+  update: Callable[..., Any]  # see the module docstring
+  needs_grads: bool
+  scales_specific: bool = True
+  needs_full_grads: bool = False
+  supports_rep_grad: bool = True  # can act on representation gradients
