@@ -4,10 +4,11 @@ r"""Throughput of mtkd_jax models on the ../shared/BENCHMARK.md workload.
   python -m benchmarks.train_throughput --quick --models mmoe   # smoke check
 
 Runs the workload of ../shared/BENCHMARK.md through the library's own code
-path (`build_model`, `create_train_state`, `train_step` / `eval_step` under
-`parallel.compile_step`, `pipeline.train_batches`, `evaluate.predict`,
-`mtkd_jax.metrics`) and measures it the way the peer (../shared/bench/PEER.md)
-measures torch-rechub, so the figures can be set side by side:
+path (`build_model`, `create_train_state`, `loop.make_step_config`,
+`train_step` / `eval_step` under `parallel.compile_step`,
+`pipeline.train_batches`, `evaluate.predict`, `mtkd_jax.metrics`) and
+measures it the way the peer (../shared/bench/PEER.md) measures torch-rechub,
+so the figures can be set side by side:
 
   * every model runs in its own subprocess (peak RSS is per model); the
     parent prints one JSON line per model on stdout (everything else goes to
@@ -69,7 +70,8 @@ BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 DEFAULTS = dict(models="mmoe,shared_bottom", repeats=3, max_repeats=5,
                 steps=200, warmup=20, batch_size=1024, infer_batch_size=4096,
                 infer_batches=20, pipeline_batches=200, parallel="jit",
-                num_devices=0, epoch=True, max_train_rows=0, idle_wait=60.0)
+                num_devices=0, epoch=True, max_train_rows=0, idle_wait=60.0,
+                weighting="ew")
 QUICK = dict(repeats=1, max_repeats=1, steps=20, warmup=3, infer_batches=4,
              pipeline_batches=20, epoch=False, max_train_rows=20_000,
              idle_wait=0.0)
@@ -250,6 +252,7 @@ def run_worker(cfg):
   from mtkd_jax.data import columns as columns_lib
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import evaluate
+  from mtkd_jax.train import loop
   from mtkd_jax.train import parallel
   from mtkd_jax.train import state as state_lib
   from mtkd_jax.train import step as step_lib
@@ -260,7 +263,8 @@ def run_worker(cfg):
   idle = IdleWaiter(cfg["idle_wait"])
   name, mode = cfg["model"], cfg["parallel"]
   bs, infer_bs = cfg["batch_size"], cfg["infer_batch_size"]
-  rec = {"model": name, "parallel": mode, "loadavg_start": loadavg()}
+  rec = {"model": name, "parallel": mode, "weighting": cfg["weighting"],
+         "loadavg_start": loadavg()}
 
   d = load_data(cfg["data"])
   rec["data_sha256"] = content_sha256(d)
@@ -279,7 +283,8 @@ def run_worker(cfg):
   config.model.bottom_hidden = (256, 128)
   config.model.tower_hidden = (64,)
   config.model.dropout = 0.0
-  model = models.build_model(spec, config.model)  # unknown names: ValueError
+  config.weighting.name = cfg["weighting"]
+  model = models.build_model(spec, config.model)  # unknown names raise
   mesh = parallel.make_mesh(cfg["num_devices"])
   parallel.check_batch_size(bs, mesh)
   parallel.check_batch_size(infer_bs, mesh)
@@ -289,6 +294,11 @@ def run_worker(cfg):
   t0 = time.perf_counter()
   example = next(pipeline.eval_batches(train, bs))
   init_state = state_lib.create_train_state(model, tx, example, MODEL_SEED)
+  # The step's static pieces and the weighting state, as train/loop.py does.
+  step_cfg = loop.make_step_config(config, model, tx, spec, init_state.params,
+                                   example)
+  init_state = init_state.replace(weighting_state=loop.init_weighting(
+      step_cfg, config.weighting, init_state.params))
   state = parallel.replicate(init_state, mesh)
   jax.block_until_ready(state)
   rec["init_s"] = round(time.perf_counter() - t0, 3)
@@ -302,8 +312,7 @@ def run_worker(cfg):
 
   def make_train_fn():
     return parallel.compile_step(
-        functools.partial(step_lib.train_step, model=model, tx=tx,
-                          tasks=spec.tasks),
+        functools.partial(step_lib.train_step, cfg=step_cfg),
         mode, mesh, out_batched=False, donate_state=True)
 
   train_fn = make_train_fn()
@@ -500,6 +509,8 @@ def parse_args(argv=None):
                  help="host batches per input-pipeline repeat")
   p.add_argument("--parallel", choices=("jit", "pmap"))
   p.add_argument("--num-devices", type=int, help="0 = all devices")
+  p.add_argument("--weighting", help="multi-task weighting method name "
+                 "(default ew: fixed task weights, the plain BCE sum)")
   p.add_argument("--epoch", action=argparse.BooleanOptionalAction,
                  help="one-epoch quality run (default on)")
   p.add_argument("--max-train-rows", type=int, help="0 = all train rows")

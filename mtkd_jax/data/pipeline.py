@@ -45,10 +45,12 @@ def train_batches(columns: dict, global_batch_size: int, *, seed: int,
   n = num_rows(columns)
   per_epoch = steps_per_epoch(n, global_batch_size)
   mine = host_slice(global_batch_size)
+  order, order_epoch = None, None
   for step in itertools.count(start_step):
     epoch, index = divmod(step, per_epoch)
-    order = (epoch_order(n, seed, epoch) if shuffle
-             else np.arange(n))
+    if epoch != order_epoch:  # one permutation per epoch, not per batch
+      order = epoch_order(n, seed, epoch) if shuffle else np.arange(n)
+      order_epoch = epoch
     rows = order[index * global_batch_size:(index + 1) * global_batch_size]
     rows = np.concatenate([rows, np.full(global_batch_size - len(rows), -1)])
     yield _host_batch(columns, rows[mine])

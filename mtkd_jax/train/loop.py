@@ -26,7 +26,6 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import losses
 from mtkd_jax import models
-from mtkd_jax import weighting
 from mtkd_jax.data import pipeline
 from mtkd_jax.train import checkpoint as checkpoint_lib
 from mtkd_jax.train import evaluate
@@ -34,6 +33,10 @@ from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
 from mtkd_jax.train import writers
+
+# Re-exported: building a step needs only `step`, not the loop.
+make_step_config = step_lib.make_step_config
+init_weighting = step_lib.init_weighting
 
 
 def _progress(total, initial):
@@ -59,32 +62,6 @@ def check_finite(step_metrics: List[Dict[str, np.ndarray]], first_step: int,
       raise errors.NonFiniteLossError(
           f"Non-finite total loss at step {first_step + offset}: "
           f"{float(m['loss'])}.")
-
-
-def make_step_config(config, model, tx, spec, params, example_batch):
-  """The step's static pieces: terms, weighting method, gradient mode."""
-  method = weighting.get_method(config.weighting.name)
-  mode = config.weighting.mode
-  if mode not in ("param", "rep"):
-    raise errors.ConfigError(f"weighting.mode must be 'param' or 'rep', got "
-                             f"{mode!r}.")
-  if mode == "rep" and not method.supports_rep_grad:
-    raise errors.ConfigError(
-        f"Weighting method {config.weighting.name!r} needs parameter "
-        "gradients; use --config.weighting.mode=param.")
-  terms = step_lib.term_names(model, params, example_batch, spec.tasks)
-  return step_lib.StepConfig(model, tx, spec.tasks, terms, method,
-                             config.weighting, rep_grad=mode == "rep")
-
-
-def init_weighting(step_cfg, weighting_config, params):
-  """The weighting method's initial state for the step's terms."""
-  method = step_cfg.method
-  if method.needs_full_grads:
-    shared = step_lib.shared_params(params, step_cfg.model)
-    size = sum(x.size for x in jax.tree.leaves(shared))
-    return method.init(step_cfg.terms, weighting_config, num_shared_params=size)
-  return method.init(step_cfg.terms, weighting_config)
 
 
 def _is_better(value, best, mode):
@@ -130,8 +107,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
   init_state = state_lib.create_train_state(model, tx, example, config.seed)
-  step_cfg = make_step_config(config, model, tx, spec, init_state.params, example)
-  init_state = init_state.replace(weighting_state=init_weighting(
+  step_cfg = step_lib.make_step_config(config, model, tx, spec,
+                                       init_state.params, example)
+  init_state = init_state.replace(weighting_state=step_lib.init_weighting(
       step_cfg, config.weighting, init_state.params))
   state = parallel.replicate(init_state, mesh)
   logging.info("Model %s: %s parameters.", config.model.name,

@@ -1,4 +1,5 @@
 """The train state and the optimizer built from a config."""
+import functools
 from typing import Any
 
 import flax
@@ -79,8 +80,8 @@ def create_train_state(model, tx, example_batch, seed: int,
   """Initialises params from `example_batch` (shapes only matter)."""
   rng = jax.random.PRNGKey(seed)  # raw uint32[2]: checkpoints as a plain array
   init_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
-  variables = model.init({"params": init_rng, "dropout": dropout_rng},
-                         example_batch, train=False)
+  init = jax.jit(functools.partial(model.init, train=False))  # one compile
+  variables = init({"params": init_rng, "dropout": dropout_rng}, example_batch)
   params = variables["params"]  # other collections (perturbations) are per-step
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params), rng=run_rng,

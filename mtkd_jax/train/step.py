@@ -31,7 +31,9 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from mtkd_jax import errors
 from mtkd_jax import losses as losses_lib
+from mtkd_jax import weighting
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.weighting import base as weighting_base
@@ -82,6 +84,32 @@ class StepConfig:
     self.fixed_weights = jnp.asarray([fixed.get(n, 1.0) for n in self.terms],
                                      jnp.float32)
     self.method, self.method_params, self.rep_grad = method, method_params, rep_grad
+
+
+def make_step_config(config, model, tx, spec, params, example_batch):
+  """The step's static pieces: terms, weighting method, gradient mode."""
+  method = weighting.get_method(config.weighting.name)
+  mode = config.weighting.mode
+  if mode not in ("param", "rep"):
+    raise errors.ConfigError(f"weighting.mode must be 'param' or 'rep', got "
+                             f"{mode!r}.")
+  if mode == "rep" and not method.supports_rep_grad:
+    raise errors.ConfigError(
+        f"Weighting method {config.weighting.name!r} needs parameter "
+        "gradients; use --config.weighting.mode=param.")
+  terms = term_names(model, params, example_batch, spec.tasks)
+  return StepConfig(model, tx, spec.tasks, terms, method,
+                             config.weighting, rep_grad=mode == "rep")
+
+
+def init_weighting(step_cfg, weighting_config, params):
+  """The weighting method's initial state for the step's terms."""
+  method = step_cfg.method
+  if method.needs_full_grads:
+    shared = shared_params(params, step_cfg.model)
+    size = sum(x.size for x in jax.tree.leaves(shared))
+    return method.init(step_cfg.terms, weighting_config, num_shared_params=size)
+  return method.init(step_cfg.terms, weighting_config)
 
 
 def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig):
