@@ -139,3 +139,24 @@ def test_check_finite_reports_the_first_bad_step():
   with pytest.raises(errors.NonFiniteLossError, match="step 12: task 'b'"):
     loop.check_finite([good, good, bad, bad], 10, ("a", "b"))
   loop.check_finite([good], 1, ("a", "b"))
+
+
+def test_weighting_method_by_one_override_in_pmap_mode(tmp_path):
+  out = run_cli("--config=configs/synthetic_mmoe.py:smoke", f"--workdir={tmp_path}",
+                "--config.train.num_steps=6", "--config.weighting.name=pcgrad",
+                "--config.train.parallel=pmap", "--config.train.log_every=3")
+  assert out.returncode == 0, out.stderr[-3000:]
+  train_records = [r for r in writers.read_metrics(str(tmp_path))
+                   if r["split"] == "train"]
+  assert "weight/ctr" in train_records[-1] and "weight/cvr" in train_records[-1]
+
+
+def test_gradient_diagnostics_logged(tmp_path):
+  config = synthetic_mmoe.get_config("smoke")
+  config.train.num_steps = 8
+  config.train.log_every = 4
+  config.weighting.diagnostics_every = 4
+  train.train_and_evaluate(config, str(tmp_path))
+  last = [r for r in writers.read_metrics(str(tmp_path)) if r["split"] == "train"][-1]
+  assert -1.0 <= last["grad_cos/ctr/cvr"] <= 1.0
+  assert last["grad_norm/ctr"] > 0 and last["grad_norm/cvr"] > 0

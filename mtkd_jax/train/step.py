@@ -222,7 +222,14 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
     gram = lax.psum(gram_matrix(rep_grads), AXIS)
     combination, wstate, diag = update_weighting(
         global_terms, weighting_base.TaskGrads(gram))
-    grads = lax.psum(vjp_fn(lax.stop_gradient(combination.coeffs))[0], AXIS)
+    coeffs = lax.stop_gradient(combination.coeffs)
+    grads = vjp_fn(coeffs)[0]
+    if not method.scales_specific:  # task-specific params: unweighted sum;
+      unweighted = vjp_fn(jnp.ones_like(coeffs))[0]  # its shared part is DCE'd
+      grads = jax.tree_util.tree_map_with_path(
+          lambda p, g, u: u if is_task_specific(p, cfg.model) else g,
+          grads, unweighted)
+    grads = lax.psum(grads, AXIS)
   else:
     local, vjp_fn = jax.vjp(
         lambda p: _local_terms(p, None, batch, dropout_rng, denom, cfg),

@@ -58,7 +58,7 @@ def run(mode, num_devices, steps=3, optimizer="sgd", method="ew", rep=False):
   wcfg = weighting.default_config()
   cfg = step_lib.StepConfig(model, tx, SPEC.tasks, SPEC.task_names,
                             weighting.get_method(method), wcfg, rep_grad=rep)
-  state = state.replace(weighting_state=cfg.method.init(cfg.terms, wcfg))
+  state = state.replace(weighting_state=step_lib.init_weighting(cfg, wcfg, state.params))
   mesh = parallel.make_mesh(num_devices)
   fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=cfg),
                              mode, mesh, out_batched=False, donate_state=True)
@@ -114,3 +114,28 @@ def test_unknown_mode():
   with pytest.raises(ValueError, match="valid: jit, pmap"):
     parallel.compile_step(lambda a, b: a, "pjit", parallel.make_mesh(),
                           out_batched=False, donate_state=False)
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "mgda"])
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_gradient_methods_same_update_on_one_and_eight_devices(method, mode):
+  """Gradient surgery acts on the global per-task gradients (after psum)."""
+  ref_params, ref_hist = run("jit", 1, method=method)
+  params, hist = run(mode, 8, method=method)
+  for ref, got in zip(ref_hist, hist):
+    for key in ("loss", "loss/ctr", "loss/rating", "grad_norm",
+                "weight/ctr", "weight/rating"):
+      np.testing.assert_allclose(got[key], ref[key], rtol=2e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7),
+               ref_params, params)
+
+
+@pytest.mark.parametrize("method", sorted(weighting.METHODS))
+def test_every_method_runs_on_eight_devices_like_one(method):
+  ref_params, ref_hist = run("jit", 1, steps=2, optimizer="adam", method=method)
+  params, hist = run("jit", 8, steps=2, optimizer="adam", method=method)
+  for ref, got in zip(ref_hist, hist):
+    assert np.isfinite(got["loss"])
+    np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               ref_params, params)

@@ -1,0 +1,149 @@
+r"""Train-step cost of every weighting method relative to EW.
+
+  python -m benchmarks.weighting_cost [--tasks 2,4] [--methods ew,pcgrad,...] [--quick]
+
+The shared/BENCHMARK.md workload (MMoE, 8 experts [256, 128], towers [64],
+batch 1024, Adam) with T = 2 tasks (ctr, cvr) and T = 4 (the same two label
+columns twice more, as extra terms). For each method and mode ("param":
+gradients of the shared parameters; "rep": of the shared representation) it
+prints one JSON line: median step time over clean repeats, the ratio to EW
+at the same T, and the arithmetic bound for a gradient-level method in param
+mode, (1 + 2T) / 3 (one forward, T backward passes through the shared part).
+Targets (issue): param-mode gradient methods <= 1.1 x bound, rep-mode
+methods <= 1.2 x EW.
+"""
+import argparse
+import functools
+import json
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import train_throughput as tt
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+  p.add_argument("--data", default=tt.DEFAULT_DATA)
+  p.add_argument("--generator", default=str(tt.DEFAULT_GENERATOR))
+  p.add_argument("--tasks", default="2,4")
+  p.add_argument("--methods", default="", help="comma list; default all")
+  p.add_argument("--modes", default="param,rep")
+  p.add_argument("--steps", type=int, default=30)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--max-repeats", type=int, default=5)
+  p.add_argument("--idle-wait", type=float, default=30.0)
+  p.add_argument("--quick", action="store_true",
+                 help="small model and data, 1 repeat (a smoke check)")
+  return p.parse_args(argv)
+
+
+def build(spec, train, method, mode, quick):
+  """(train_fn, state, device batches) for one method/mode/T."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from mtkd_jax import config_defaults
+  from mtkd_jax import models
+  from mtkd_jax.data import pipeline
+  from mtkd_jax.train import parallel
+  from mtkd_jax.train import state as state_lib
+  from mtkd_jax.train import step as step_lib
+  # pylint: enable=g-import-not-at-top
+  config = config_defaults.default_config()
+  config.model.name = "mmoe"
+  if quick:
+    config.model.num_experts, config.model.expert_hidden = 2, (16,)
+    config.model.tower_hidden = (8,)
+  config.weighting.name, config.weighting.mode = method, mode
+  model = models.build_model(spec, config.model)
+  mesh = parallel.make_mesh(1)
+  bs = 256 if quick else 1024
+  tx = state_lib.make_optimizer(config.optimizer, 1000)
+  example = next(pipeline.eval_batches(train, bs))
+  state = state_lib.create_train_state(model, tx, example, 0)
+  step_cfg = step_lib.make_step_config(config, model, tx, spec,
+                                       state.params, example)
+  state = state.replace(weighting_state=step_lib.init_weighting(
+      step_cfg, config.weighting, state.params))
+  fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=step_cfg),
+                             "jit", mesh, out_batched=False, donate_state=True)
+  put = functools.partial(parallel.shard_batch, mode="jit", mesh=mesh)
+  it = pipeline.train_batches(train, bs, seed=1)
+  batches = [put(next(it)) for _ in range(tt.NUM_DEVICE_BATCHES)]
+  return fn, parallel.replicate(state, mesh), batches
+
+
+def time_method(fn, state, batches, args, idle):
+  import jax  # pylint: disable=g-import-not-at-top
+  holder = {"state": state}
+  for i in range(args.warmup):
+    holder["state"], m = fn(holder["state"], batches[i % len(batches)])
+  jax.block_until_ready(m)
+
+  def body(contaminated):
+    del contaminated
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+      holder["state"], m = fn(holder["state"], batches[i % len(batches)])
+    jax.block_until_ready((holder["state"], m))
+    return (time.perf_counter() - t0) / args.steps * 1e3  # ms per step
+
+  return tt.timed_repeats(lambda: None, body, args.repeats, args.max_repeats, idle)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.quick:
+    args.steps, args.repeats, args.max_repeats, args.warmup = 3, 1, 1, 1
+    args.idle_wait = 0.0
+  # pylint: disable=g-import-not-at-top
+  import dataclasses
+  from mtkd_jax import weighting
+  from mtkd_jax.data import specs
+  # pylint: enable=g-import-not-at-top
+  tt.ensure_data(args.data, args.generator)
+  d = tt.load_data(args.data)
+  train, _, _ = tt.split_columns(d, 4096 if args.quick else 0)
+  base_spec = tt.make_spec(d["vocab_sizes"], d["dense"].shape[1])
+  if args.quick:
+    base_spec = dataclasses.replace(base_spec, sparse=tuple(
+        dataclasses.replace(f, vocab_size=min(f.vocab_size, 200)) for f in base_spec.sparse))
+    train["sparse"] = np.minimum(train["sparse"], 199)
+  del d
+  methods = [m for m in args.methods.split(",") if m] or sorted(weighting.METHODS)
+  idle = tt.IdleWaiter(args.idle_wait)
+  for num_tasks in [int(t) for t in args.tasks.split(",")]:
+    names = [f"{t}{'' if k == 0 else '_' + str(k)}" for k in range((num_tasks + 1) // 2)
+             for t in tt.TASKS][:num_tasks]
+    for name in names:
+      train[f"labels/{name}"] = train[f"labels/{name.split('_')[0]}"]
+    spec = dataclasses.replace(base_spec, tasks=tuple(
+        specs.TaskSpec(n, "binary", "bce", 1.0) for n in names))
+    ew_ms = None
+    for method in ["ew"] + [m for m in methods if m != "ew"]:
+      kind = weighting.get_method(method)
+      for mode in args.modes.split(","):
+        if mode == "rep" and (not kind.needs_grads or not kind.supports_rep_grad):
+          continue
+        t0 = time.perf_counter()
+        fn, state, batches = build(spec, train, method, mode, args.quick)
+        ms, clean, all_ms, other = time_method(fn, state, batches, args, idle)
+        if method == "ew":
+          ew_ms = ms
+        bound = (1 + 2 * num_tasks) / 3
+        rec = {"method": method, "mode": mode, "tasks": num_tasks,
+               "needs_grads": kind.needs_grads, "step_ms": round(ms, 2),
+               "ratio_to_ew": round(ms / ew_ms, 3),
+               "arithmetic_bound": round(bound, 3),
+               "ratio_to_bound": round(ms / ew_ms / bound, 3),
+               "clean_repeats": clean, "step_ms_all": all_ms,
+               "other_cpu_share": other,
+               "wall_s": round(time.perf_counter() - t0, 1)}
+        print(json.dumps(rec), flush=True)
+        del fn, state, batches
+
+
+if __name__ == "__main__":
+  sys.exit(main())

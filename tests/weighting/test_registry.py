@@ -1,0 +1,133 @@
+"""Every registered method: jittable, finite, deterministic, well-formed."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtkd_jax import errors
+from mtkd_jax import weighting
+from mtkd_jax.weighting import base
+from mtkd_jax.weighting import loss_level
+
+P = 6
+
+
+def _inputs(method, num, seed, zero=False):
+  rs = np.random.RandomState(seed)
+  g = np.zeros((num, P)) if zero else rs.randn(num, P)
+  losses = jnp.asarray(rs.uniform(0.1, 2.0, num), jnp.float32)
+  if not method.needs_grads:
+    return losses, None
+  g = jnp.asarray(g, jnp.float32)
+  return losses, base.TaskGrads(g @ g.T, g if method.needs_full_grads else None)
+
+
+def _init(method, names, cfg):
+  if method.needs_full_grads:
+    return method.init(names, cfg, num_shared_params=P)
+  return method.init(names, cfg)
+
+
+@pytest.mark.parametrize("name", sorted(weighting.METHODS))
+def test_method_jits_finite_deterministic(name):
+  """T = 1, 2, 4 under jit: finite coefficients (also for zero gradients),
+  diag names, the same result for the same rng, a well-formed state."""
+  cfg = weighting.default_config()
+  method = weighting.get_method(name)
+  update = jax.jit(functools.partial(method.update, params=cfg))
+  for num in (1, 2, 4):
+    names = tuple(f"t{i}" for i in range(num))
+    state = _init(method, names, cfg)
+    for zero in (False, True):
+      losses, grads = _inputs(method, num, num, zero)
+      rng = jax.random.PRNGKey(num)
+      out = [update(losses, grads, state, step=jnp.int32(3), rng=rng)
+             for _ in range(2)]
+      (comb, new_state, diag), (comb2, new_state2, _) = out
+      assert comb.coeffs.shape == (num,)
+      assert np.isfinite(comb.coeffs).all(), (name, num, zero, comb.coeffs)
+      np.testing.assert_array_equal(comb.coeffs, comb2.coeffs)
+      jax.tree.map(np.testing.assert_array_equal, new_state, new_state2)
+      assert all(np.isfinite(x).all() for x in jax.tree.leaves(new_state))
+      assert all(np.isfinite(v) for v in diag.values())
+      assert all(np.ndim(v) == 0 for v in diag.values())
+      assert {f"weight/{n}" for n in names} <= set(diag)
+      for n in names:
+        assert diag[f"weight/{n}"] == comb.coeffs[names.index(n)]
+      if method.needs_full_grads:
+        assert comb.direction.shape == (P,) and np.isfinite(comb.direction).all()
+      else:
+        assert comb.direction is None
+      # The state keeps its structure (jit/scan carry, checkpoint restore).
+      assert (jax.tree.structure(new_state) == jax.tree.structure(state))
+      assert new_state.term_names == names
+      state = new_state
+
+
+def test_random_methods_depend_on_rng():
+  cfg = weighting.default_config()
+  # Several conflicting pairs: PCGrad's result depends on the task order.
+  g = jnp.array([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [-1.0, -1.0, 0.5],
+                 [0.3, -1.0, -1.0]])
+  grads = base.TaskGrads(g @ g.T)
+  for name in ("rlw", "pcgrad"):
+    method = weighting.get_method(name)
+    state = method.init(tuple("abcd"), cfg)
+    update = jax.jit(functools.partial(method.update, params=cfg))
+    coeffs = [update(jnp.ones(4), None if name == "rlw" else grads, state,
+                     step=jnp.int32(3), rng=jax.random.PRNGKey(k))[0].coeffs
+              for k in range(6)]
+    assert len({tuple(c) for c in np.asarray(coeffs).round(5)}) > 1, name
+
+
+def test_unknown_name_lists_valid_ones():
+  with pytest.raises(errors.ConfigError) as e:
+    weighting.get_method("pcgard")
+  for name in ("pcgrad", "mgda", "nash_mtl", "ew"):
+    assert name in str(e.value)
+
+
+def test_bad_options_raise_config_errors():
+  for name, field, value in [("mgda", "mgda_normalization", "l3"),
+                             ("rlw", "rlw_distribution", "cauchy"),
+                             ("aligned_mtl", "aligned_mtl_scale_mode", "max"),
+                             ("cagrad", "cagrad_rescale", 3)]:
+    cfg = weighting.default_config()
+    cfg[field] = value
+    with pytest.raises(errors.ConfigError):
+      weighting.get_method(name).init(("a", "b"), cfg)
+
+
+def test_default_config_fields():
+  cfg = weighting.default_config()
+  assert cfg.name == "ew" and cfg.mode == "param"
+  assert "term_weights" not in cfg
+  assert cfg.dwa_temperature == 2.0 and cfg.dwa_epoch_steps == 100
+  assert cfg.gradnorm_alpha == 1.5 and cfg.cagrad_c == 0.4
+  assert cfg.famo_lr == 0.025 and cfg.famo_gamma == 0.01
+  assert cfg.dbmtl_beta == 0.9 and cfg.dbmtl_beta_sigma == 0.5
+  assert cfg.mgda_normalization == "none" and cfg.mgda_iters == 250
+  assert cfg.nash_max_iter == 20 and cfg.gradvac_beta == 0.01
+  assert cfg.rlw_distribution == "normal"
+
+
+def test_flags():
+  loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo"}
+  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl"}
+  for name in weighting.METHODS:
+    method = weighting.get_method(name)
+    assert isinstance(method, base.WeightingMethod)
+    assert method.needs_grads == (name not in loss_methods), name
+    assert method.scales_specific == (name not in surgery), name
+    assert method.needs_full_grads == (name == "dbmtl"), name
+    assert method.supports_rep_grad == (name != "dbmtl"), name
+
+
+def test_state_names_are_static():
+  state = loss_level.State(("a", "b"), {"x": jnp.ones(2)})
+  leaves, treedef = jax.tree.flatten(state)
+  assert len(leaves) == 1
+  again = jax.tree.unflatten(treedef, leaves)
+  assert again.term_names == ("a", "b")
