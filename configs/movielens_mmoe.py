@@ -20,6 +20,7 @@ def get_config(arg=None):
   c.data.tfds_dir = ""  # "" = ~/.cache/mtkd_jax/tfds
   c.data.max_examples = 0  # 0 = all
   c.data.embed_dim = 16
+  c.data.history_len = 0  # no behaviour sequence; see movielens_sequence.py
   config_defaults.set_tasks(c, rating=("mse", 1.0), like=("bce", 1.0))
 
   c.model.name = "mmoe"

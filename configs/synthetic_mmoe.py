@@ -23,6 +23,7 @@ def get_config(arg=None):
   c.data.embed_dim = 16
   c.data.validation_fraction = 0.1
   c.data.test_fraction = 0.1
+  c.data.ctcvr = False  # True: tasks ctr, ctcvr (click and convert)
   config_defaults.set_tasks(c, ctr=("bce", 1.0), cvr=("bce", 1.0))
 
   c.model.name = "mmoe"

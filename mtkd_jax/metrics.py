@@ -20,7 +20,8 @@ from mtkd_jax.data.specs import TASK_KINDS
 
 __all__ = [
     "auc", "gauc", "logloss", "logloss_from_logits", "rmse", "mae",
-    "calibration", "compute_task_metrics",
+    "calibration", "multiclass_metrics", "retrieval_metrics",
+    "compute_task_metrics",
 ]
 
 
@@ -304,21 +305,123 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
   return np.exp(-np.logaddexp(0.0, -z))
 
 
+def multiclass_metrics(labels, logits, weights=None) -> Dict[str, float]:
+  """Accuracy, cross-entropy and macro one-vs-rest AUC of a multiclass task.
+
+    accuracy = sum_i w_i [argmax_c z_ic == y_i] / sum_i w_i
+    cross_entropy = sum_i w_i (logsumexp_c z_ic - z_i,y_i) / sum_i w_i
+    macro_auc = mean over classes c present with both outcomes of
+                auc([y == c], softmax(z)_c)   (one-vs-rest, Provost &
+                Domingos 2000 use the prevalence-weighted mean; this is the
+                unweighted "macro" one of sklearn's multi_class="ovr").
+
+  Args:
+    labels: [N] class ids in [0, C) (floats holding integers are fine).
+    logits: [N, C] real logits.
+    weights: optional [N] >= 0; 0 marks padding rows, which are ignored.
+
+  Returns:
+    {"accuracy", "cross_entropy", "macro_auc"}; nan where undefined (no
+    rows; macro_auc when no class has both outcomes).
+  """
+  logits = np.asarray(logits, dtype=np.float64)
+  labels = np.asarray(labels)
+  if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+    raise ValueError(f"logits must be [N, C] with N = len(labels) = "
+                     f"{labels.shape[0]}; got {list(logits.shape)}.")
+  keep, w = _keep_rows(weights, labels.shape[0], labels.shape)
+  z, y = logits[keep], labels[keep].astype(np.int64)
+  if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
+    raise ValueError(f"multiclass labels must lie in [0, {z.shape[1]}).")
+  m = z.max(axis=1, keepdims=True)
+  lse = (m + np.log(np.sum(np.exp(z - m), axis=1, keepdims=True)))[:, 0]
+  rows = np.arange(y.size)
+  ce = lse - z[rows, y]
+  acc = (np.argmax(z, axis=1) == y).astype(np.float64)
+  probs = np.exp(z - lse[:, None])
+  aucs = [auc((y == c).astype(np.float64), probs[:, c], w)
+          for c in range(z.shape[1])]
+  aucs = [a for a in aucs if not np.isnan(a)]
+  return {"accuracy": _weighted_mean(acc, w),
+          "cross_entropy": _weighted_mean(ce, w),
+          "macro_auc": float(np.mean(aucs)) if aucs else float("nan")}
+
+
+def retrieval_metrics(scores, targets, ks=(10, 50), exclude_mask=None,
+                      weights=None) -> Dict[str, float]:
+  """Full-catalogue ranking metrics of held-out items.
+
+  Each row n scores every item of the catalogue (scores[n, i]); its target
+  item t_n is ranked among the items that are not excluded (the user's
+  already-seen items, `exclude_mask[n, i]`; the target itself is never
+  excluded). With the rank r_n = 1 + #{i allowed: s_ni > s_nt} (ties count
+  in the target's favour; optimistic, as in most toolkits),
+    HR@K = Recall@K = [r_n <= K]    (one held-out item per row),
+    NDCG@K = [r_n <= K] / log2(1 + r_n)   (ideal DCG is 1),
+    MRR = 1 / r_n,
+  each averaged over rows with weights (0 = padding, dropped). With one
+  target per row Recall@K equals HR@K; both are reported under their names.
+
+  Args:
+    scores: float[N, I], higher = better.
+    targets: int[N], item ids in [0, I).
+    ks: the cut-offs K.
+    exclude_mask: optional bool[N, I], True for items to leave out of row n's
+      ranking.
+    weights: optional float[N] >= 0.
+
+  Returns:
+    {"recall_at_K", "hr_at_K", "ndcg_at_K" for each K, "mrr", "mean_rank"}
+    (TensorBoard-safe names of Recall@K, HR@K, NDCG@K); nan
+    without rows.
+  """
+  scores = np.asarray(scores, dtype=np.float64)
+  targets = np.asarray(targets).astype(np.int64)
+  n, num_items = scores.shape
+  if targets.shape != (n,):
+    raise ValueError(f"targets must be [{n}], got {list(targets.shape)}.")
+  if n and (targets.min() < 0 or targets.max() >= num_items):
+    raise ValueError(f"targets must lie in [0, {num_items}).")
+  keep, w = _keep_rows(weights, n, (n,))
+  scores, targets = scores[keep], targets[keep]
+  target_scores = scores[np.arange(targets.size), targets]
+  better = scores > target_scores[:, None]
+  if exclude_mask is not None:
+    exclude_mask = np.asarray(exclude_mask, dtype=bool)
+    if exclude_mask.shape != (n, num_items):
+      raise ValueError(f"exclude_mask must be [{n}, {num_items}], got "
+                       f"{list(exclude_mask.shape)}.")
+    better &= ~exclude_mask[keep]
+  rank = 1.0 + better.sum(axis=1)
+  out = {}
+  for k in ks:
+    hit = (rank <= k).astype(np.float64)
+    out[f"recall_at_{k}"] = _weighted_mean(hit, w)
+    out[f"hr_at_{k}"] = out[f"recall_at_{k}"]
+    out[f"ndcg_at_{k}"] = _weighted_mean(hit / np.log2(1.0 + rank), w)
+  out["mrr"] = _weighted_mean(1.0 / rank, w)
+  out["mean_rank"] = _weighted_mean(rank, w)
+  return out
+
+
 def compute_task_metrics(kind: str, labels, outputs, weights=None,
                          user_ids=None) -> Dict[str, float]:
   """The standard metrics of one task over a split.
 
   Args:
-    kind: the task kind, one of `TASK_KINDS` ("binary", "regression").
+    kind: the task kind: "binary", "regression" or "multiclass" ("retrieval"
+      needs the catalogue: `retrieval_metrics`, wired in
+      `mtkd_jax.train.evaluate.split_metrics`).
     labels: [N] labels of the task.
     outputs: [N] model outputs: logits for "binary", predictions for
-      "regression".
+      "regression"; [N, C] logits for "multiclass".
     weights: optional [N] >= 0; 0 marks padding rows, which are ignored.
     user_ids: optional [N] user keys; adds "gauc" for binary tasks.
 
   Returns:
     "binary": {"auc", "logloss" (from logits), "pcoc"} plus "gauc" when
-    `user_ids` is given; "regression": {"rmse", "mae"}.
+    `user_ids` is given; "regression": {"rmse", "mae"}; "multiclass":
+    `multiclass_metrics`.
 
   Raises:
     ValueError: for an unknown `kind`.
@@ -336,5 +439,7 @@ def compute_task_metrics(kind: str, labels, outputs, weights=None,
   if kind == "regression":
     return {"rmse": rmse(labels, outputs, weights),
             "mae": mae(labels, outputs, weights)}
+  if kind == "multiclass":
+    return multiclass_metrics(labels, outputs, weights)
   raise ValueError(f"Unknown task kind {kind!r}; valid kinds: "
                    f"{', '.join(TASK_KINDS)}.")

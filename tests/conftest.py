@@ -14,9 +14,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ml100k_dir():
   if not (ML100K / "u.data").exists():
     pytest.skip(f"MovieLens-100K not found at {ML100K} (licensed data, not "
                 "in the repository).")
   return ML100K
+
+
+@pytest.fixture(scope="session")
+def ml100k_tfds_dir(tmp_path_factory, ml100k_dir):
+  """One TFDS preparation of the real MovieLens-100K for the whole session
+  (about 20 s of CPU); tests that load the real data use this directory."""
+  del ml100k_dir  # only for its skip
+  return tmp_path_factory.mktemp("ml100k_tfds")

@@ -60,5 +60,30 @@ def test_multitask_loss_reports_terms():
 
 
 def test_unknown_loss_lists_valid_names():
-  with pytest.raises(ValueError, match="Unknown loss 'bse'; valid names: bce, huber, mse"):
+  with pytest.raises(ValueError, match="Unknown loss 'bse'; valid names: bce, huber, in_batch_softmax, mse, softmax_ce"):
     losses.get_loss("bse")
+
+
+def test_softmax_ce_hand_computed():
+  logits = jnp.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [100.0, -100.0, 0.0]])
+  labels = jnp.array([2.0, 0.0, 0.0])  # class ids stored as floats
+  lse = np.log(np.exp(1.0) + np.exp(2.0) + np.exp(3.0))
+  expected = [np.log(3.0), lse - 1.0, np.log1p(np.exp(-100.0) + np.exp(-200.0))]
+  got = jax.jit(losses.get_loss("softmax_ce"))(logits, labels)
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-30)
+  check_grads(lambda z: losses.softmax_cross_entropy(z, labels),
+              (jnp.array([[0.1, -0.3, 0.5], [1.0, 2.0, 3.0],
+                          [0.2, 0.0, -0.4]]),),
+              order=2, modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_in_batch_softmax_hand_computed():
+  s = jnp.array([[2.0, 0.0, -1.0], [1.0, 1.0, 1.0], [0.0, 3.0, -1e9]])
+  labels = jnp.array([1.0, 1.0, 0.0])  # row 2 is only a negative column
+  expected = [np.log(np.exp(2.0) + 1.0 + np.exp(-1.0)) - 2.0, np.log(3.0), 0.0]
+  got = jax.jit(losses.get_loss("in_batch_softmax"))(s, labels)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  check_grads(lambda z: losses.in_batch_softmax(z, jnp.ones(3)),
+              (jnp.array([[0.5, -0.2, 0.1], [0.3, 0.9, -0.7],
+                          [0.0, 0.4, 0.2]]),),
+              order=2, modes=("rev",), atol=1e-2, rtol=1e-2)

@@ -291,4 +291,82 @@ def test_compute_task_metrics_regression():
 
 def test_compute_task_metrics_unknown_kind():
   with pytest.raises(ValueError, match="binary, regression"):
-    metrics.compute_task_metrics("multiclass", [0], [0.0])
+    metrics.compute_task_metrics("ordinal", [0], [0.0])
+
+
+def _retrieval_reference(scores, targets, ks, exclude=None, weights=None):
+  """Per-row Python loop: rank of the target among the allowed items."""
+  n, num_items = scores.shape
+  sums = {f"{m}_at_{k}": 0.0 for k in ks for m in ("recall", "hr", "ndcg")}
+  sums["mrr"] = sums["mean_rank"] = 0.0
+  total = 0.0
+  for r in range(n):
+    w = 1.0 if weights is None else float(weights[r])
+    if w == 0:
+      continue
+    t = targets[r]
+    rank = 1
+    for i in range(num_items):
+      if i == t or (exclude is not None and exclude[r, i]):
+        continue
+      if scores[r, i] > scores[r, t]:
+        rank += 1
+    for k in ks:
+      hit = 1.0 if rank <= k else 0.0
+      sums[f"recall_at_{k}"] += w * hit
+      sums[f"hr_at_{k}"] += w * hit
+      sums[f"ndcg_at_{k}"] += w * hit / math.log2(rank + 1)
+    sums["mrr"] += w / rank
+    sums["mean_rank"] += w * rank
+    total += w
+  return {k: v / total for k, v in sums.items()}
+
+
+@pytest.mark.parametrize("use_exclude", [False, True])
+def test_retrieval_metrics_match_brute_force(use_exclude):
+  rng = np.random.default_rng(0)
+  n, num_items, ks = 40, 30, (1, 5, 10)
+  scores = np.round(rng.normal(size=(n, num_items)), 1)  # many ties
+  targets = rng.integers(0, num_items, n)
+  weights = rng.choice([0.0, 1.0, 2.0], n)
+  exclude = rng.random((n, num_items)) < 0.3 if use_exclude else None
+  if exclude is not None:
+    exclude[np.arange(n), targets] = False
+  got = metrics.retrieval_metrics(scores, targets, ks, exclude_mask=exclude,
+                                  weights=weights)
+  want = _retrieval_reference(scores, targets, ks, exclude, weights)
+  assert set(got) == set(want)
+  for k in want:
+    assert got[k] == pytest.approx(want[k], rel=1e-12), k
+
+
+def test_retrieval_metrics_hand_computed():
+  scores = np.array([[0.9, 0.1, 0.5, 0.3],   # target 2 -> rank 2
+                     [0.9, 0.8, 0.7, 0.6]])  # target 3 -> rank 4, or 2 with
+  exclude = np.array([[False] * 4, [True, True, False, False]])  # 0, 1 out
+  got = metrics.retrieval_metrics(scores, np.array([2, 3]), (1, 2),
+                                  exclude_mask=exclude)
+  assert got["recall_at_1"] == 0.0
+  assert got["recall_at_2"] == 1.0
+  assert got["ndcg_at_2"] == pytest.approx(1 / math.log2(3))
+  assert got["mrr"] == pytest.approx(0.5)
+  no_exclude = metrics.retrieval_metrics(scores, np.array([2, 3]), (2,))
+  assert no_exclude["mrr"] == pytest.approx((0.5 + 0.25) / 2)
+
+
+def test_multiclass_metrics_match_sklearn():
+  rng = np.random.default_rng(1)
+  n, c = 200, 4
+  labels = rng.integers(0, c, n).astype(np.float32)
+  logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[labels.astype(int)]
+  weights = rng.choice([0.0, 1.0, 3.0], n)
+  got = metrics.compute_task_metrics("multiclass", labels, logits, weights)
+  keep = weights > 0
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  assert got["accuracy"] == pytest.approx(skm.accuracy_score(
+      labels[keep], logits[keep].argmax(1), sample_weight=weights[keep]))
+  assert got["cross_entropy"] == pytest.approx(skm.log_loss(
+      labels[keep], probs[keep], sample_weight=weights[keep]), rel=1e-9)
+  assert got["macro_auc"] == pytest.approx(skm.roc_auc_score(
+      labels[keep], probs[keep], multi_class="ovr", average="macro",
+      sample_weight=weights[keep]), rel=1e-9)

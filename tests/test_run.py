@@ -60,10 +60,10 @@ def test_synthetic_pmap_mode_matches_jit(tmp_path):
                                err_msg=key)
 
 
-def test_movielens_smoke(tmp_path, ml100k_dir):
+def test_movielens_smoke(tmp_path, ml100k_dir, ml100k_tfds_dir):
   config = movielens_mmoe.get_config("smoke")
   config.data.data_dir = str(ml100k_dir)
-  config.data.tfds_dir = str(tmp_path / "tfds")
+  config.data.tfds_dir = str(ml100k_tfds_dir)
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   test = results["test"]
   assert test["rating/rmse"] > 0
@@ -85,7 +85,7 @@ def test_misspelt_config_key_names_it(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.model.name=mmeo", "Unknown model 'mmeo'; valid names: mmoe, shared_bottom"),
+    ("--config.model.name=mmeo", "Unknown model 'mmeo'; valid names: aitm, cross_stitch"),
     ("--config.tasks.ctr.loss=bse", "Unknown loss 'bse'; valid names: bce"),
     ("--config.data.name=criteo", "Unknown dataset 'criteo'; valid names:"),
     ("--config.train.select_metric=ctr/acc", "select_metric 'ctr/acc' is not a validation metric"),
@@ -160,3 +160,14 @@ def test_gradient_diagnostics_logged(tmp_path):
   last = [r for r in writers.read_metrics(str(tmp_path)) if r["split"] == "train"][-1]
   assert -1.0 <= last["grad_cos/ctr/cvr"] <= 1.0
   assert last["grad_norm/ctr"] > 0 and last["grad_norm/cvr"] > 0
+
+
+def test_esmm_reports_cvr_on_clicked_rows(tmp_path):
+  from configs import synthetic_esmm  # pylint: disable=g-import-not-at-top
+  config = synthetic_esmm.get_config("smoke")
+  config.train.num_steps = 6
+  results = train.train_and_evaluate(config, str(tmp_path))
+  test = results["test"]
+  assert 0.0 <= test["cvr/auc_clicked"] <= 1.0
+  assert test["cvr/logloss_clicked"] > 0
+  assert "ctcvr/auc" in test and "ctr/auc" in test

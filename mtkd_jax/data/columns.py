@@ -37,7 +37,8 @@ def validate_columns(spec: specs_lib.DatasetSpec, columns: dict,
   n = num_rows(columns)
   expected = {"sparse", "dense", "weights"} | {
       f"labels/{t}" for t in spec.task_names} | {
-          f"multi_hot/{m.name}" for m in spec.multi_hot}
+          f"multi_hot/{m.name}" for m in spec.multi_hot} | {
+              f"sequence/{s.name}" for s in spec.sequences}
   if spec.has_user_id:
     expected.add("user_id")
   missing = expected - set(columns)
@@ -60,6 +61,13 @@ def validate_columns(spec: specs_lib.DatasetSpec, columns: dict,
       raise errors.DataError(f"{split}: multi-hot field {field.name!r} must be "
                        f"int[N, {field.max_len}], got {list(col.shape)}.")
     _check_ids(col, field.vocab_size, field.name, split, True)
+  for field in spec.sequences:
+    col = np.asarray(columns[f"sequence/{field.name}"])
+    if col.shape[1:] != (field.max_len,) or col.dtype.kind not in "iu":
+      raise errors.DataError(f"{split}: sequence field {field.name!r} must be "
+                             f"int[N, {field.max_len}], got "
+                             f"{col.dtype}{list(col.shape)}.")
+    _check_ids(col, field.vocab_size, field.name, split, True)
   dense = np.asarray(columns["dense"])
   if dense.shape[1:] != (len(spec.dense),):
     raise errors.DataError(f"{split}: 'dense' must be float[N, {len(spec.dense)}], "
@@ -78,3 +86,12 @@ def validate_columns(spec: specs_lib.DatasetSpec, columns: dict,
         row = _first_bad_row(bad)
         raise errors.DataError(f"{split}: binary task {task.name!r} row {row} has "
                          f"label {y[row]}, expected 0 or 1.")
+    if task.kind == "multiclass":
+      y = np.asarray(columns[f"labels/{task.name}"], dtype=np.float64)
+      bad = (y != np.round(y)) | (y < 0) | (y >= task.num_classes)
+      if bad.any():
+        row = _first_bad_row(bad)
+        raise errors.DataError(
+            f"{split}: multiclass task {task.name!r} row {row} has label "
+            f"{y[row]}, expected an integer class id in "
+            f"[0, {task.num_classes}).")

@@ -31,6 +31,12 @@ Features (all ids 0-based, vocabularies computed from the full files):
   genres:            the indices of the item's genre flags (of 19), padded
                      with -1 to `GENRES_MAX_LEN`.
   timestamp, rating: as in u.data; like = 1.0 if rating >= 4 else 0.0.
+  history:           (load only, when cfg.history_len = L > 0) the item ids
+                     of the user's L ratings just before this one in the
+                     per-user order of the split, oldest first, padded with
+                     -1 on the left; see `user_histories`. A test rating's
+                     history holds the user's train / validation items (its
+                     past); a train rating never sees validation or test ones.
 """
 import hashlib
 import os
@@ -65,8 +71,15 @@ SPLITS = ("train", "validation", "test")
 TASKS = (specs.TaskSpec("rating", "regression", "mse"),
          specs.TaskSpec("like", "binary", "bce"))
 LIKE_THRESHOLD = 4
+NUM_RATING_CLASSES = 5  # data.rating_classes: rating r -> class r - 1
+RATING_CLASS_TASK = specs.TaskSpec("rating_class", "multiclass", "softmax_ce",
+                                   num_classes=NUM_RATING_CLASSES)
+# data.retrieval: every rating is a positive (user, item) interaction.
+RETRIEVAL_TASK = specs.TaskSpec("retrieval", "retrieval", "in_batch_softmax",
+                                item_field="item_id")
+ITEM_FIELDS = ("item_id", "release_decade", "genres")
 # Bump when the layout of the cached columns changes.
-_CACHE_FORMAT = "movielens100k-columns-v1"
+_CACHE_FORMAT = "movielens100k-columns-v2"  # v2: + "sequence/history"
 _READ_CHUNK = 4096
 
 _CITATION = """\
@@ -432,19 +445,34 @@ def _cfg_get(cfg, name: str, default):
   return default if value is None else value
 
 
-def make_spec(metadata, embed_dim: int = 16) -> specs.DatasetSpec:
-  """The DatasetSpec of the prepared data described by its `metadata`."""
+def make_spec(metadata, embed_dim: int = 16, history_len: int = 0,
+              rating_classes: bool = False,
+              retrieval: bool = False) -> specs.DatasetSpec:
+  """The DatasetSpec of the prepared data described by its `metadata`.
+
+  With history_len > 0 it has the sequence field "history" (L = history_len)
+  sharing item_id's embedding table. rating_classes replaces the regression
+  task "rating" by the 5-class task "rating_class" (class = rating - 1);
+  retrieval adds the two-tower task "retrieval" (`RETRIEVAL_TASK`).
+  """
   vocab = metadata["vocab_sizes"]
+  sequences = ()
+  if history_len > 0:
+    sequences = (specs.SequenceField("history", int(vocab["item_id"]),
+                                     history_len, embed_dim, shares="item_id"),)
   return specs.DatasetSpec(
       name="movielens_100k",
       sparse=tuple(specs.SparseField(f, int(vocab[f]), embed_dim)
                    for f in SPARSE_FIELDS),
       dense=(),
-      tasks=TASKS,
+      tasks=((RATING_CLASS_TASK,) + TASKS[1:] if rating_classes else TASKS)
+      + ((RETRIEVAL_TASK,) if retrieval else ()),
+      item_fields=ITEM_FIELDS,
       multi_hot=(specs.MultiHotField("genres", len(metadata["genres"]),
                                      int(metadata["genres_max_len"]),
                                      embed_dim),),
-      has_user_id=True)
+      has_user_id=True,
+      sequences=sequences)
 
 
 def examples_to_columns(feats: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -464,6 +492,59 @@ def examples_to_columns(feats: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   }
 
 
+def user_histories(user_id: np.ndarray, item_id: np.ndarray,
+                   order: np.ndarray, history_len: int) -> np.ndarray:
+  """Each row's previous items of the same user, in the order `order`.
+
+  Args:
+    user_id, item_id: int[N] per rating.
+    order: int[N], a permutation listing the rows user by user and, within a
+      user, in time order (rows of a user need not be contiguous in input).
+    history_len: L.
+
+  Returns:
+    int32[N, L]: row r's entry holds the items of the (up to) L rows of r's
+    user just before r in `order`, oldest first, most recent in column L - 1,
+    left-padded with -1. The first rating of a user has only -1.
+  """
+  n = len(user_id)
+  su, si = np.asarray(user_id)[order], np.asarray(item_id, np.int32)[order]
+  new_user = np.ones(n, bool)
+  new_user[1:] = su[1:] != su[:-1]
+  rank = np.arange(n) - np.maximum.accumulate(
+      np.where(new_user, np.arange(n), 0))  # position within the user
+  hist = np.full((n, history_len), -1, np.int32)
+  for k in range(1, history_len + 1):  # k-th most recent previous rating
+    rows = np.flatnonzero(rank >= k)
+    hist[rows, history_len - k] = si[rows - k]
+  out = np.empty_like(hist)
+  out[order] = hist
+  return out
+
+
+def add_history(split_columns: Dict[str, Dict[str, np.ndarray]],
+                history_len: int) -> None:
+  """Adds "sequence/history" int32[N, L] to each split's columns, in place.
+
+  The order is the one `split_users` cuts: per user by (timestamp, item_id,
+  position in u.data). Within a split rows keep u.data order, and a user's
+  earlier split holds their earlier ratings, so (user, timestamp, item_id,
+  split, row) reproduces it exactly from the split columns.
+  """
+  parts = [split_columns[s] for s in SPLITS]
+  sizes = [len(c["user_id"]) for c in parts]
+  user = np.concatenate([c["user_id"] for c in parts])
+  item = np.concatenate(
+      [c["sparse"][:, SPARSE_FIELDS.index("item_id")] for c in parts])
+  ts = np.concatenate([c["timestamp"] for c in parts])
+  split = np.repeat(np.arange(len(parts)), sizes)
+  row = np.concatenate([np.arange(n) for n in sizes])
+  order = np.lexsort((row, split, item, ts, user))
+  hist = user_histories(user, item, order, history_len)
+  for c, h in zip(parts, np.split(hist, np.cumsum(sizes)[:-1])):
+    c["sequence/history"] = h
+
+
 def read_split(builder, split: str) -> Dict[str, np.ndarray]:
   """Decodes a prepared split once into columns (see examples_to_columns)."""
   source = builder.as_data_source(split)
@@ -477,16 +558,17 @@ def read_split(builder, split: str) -> Dict[str, np.ndarray]:
   return examples_to_columns({k: np.concatenate(v) for k, v in parts.items()})
 
 
-def _prepared_stamp(builder) -> str:
+def _prepared_stamp(builder, history_len: int = 0) -> str:
   """Identifies the prepared data: its dataset_info.json and metadata.json."""
-  h = hashlib.sha256(_CACHE_FORMAT.encode())
+  h = hashlib.sha256(f"{_CACHE_FORMAT}/history_len={history_len}".encode())
   for name in ("dataset_info.json", "metadata.json"):
     h.update(pathlib.Path(builder.data_dir, name).read_bytes())
   return h.hexdigest()
 
 
-def _cache_path(builder, split: str) -> pathlib.Path:
-  return pathlib.Path(builder.data_dir) / f"columns_{split}.npz"
+def _cache_path(builder, split: str, history_len: int = 0) -> pathlib.Path:
+  suffix = f"_history{history_len}" if history_len else ""
+  return pathlib.Path(builder.data_dir) / f"columns_{split}{suffix}.npz"
 
 
 def _save_npz(path: pathlib.Path, cols: Dict[str, np.ndarray],
@@ -548,33 +630,116 @@ def load(cfg) -> specs.Splits:
         and validation / test their first max(1, max_examples // 8) (the
         80/10/10 ratio), in u.data order.
       embed_dim: the embedding width put in the spec (default 16).
+      history_len: L > 0 adds the sequence "history" (the user's previous L
+        items, see `user_histories`); 0 (the default) leaves it out.
 
   Returns:
     `specs.Splits` whose splits hold "sparse" int32[N, 7] (SPARSE_FIELDS),
     "dense" float32[N, 0], "multi_hot/genres" int32[N, 6], "labels/rating",
-    "labels/like", "weights", "user_id"; `extras[split]["timestamp"]` holds
-    the int64 unix times (not a model input).
+    "labels/like", "weights", "user_id" and, with history_len = L > 0,
+    "sequence/history" int32[N, L]; `extras[split]["timestamp"]` holds the
+    int64 unix times (not a model input). Histories are computed on all the
+    data, so `max_examples` keeps each kept row's true history.
   """
   data_dir = _cfg_get(cfg, "data_dir", "")
   tfds_dir = os.path.expanduser(
       _cfg_get(cfg, "tfds_dir", "") or DEFAULT_TFDS_DIR)
   max_examples = int(_cfg_get(cfg, "max_examples", 0))
   embed_dim = int(_cfg_get(cfg, "embed_dim", 16))
+  history_len = int(_cfg_get(cfg, "history_len", 0))
+  rating_classes = bool(_cfg_get(cfg, "rating_classes", False))
+  retrieval = bool(_cfg_get(cfg, "retrieval", False))
+  if history_len < 0:
+    raise errors.ConfigError(f"data.history_len must be >= 0 (0 = no history "
+                             f"sequence), got {history_len}.")
 
   builder = _prepare(data_dir, tfds_dir)
-  spec = make_spec(builder.info.metadata, embed_dim)
-  stamp = _prepared_stamp(builder)
+  spec = make_spec(builder.info.metadata, embed_dim, history_len,
+                   rating_classes, retrieval)
+  stamp = _prepared_stamp(builder, history_len)
+  # One cache per history_len; a history needs every split, so a miss
+  # decodes all three.
+  cached = {s: _load_npz(_cache_path(builder, s, history_len), stamp)
+            for s in SPLITS}
+  if any(cols is None for cols in cached.values()):
+    cached = {s: read_split(builder, s) for s in SPLITS}
+    if history_len:
+      add_history(cached, history_len)
+    for s in SPLITS:
+      _save_npz(_cache_path(builder, s, history_len), cached[s], stamp)
   splits, extras = {}, {}
   for split in SPLITS:
-    path = _cache_path(builder, split)
-    cols = _load_npz(path, stamp)
-    if cols is None:
-      cols = read_split(builder, split)
-      _save_npz(path, cols, stamp)
+    cols = cached[split]
     if max_examples > 0:
       cols = _head(cols, max_examples if split == "train"
                    else max(1, max_examples // 8))
     extras[split] = {"timestamp": cols.pop("timestamp")}
-    columns_lib.validate_columns(spec, cols, split)
+    if rating_classes:
+      cols["labels/rating_class"] = cols.pop("labels/rating") - 1.0
     splits[split] = cols
+  if retrieval:
+    add_retrieval_columns(splits, extras, cached, history_len)
+  for split in SPLITS:
+    columns_lib.validate_columns(spec, splits[split], split)
   return specs.Splits(spec=spec, extras=extras, **splits)
+
+
+def item_catalogue(all_columns, history_len: int = 0) -> Dict[str, np.ndarray]:
+  """Every item of the vocabulary as one batch-layout row, item fields only.
+
+  Row i describes item i: its item_id, release_decade and genres (taken from
+  any rating of it; an item never rated keeps decade 0 and no genres). The
+  user-side sparse fields are 0 and the history all -1: the item tower of
+  `mtkd_jax.models.retrieval` reads only the spec's item_fields.
+
+  Args:
+    all_columns: iterable of batch-layout column dicts (e.g. every split).
+    history_len: L of "sequence/history" (0: no such column).
+  """
+  item_col = SPARSE_FIELDS.index("item_id")
+  decade_col = SPARSE_FIELDS.index("release_decade")
+  sparse = np.concatenate([c["sparse"] for c in all_columns])
+  genres = np.concatenate([c["multi_hot/genres"] for c in all_columns])
+  num_items = int(sparse[:, item_col].max()) + 1
+  out_sparse = np.zeros((num_items, len(SPARSE_FIELDS)), np.int32)
+  out_sparse[:, item_col] = np.arange(num_items)
+  out_genres = np.full((num_items, GENRES_MAX_LEN), -1, np.int32)
+  out_sparse[sparse[:, item_col], decade_col] = sparse[:, decade_col]
+  out_genres[sparse[:, item_col]] = genres
+  cat = {"sparse": out_sparse, "dense": np.zeros((num_items, 0), np.float32),
+         "multi_hot/genres": out_genres}
+  if history_len:
+    cat["sequence/history"] = np.full((num_items, history_len), -1, np.int32)
+  return cat
+
+
+def add_retrieval_columns(splits, extras, all_columns,
+                          history_len: int = 0) -> None:
+  """Adds what the "retrieval" task needs, in place.
+
+  Columns of every split: "labels/retrieval" (1.0: every rating is a
+  positive interaction) and "item_logq/retrieval", log q_j of the row's item
+  j, q_j = (its count in the (kept) train split) / (train rows), at least one
+  count: the sampling probability of j as an in-batch negative, for the logQ
+  correction of Yi et al. (RecSys 2019). extras["catalogue"]: every item as
+  a batch-layout row (`item_catalogue`, from all rows in `all_columns`);
+  extras[split]["seen/retrieval"]: bool[num_users, num_items], the items each
+  user rated in the earlier splits (none for train, train for validation,
+  train + validation for test), excluded from full-catalogue ranking.
+  """
+  item_col = SPARSE_FIELDS.index("item_id")
+  catalogue = item_catalogue(list(all_columns.values()), history_len)
+  num_items = len(catalogue["sparse"])
+  num_users = int(max(c["user_id"].max() for c in all_columns.values())) + 1
+  train_items = splits["train"]["sparse"][:, item_col]
+  counts = np.maximum(np.bincount(train_items, minlength=num_items), 1)
+  logq = np.log(counts / max(len(train_items), 1)).astype(np.float32)
+  seen = np.zeros((num_users, num_items), bool)
+  extras["catalogue"] = catalogue
+  for split in SPLITS:
+    cols = splits[split]
+    items = cols["sparse"][:, item_col]
+    cols["labels/retrieval"] = np.ones(len(items), np.float32)
+    cols["item_logq/retrieval"] = logq[items]
+    extras[split]["seen/retrieval"] = seen.copy()
+    seen[cols["user_id"], items] = True

@@ -385,15 +385,15 @@ def _positional_splits(spec, columns, extras, cfg):
   return specs.Splits(spec=spec, extras=side, **parts)
 
 
-def synthetic_ctr_spec(num_sparse, num_dense, vocab_size, embed_dim):
-  """DatasetSpec 'synthetic_ctr': fields C0.., dense I0.., tasks ctr, cvr."""
+def synthetic_ctr_spec(num_sparse, num_dense, vocab_size, embed_dim,
+                       tasks=CTR_TASKS):
+  """DatasetSpec 'synthetic_ctr': fields C0.., dense I0.., binary `tasks`."""
   return specs.DatasetSpec(
       name="synthetic_ctr",
       sparse=tuple(specs.SparseField(f"C{i}", vocab_size, embed_dim)
                    for i in range(num_sparse)),
       dense=tuple(specs.DenseField(f"I{i}") for i in range(num_dense)),
-      tasks=(specs.TaskSpec("ctr", "binary", "bce"),
-             specs.TaskSpec("cvr", "binary", "bce")))
+      tasks=tuple(specs.TaskSpec(t, "binary", "bce") for t in tasks))
 
 
 def load_synthetic_ctr(cfg) -> specs.Splits:
@@ -403,11 +403,16 @@ def load_synthetic_ctr(cfg) -> specs.Splits:
     cfg: has num_examples (total rows), seed, vocab_size, num_sparse,
       num_dense, task_correlation, embed_dim (the model's embedding width,
       written into the spec), validation_fraction, test_fraction; optionally
-      zipf_exponent, ctr_rate, cvr_rate.
+      zipf_exponent, ctr_rate, cvr_rate, ctcvr (bool, default False).
+
+  With ctcvr, the `cvr` task is replaced by `ctcvr`, click AND convert
+  (label ctr * cvr, Bayes probability p_ctr * p_cvr; the two labels are
+  drawn independently given the features): the impression -> click ->
+  conversion funnel of ESMM / AITM, with p_cvr the post-click CVR.
 
   Returns:
     specs.Splits named 'synthetic_ctr'; extras[split] holds
-    "bayes_prob/ctr" and "bayes_prob/cvr", float32[rows of the split].
+    "bayes_prob/<task>" for each task, float32[rows of the split].
   """
   cols, probs = generate_ctr(
       cfg.num_examples, seed=cfg.seed, num_sparse=cfg.num_sparse,
@@ -416,8 +421,13 @@ def load_synthetic_ctr(cfg) -> specs.Splits:
       task_correlation=cfg.task_correlation,
       ctr_rate=getattr(cfg, "ctr_rate", CTR_RATE),
       cvr_rate=getattr(cfg, "cvr_rate", CVR_RATE))
+  tasks = CTR_TASKS
+  if getattr(cfg, "ctcvr", False):
+    tasks = ("ctr", "ctcvr")
+    cols["labels/ctcvr"] = cols["labels/ctr"] * cols.pop("labels/cvr")
+    probs["ctcvr"] = probs["ctr"] * probs.pop("cvr")
   spec = synthetic_ctr_spec(cfg.num_sparse, cfg.num_dense, cfg.vocab_size,
-                            cfg.embed_dim)
+                            cfg.embed_dim, tasks)
   extras = {f"bayes_prob/{t}": p for t, p in probs.items()}
   return _positional_splits(spec, cols, extras, cfg)
 

@@ -7,9 +7,11 @@ to `LOSSES`.
 """
 from mtkd_jax.losses.task_losses import binary_cross_entropy
 from mtkd_jax.losses.task_losses import huber
+from mtkd_jax.losses.task_losses import in_batch_softmax
 from mtkd_jax.losses.task_losses import LOSSES
 from mtkd_jax.losses.task_losses import get_loss
 from mtkd_jax.losses.task_losses import mse
 from mtkd_jax.losses.task_losses import multitask_loss
+from mtkd_jax.losses.task_losses import softmax_cross_entropy
 from mtkd_jax.losses.task_losses import weighted_mean
 from mtkd_jax.losses.task_losses import weighted_sum_and_count

@@ -1,6 +1,8 @@
 """Per-example task losses, the shared weighted reduction, the multi-task total.
 
-Every loss takes `(outputs, labels)` of shape [B] and returns float32[B]; it
+Every loss takes `(outputs, labels)` (outputs float[B], or float[B, C] for
+multiclass logits, float[B, B] for in-batch retrieval scores; labels
+float[B]) and returns float32[B]; it
 has no hidden state and reads no config. Reduction is separate: padded rows
 carry weight 0, so a batch mean is `sum(w * l) / sum(w)`, never `mean(l)`.
 """
@@ -40,10 +42,52 @@ def huber(preds: Array, targets: Array, *, delta: float = 1.0) -> Array:
   return jnp.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta))
 
 
+def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+  """Softmax cross-entropy for a multiclass task, numerically stable.
+
+  l = logsumexp_c z_c - z_y.
+
+  Args:
+    logits: float[B, C], the model's pre-softmax outputs z.
+    labels: float[B], class ids in [0, C) stored as floats (cast to int).
+  Returns:
+    float[B] per-example losses.
+  """
+  logits = logits.astype(jnp.float32)
+  ids = labels.astype(jnp.int32)
+  picked = jnp.take_along_axis(logits, ids[:, None], axis=-1)[:, 0]
+  return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def in_batch_softmax(logits: Array, labels: Array) -> Array:
+  """In-batch sampled softmax of a two-tower retrieval task.
+
+  Row i of `logits` scores user i against the items of every row j of the
+  batch (the positives of the other rows are row i's negatives; Covington
+  et al., RecSys 2016; Yi et al., RecSys 2019, eq. 3 with the logQ
+  correction already subtracted by the model); the target is the diagonal:
+    l_i = y_i (logsumexp_j S_ij - S_ii).
+  Padded columns must already hold a very negative value (the model masks
+  them); padded rows are dropped by the shared weighted mean.
+
+  Args:
+    logits: float[B, B] in-batch scores S (`mtkd_jax.models.retrieval`).
+    labels: float[B], 1 for a positive interaction, 0 for a row that only
+      serves as a negative column (its own loss is zeroed).
+  Returns:
+    float[B] per-example losses.
+  """
+  logits = logits.astype(jnp.float32)
+  diag = jnp.diagonal(logits)
+  return labels * (jax.nn.logsumexp(logits, axis=-1) - diag)
+
+
 LOSSES: Dict[str, Callable[[Array, Array], Array]] = {
     "bce": binary_cross_entropy,
     "mse": mse,
     "huber": huber,
+    "softmax_ce": softmax_cross_entropy,
+    "in_batch_softmax": in_batch_softmax,
 }
 
 

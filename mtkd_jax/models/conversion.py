@@ -53,19 +53,20 @@ class ESMM(nn.Module):
   `tasks` = (click task, click-and-convert task) names in the dataset
   (config model.esmm_tasks). Each tower is an MLP `tower_hidden` + (1,)
   (config bottom_hidden + tower_hidden: the paper's towers are whole base
-  networks).
+  networks); tower 0 is the CTR tower, tower 1 the CVR tower.
 
   Returns:
     outputs: {tasks[0]: logit of pCTR, tasks[1]: logit of pCTCVR
       (`ctcvr_logit`)}; aux["cvr_logits"]: float[B], the CVR tower's logit
     (evaluate CVR on clicked rows with it); aux["shared"]: the embedding
-    float[B, D]; aux["task_inputs"]: each tower's last hidden layer
-    float[B, 2, H].
+    float[B, D]; aux["task_inputs"]: the embedding broadcast to float[B, 2, D].
   """
   spec: specs_lib.DatasetSpec
   tasks: Tuple[str, str] = ("ctr", "ctcvr")
   tower_hidden: Sequence[int] = (256, 128, 64)
   dropout: float = 0.0
+  # Both towers feed pCTCVR, so no parameter serves one loss term only.
+  task_specific_params = ()
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -76,13 +77,15 @@ class ESMM(nn.Module):
           f"{self.spec.task_names}.")
     _check_binary(self.spec, "ESMM")
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
-    hidden = layers.StackedMLP(2, tuple(self.tower_hidden), self.dropout,
-                               name="towers")(x, train=train)  # [B, 2, H]
-    heads = layers.StackedMLP(2, (1,), final_activation=False, name="heads")
-    logits = heads(hidden, train=train)[..., 0]
+    x = self.perturb("shared", x)  # the shared part; for rep-grad weighting
+    towers = layers.StackedMLP(2, tuple(self.tower_hidden) + (1,), self.dropout,
+                               final_activation=False, name="towers")
+    logits = towers(x, train=train)[..., 0]  # [B, 2]: (ctr, cvr)
     ctr, cvr = logits[:, 0], logits[:, 1]
     outputs = {self.tasks[0]: ctr, self.tasks[1]: ctcvr_logit(ctr, cvr)}
-    aux = {"shared": x, "task_inputs": hidden, "cvr_logits": cvr}
+    aux = {"shared": x,
+           "task_inputs": jnp.broadcast_to(x[:, None], (x.shape[0], 2, x.shape[1])),
+           "cvr_logits": cvr}
     return outputs, aux
 
 
@@ -134,6 +137,7 @@ class AITM(nn.Module):
     num_tasks = len(self.spec.tasks)
     _check_binary(self.spec, "AITM")
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
+    x = self.perturb("shared", x)  # the shared part; for rep-grad weighting
     q = layers.StackedMLP(num_tasks, tuple(self.tower_hidden), self.dropout,
                           name="towers")(x, train=train)  # [B, T, k]
     dim = q.shape[-1]

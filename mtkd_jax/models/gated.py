@@ -17,17 +17,18 @@ from mtkd_jax import errors
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
+from mtkd_jax.models import mtl
 
 
 def _towers(spec, tower_hidden, dropout):
-  """One MLP tower per task, `[B, T, H] -> [B, T, 1]` logits."""
-  return layers.StackedMLP(len(spec.tasks), tuple(tower_hidden) + (1,),
+  """One MLP tower per task, `[B, T, H] -> [B, T, W]` logits (W =
+  `mtl.head_width(spec)`)."""
+  return layers.StackedMLP(len(spec.tasks),
+                           tuple(tower_hidden) + (mtl.head_width(spec),),
                            dropout, final_activation=False, name="towers")
 
 
-def _task_outputs(spec, logits):
-  """float[B, T] -> {task: float[B]} in spec order."""
-  return {t: logits[:, i] for i, t in enumerate(spec.task_names)}
+_task_outputs = mtl._task_outputs  # float[B, T, W] -> {task: [B] or [B, C]}
 
 
 # --------------------------------------------------------------------------
@@ -54,12 +55,13 @@ class OMoE(nn.Module):
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     experts = layers.StackedMLP(self.num_experts, self.expert_hidden,
                                 self.dropout, name="experts")(x, train=train)
+    experts = self.perturb("shared", experts)  # for rep-grad weighting
     gate = nn.softmax(nn.Dense(self.num_experts, name="gate")(x), axis=-1)
     mixed = jnp.einsum("be,beh->bh", gate, experts)  # [B, H]
     task_inputs = jnp.broadcast_to(mixed[:, None],
                                    (mixed.shape[0], num_tasks, mixed.shape[-1]))
     logits = _towers(self.spec, self.tower_hidden, self.dropout)(
-        task_inputs, train=train)[..., 0]
+        task_inputs, train=train)
     gates = jnp.broadcast_to(gate[:, None],
                              (gate.shape[0], num_tasks, self.num_experts))
     aux = {"shared": experts, "task_inputs": task_inputs, "gates": gates}
@@ -126,6 +128,7 @@ class CGCLevel(nn.Module):
                              shared_input.shape[-1]))], axis=1)
     experts = layers.StackedMLP(t * m_k + m_s, self.expert_hidden, self.dropout,
                                 name="experts")(expert_in, train=train)
+    experts = self.perturb("shared", experts)  # for rep-grad weighting
     gate_logits = layers.StackedMLP(t, (m_k + m_s,), final_activation=False,
                                     name="task_gates")(task_inputs, train=train)
     gates = nn.softmax(gate_logits, axis=-1)  # [B, T, m_k + m_s]
@@ -182,7 +185,7 @@ class PLE(nn.Module):
           has_shared_gate=level < self.num_levels, dropout=self.dropout,
           name=f"level_{level}")(task_inputs, shared_input, train=train)
     logits = _towers(self.spec, self.tower_hidden, self.dropout)(
-        task_inputs, train=train)[..., 0]
+        task_inputs, train=train)
     aux = {"shared": experts, "task_inputs": task_inputs, "gates": gates}
     return _task_outputs(self.spec, logits), aux
 
@@ -272,6 +275,7 @@ class DSelectK(nn.Module):
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     experts = layers.StackedMLP(n, self.expert_hidden, self.dropout,
                                 name="experts")(x, train=train)
+    experts = self.perturb("shared", experts)  # for rep-grad weighting
     z_init = _symmetric_uniform(self.gamma / 100)
     z = nn.Dense(num_tasks * k * m, kernel_init=z_init, bias_init=z_init,
                  name="selector_logits")(x).reshape(-1, num_tasks, k, m)
@@ -282,7 +286,7 @@ class DSelectK(nn.Module):
     gates = jnp.einsum("btk,btke->bte", nn.softmax(w, axis=-1), selectors)
     mixed = jnp.einsum("bte,beh->bth", gates, experts)
     logits = _towers(self.spec, self.tower_hidden, self.dropout)(
-        mixed, train=train)[..., 0]
+        mixed, train=train)
     aux_losses = {}
     if self.entropy_reg > 0:
       entropy = -jnp.sum(selectors * jnp.log(selectors + 1e-6), axis=-1)

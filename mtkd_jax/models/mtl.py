@@ -17,9 +17,28 @@ from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
 
 
+def head_width(spec) -> int:
+  """W, the width of every tower's last layer: the most classes of any
+  multiclass task, else 1 (binary and regression tasks read unit 0)."""
+  return max([t.num_classes if t.kind == "multiclass" else 1
+              for t in spec.tasks] + [1])
+
+
 def _task_outputs(spec, tower_logits):
-  """float[B, T] -> {task: float[B]} in spec order."""
-  return {t: tower_logits[:, i] for i, t in enumerate(spec.task_names)}
+  """float[B, T, W] (or [B, T]) -> {task: float[B]} in spec order.
+
+  Binary / regression tasks take unit 0 of their tower, float[B]; a
+  multiclass task with C classes takes its first C units, float[B, C].
+  """
+  if tower_logits.ndim == 2:
+    tower_logits = tower_logits[..., None]
+  out = {}
+  for i, t in enumerate(spec.tasks):
+    if t.kind == "multiclass":
+      out[t.name] = tower_logits[:, i, :t.num_classes]
+    else:
+      out[t.name] = tower_logits[:, i, 0]
+  return out
 
 
 class SharedBottom(nn.Module):
@@ -36,10 +55,11 @@ class SharedBottom(nn.Module):
   def __call__(self, batch, *, train: bool = False):
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     h = layers.MLP(self.bottom_hidden, self.dropout, name="bottom")(x, train=train)
-    towers = layers.StackedMLP(len(self.spec.tasks), tuple(self.tower_hidden) + (1,),
+    h = self.perturb("shared", h)  # rep-grad weighting differentiates here
+    towers = layers.StackedMLP(len(self.spec.tasks), tuple(self.tower_hidden) + (head_width(self.spec),),
                                self.dropout, final_activation=False,
                                name="towers")
-    logits = towers(h, train=train)[..., 0]
+    logits = towers(h, train=train)
     num_tasks = len(self.spec.tasks)
     aux = {"shared": h,
            "task_inputs": jnp.broadcast_to(h[:, None], (h.shape[0], num_tasks, h.shape[-1]))}
@@ -65,12 +85,13 @@ class MMoE(nn.Module):
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     experts = layers.StackedMLP(self.num_experts, self.expert_hidden,
                                 self.dropout, name="experts")(x, train=train)
+    experts = self.perturb("shared", experts)  # for rep-grad weighting
     gate_logits = nn.Dense(num_tasks * self.num_experts, name="gates")(x)
     gates = nn.softmax(gate_logits.reshape(-1, num_tasks, self.num_experts), axis=-1)
     mixed = jnp.einsum("bte,beh->bth", gates, experts)
-    towers = layers.StackedMLP(num_tasks, tuple(self.tower_hidden) + (1,),
+    towers = layers.StackedMLP(num_tasks, tuple(self.tower_hidden) + (head_width(self.spec),),
                                self.dropout, final_activation=False,
                                name="towers")
-    logits = towers(mixed, train=train)[..., 0]
+    logits = towers(mixed, train=train)
     aux = {"shared": experts, "task_inputs": mixed, "gates": gates}
     return _task_outputs(self.spec, logits), aux

@@ -97,7 +97,8 @@ def shard_batch(local_batch: dict, mode: str, mesh: Mesh) -> dict:
   local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
   n = len(local)
   sharding = NamedSharding(Mesh(np.asarray(local), (AXIS,)), P(AXIS))
-  return {k: jax.device_put(v.reshape((n, -1) + v.shape[1:]), sharding)
+  return {k: jax.device_put(v.reshape((n, v.shape[0] // n) + v.shape[1:]),
+                            sharding)
           for k, v in local_batch.items()}
 
 

@@ -136,10 +136,15 @@ def _zero_perturbations(params, batch, cfg: StepConfig):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[PERTURBATIONS])
 
 
-def gram_matrix(per_term) -> jax.Array:
-  """G_ij = <g_i, g_j> over every leaf of a pytree of [T, ...] arrays."""
-  leaves = jax.tree.leaves(per_term)
-  return sum(jnp.einsum("i...,j...->ij", x, x) for x in leaves)
+def gram_matrix(per_term, num_terms: int) -> jax.Array:
+  """G_ij = <g_i, g_j> over every leaf of a pytree of [T, ...] arrays.
+
+  A model with no shared parameters (e.g. single-task) gives zeros.
+  """
+  gram = jnp.zeros((num_terms, num_terms), jnp.float32)
+  for x in jax.tree.leaves(per_term):
+    gram = gram + jnp.einsum("i...,j...->ij", x, x)
+  return gram
 
 
 def _combine(per_term_grads, combination, cfg: StepConfig):
@@ -219,7 +224,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
     eye = jnp.eye(num_terms, dtype=local.dtype)
     rep_grads = jax.vmap(lambda ct: vjp_fn(ct)[1])(eye)  # towers only (DCE)
     global_terms = lax.psum(local, AXIS)
-    gram = lax.psum(gram_matrix(rep_grads), AXIS)
+    gram = lax.psum(gram_matrix(rep_grads, num_terms), AXIS)
     combination, wstate, diag = update_weighting(
         global_terms, weighting_base.TaskGrads(gram))
     coeffs = lax.stop_gradient(combination.coeffs)
@@ -242,7 +247,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
     if method.needs_full_grads:
       flat = jax.vmap(lambda g: ravel_pytree(g)[0])(shared)
     combination, wstate, diag = update_weighting(
-        global_terms, weighting_base.TaskGrads(gram_matrix(shared), flat))
+        global_terms, weighting_base.TaskGrads(gram_matrix(shared, num_terms),
+                                               flat))
     combination = jax.tree.map(lax.stop_gradient, combination)
     grads = _combine(per_term, combination, cfg)
 
@@ -274,7 +280,7 @@ def gradient_diagnostics(state: state_lib.TrainState, batch, *,
       lambda p: _local_terms(p, None, batch, rng, denom, cfg), state.params)
   eye = jnp.eye(len(cfg.terms), dtype=local.dtype)
   per_term = lax.psum(jax.vmap(lambda ct: vjp_fn(ct)[0])(eye), AXIS)
-  gram = gram_matrix(_shared_only(per_term, cfg))
+  gram = gram_matrix(_shared_only(per_term, cfg), len(cfg.terms))
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
   out = {f"grad_norm/{n}": norms[i] for i, n in enumerate(cfg.terms)}
   for i, a in enumerate(cfg.terms):
@@ -290,10 +296,12 @@ def eval_step(params, batch: Mapping[str, jax.Array], *, model: nn.Module
 
   Returns:
     {"outputs/<task>": float[b], "gates": float[b, T, E] if the model has
-    gates}; padding rows are dropped on the host by their weight.
+    gates, "cvr_logits": float[b] for ESMM}; padding rows are dropped on the
+    host by their weight.
   """
   outputs, aux = model.apply({"params": params}, batch, train=False)
   result = {f"outputs/{name}": value for name, value in outputs.items()}
-  if "gates" in aux:
-    result["gates"] = aux["gates"]
+  for key in ("gates", "cvr_logits"):
+    if key in aux:
+      result[key] = aux[key]
   return result

@@ -24,12 +24,9 @@ def _cfg(data_dir, tfds_dir, max_examples=0, embed_dim=16):
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory):
-  """(cfg, splits) of the real data, prepared once for this module."""
-  if not all((DATA_DIR / f).is_file() for f in movielens.REQUIRED_FILES):
-    pytest.skip(f"MovieLens 100K not found at {DATA_DIR} (needs "
-                f"{', '.join(movielens.REQUIRED_FILES)}).")
-  cfg = _cfg(DATA_DIR, tmp_path_factory.mktemp("tfds"))
+def real(ml100k_tfds_dir):
+  """(cfg, splits) of the real data, prepared once per test session."""
+  cfg = _cfg(DATA_DIR, ml100k_tfds_dir)
   return cfg, movielens.load(cfg)
 
 

@@ -147,5 +147,5 @@ def test_dropout_only_in_training():
 
 
 def test_unknown_model_lists_valid_names():
-  with pytest.raises(ValueError, match="Unknown model 'mmeo'; valid names: mmoe, shared_bottom"):
+  with pytest.raises(ValueError, match="Unknown model 'mmeo'; valid names: .*mmoe, omoe, ple, shared_bottom"):
     _model("mmeo")
