@@ -9,7 +9,12 @@ from tests.conftest import REPO
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py")
                  if p.name != "__init__.py")
-NEEDS_DATA_DIR = {"movielens_mmoe.py"}  # smoke-tested in test_run.py
+NEEDS_DATA_DIR = {"movielens_mmoe.py",  # smoke-tested in test_run.py
+                  "census_mmoe.py", "aliccp_mmoe.py", "aliexpress_mmoe.py",
+                  "movielens_latest_mmoe.py",  # and in tests/data/test_*.py
+                  "movielens_sequence.py",  # tests/models/test_sequence.py
+                  "movielens_multiclass.py",  # tests/test_task_kinds.py
+                  "movielens_retrieval.py"}
 
 
 def load(path, arg=None):
