@@ -91,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   spec = splits.spec.with_task_overrides(config.tasks.to_dict())
   for task in spec.tasks:  # fail on a bad loss name now, not inside jit
     losses.get_loss(task.loss)
-  model = models.build_model(spec, config.model)
+  model = models.build_model(spec, config.model, splits.extras)
   tcfg = config.train
   if tcfg.select_mode not in ("max", "min"):
     raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "

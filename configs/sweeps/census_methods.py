@@ -1,0 +1,23 @@
+r"""Every weighting method on Census-Income with MMoE, three seeds.
+
+  python -m experiments.ablation --config configs/census_mmoe.py --config.data.data_dir=../shared/data/census-income-kdd --sweep configs/sweeps/census_methods.py --workdir /tmp/mtkd/ablations/census_methods --vmap_seeds
+  python -m experiments.report /tmp/mtkd/ablations/census_methods --baseline weighting.name=ew --metrics income/auc,marital/auc
+
+The README's weighting table. `:<m1>,<m2>` restricts the methods.
+"""
+from mtkd_jax import errors
+from mtkd_jax import sweeps
+
+SEEDS = (0, 1, 2)
+
+
+def get_sweep(arg=None):
+  from mtkd_jax import weighting  # pylint: disable=g-import-not-at-top
+  methods = sorted(weighting.METHODS)
+  if arg:
+    unknown = [m for m in arg.split(",") if m not in weighting.METHODS]
+    if unknown:
+      raise errors.ConfigError(f"Unknown weighting method(s) {', '.join(unknown)}; "
+                               f"valid: {', '.join(methods)}.")
+    methods = arg.split(",")
+  return sweeps.product(**{"weighting.name": methods}, seed=list(SEEDS))

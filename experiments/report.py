@@ -1,0 +1,44 @@
+r"""Tables, significance tests and plots of a finished (or partial) sweep.
+
+  python -m experiments.report /tmp/mtkd/ablations/mmoe_synthetic \
+      [--baseline "correlation=1.0, name=mmoe"] [--metrics y1/rmse,y2/rmse] \
+      [--out DIR/report]
+
+Reads <sweep dir>/results.jsonl (one line per finished run, deduplicated by
+run name) and each run's metrics.jsonl; writes report.md and PNGs to --out
+(default <sweep dir>/report). Metrics are "split/task/metric" (split test
+or validation; default test), e.g. y1/rmse or validation/mean/rmse.
+"""
+import argparse
+import shlex
+import sys
+
+from mtkd_jax.ablation import report
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      prog="python -m experiments.report",
+      description=__doc__.split("\n\n")[0].strip())
+  parser.add_argument("sweep_dir")
+  parser.add_argument("--baseline", default=None,
+                      help="variant for the paired tests (default: the first)")
+  parser.add_argument("--metrics", default=None,
+                      help="comma-separated metrics (default: each task's "
+                      "primary test metric and their mean)")
+  parser.add_argument("--out", default=None,
+                      help="output dir (default: <sweep_dir>/report)")
+  args = parser.parse_args(argv)
+  metrics = [m for m in args.metrics.split(",") if m] if args.metrics else None
+  command = "python -m experiments.report " + " ".join(
+      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+  try:
+    path = report.write(args.sweep_dir, args.out, args.baseline, metrics,
+                        command=command)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  print(path)
+
+
+if __name__ == "__main__":
+  main()

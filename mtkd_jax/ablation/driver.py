@@ -1,0 +1,351 @@
+"""Runs the runs of a sweep, resumably, and records each in the store.
+
+Every run has its own workdir `<sweep dir>/<run name>`. A run is done when
+its name is in `<sweep dir>/results.jsonl` or its workdir has a
+`results.json` (then its store line is written now: a driver killed between
+the two recovers it). Pending runs are started either
+
+  * in this process, one after another (`parallel=1`): the config with the
+    run's overrides is a locked copy, trained by `loop.train_and_evaluate`;
+  * as `parallel` subprocesses `python -m experiments.run --config <base>
+    --workdir <run dir> --config.<key>=<value> ...` (the command-line
+    overrides of the driver first, then the run's), so overrides go through
+    the same locked-config flag path as a hand-started run. Children get
+    SIGKILL when the driver dies (Linux `PR_SET_PDEATHSIG`), so a killed
+    driver leaves no orphan writing to a run dir; their output goes to
+    `<sweep dir>/logs/<job>.log`.
+
+A killed run resumes from its latest checkpoint when the driver is started
+again (`train_and_evaluate` on the same workdir). With `vmap_seeds`, the
+pending runs of one variant (same overrides but the seed) are trained as one
+`multiseed.train_and_evaluate_seeds` program (subprocess:
+`python -m experiments.multiseed`); such a group has no checkpoints, so a
+killed group restarts from scratch.
+
+One driver per sweep dir at a time (an flock on `<sweep dir>/.driver.lock`).
+"""
+import collections
+import dataclasses
+import fcntl
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import ml_collections
+
+from mtkd_jax import errors
+from mtkd_jax import sweeps
+from mtkd_jax.ablation import store
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass
+class Job:
+  """One run, or (vmap) the pending seeds of one variant."""
+  runs: List[sweeps.Run]
+  vmap: bool = False
+
+  @property
+  def name(self) -> str:
+    if self.vmap:
+      return f"{self.runs[0].variant}__vmap_seeds=" + "-".join(
+          str(r.seed) for r in self.runs)
+    return self.runs[0].name
+
+
+@dataclasses.dataclass
+class Summary:
+  finished: List[str] = dataclasses.field(default_factory=list)
+  skipped: List[str] = dataclasses.field(default_factory=list)
+  recovered: List[str] = dataclasses.field(default_factory=list)
+  failed: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def run_dir(sweep_dir: str, run: sweeps.Run) -> str:
+  return os.path.join(sweep_dir, run.name)
+
+
+def make_jobs(runs: Sequence[sweeps.Run], vmap_seeds: bool) -> List[Job]:
+  """Single-run jobs, or with `vmap_seeds` one job per variant's seeds."""
+  if not vmap_seeds:
+    return [Job([r]) for r in runs]
+  groups = collections.OrderedDict()
+  for run in runs:
+    if run.seed is None:
+      groups[("single", run.name)] = [run]
+      continue
+    key = (run.variant, json.dumps(sweeps.jsonable(
+        run.overrides_without_seed()), sort_keys=True))
+    groups.setdefault(key, []).append(run)
+  return [Job(g, vmap=len(g) > 1) for g in groups.values()]
+
+
+def _lock(sweep_dir: str):
+  f = open(os.path.join(sweep_dir, ".driver.lock"), "w")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.close()
+    raise errors.ConfigError(f"Another ablation driver is running on "
+                             f"{sweep_dir}; wait for it or stop it.") from None
+  return f
+
+
+def _die_with_parent(parent_pid: int):
+  def set_pdeathsig():
+    try:
+      import ctypes  # pylint: disable=g-import-not-at-top
+      libc = ctypes.CDLL("libc.so.6", use_errno=True)
+      libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+      return
+    if os.getppid() != parent_pid:  # the parent died before prctl
+      os._exit(1)  # pylint: disable=protected-access
+  return set_pdeathsig
+
+
+def _read_results(workdir: str) -> Optional[dict]:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError:
+    return None
+
+
+class _Recorder:
+  """Appends store lines and keeps the progress bar and summary."""
+
+  def __init__(self, sweep_dir, seeds_by_name, summary, progress):
+    self.sweep_dir, self.seeds, self.summary = sweep_dir, seeds_by_name, summary
+    self.progress = progress
+
+  def finished(self, run, results, wall, mode, *, recovered=False):
+    store.append(self.sweep_dir, store.make_record(
+        run, results, sweep_dir=self.sweep_dir,
+        workdir=run_dir(self.sweep_dir, run), seed=self.seeds[run.name],
+        wall_time_s=wall, mode=mode))
+    (self.summary.recovered if recovered else self.summary.finished).append(
+        run.name)
+    if not recovered:
+      self._advance(f"done {run.name} ({wall:.1f} s)")
+
+  def failed(self, run, message):
+    self.summary.failed[run.name] = message
+    self._advance(f"FAILED {run.name}: {message}")
+
+  def _advance(self, line):
+    if self.progress is not None:
+      self.progress.update(1)
+      self.progress.write(line)
+    else:
+      print(line, flush=True)
+
+
+def run_sweep(config: ml_collections.ConfigDict, runs: Sequence[sweeps.Run],
+              sweep_dir: str, *, parallel: int = 1, vmap_seeds: bool = False,
+              config_path: Optional[str] = None,
+              global_overrides: Optional[Mapping[str, Any]] = None,
+              show_progress: bool = True) -> Summary:
+  """Runs every pending run of `runs` under `sweep_dir`; see the module doc.
+
+  Args:
+    config: the base config, with the command-line overrides applied.
+    runs: the sweep (sweeps.load_sweep / make_runs).
+    sweep_dir: the sweep's directory.
+    parallel: 1 runs in this process; N > 1 runs N subprocesses at a time.
+    vmap_seeds: train the seeds of each variant as one vmapped program.
+    config_path: the base config file (`path[:arg]`); needed when
+      parallel > 1.
+    global_overrides: the command-line overrides (dotted key -> value),
+      passed to every subprocess before the run's own.
+    show_progress: a tqdm bar over the whole sweep.
+  Returns:
+    What was finished, skipped (done before), recovered and failed.
+  """
+  if parallel > 1 and not config_path:
+    raise ValueError("parallel > 1 needs config_path (the base config file).")
+  sweeps.validate(config, runs)  # every key and name, before any run starts
+  os.makedirs(sweep_dir, exist_ok=True)
+  lock = _lock(sweep_dir)
+  try:
+    return _run_locked(config, runs, sweep_dir, parallel, vmap_seeds,
+                       config_path, dict(global_overrides or {}),
+                       show_progress)
+  finally:
+    lock.close()
+
+
+def _run_locked(config, runs, sweep_dir, parallel, vmap_seeds, config_path,
+                global_overrides, show_progress) -> Summary:
+  configs = {r.name: sweeps.apply_overrides(config, r.overrides) for r in runs}
+  with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
+    json.dump({"config": config_path, "global_overrides": sweeps.jsonable(
+        global_overrides), "runs": [
+            {"name": r.name, "variant": r.variant, "index": r.index,
+             "overrides": sweeps.jsonable(r.overrides)} for r in runs]},
+              f, indent=1)
+  summary = Summary()
+  seeds = {name: int(c.seed) for name, c in configs.items()}
+  done = store.names(sweep_dir)
+  recorder = _Recorder(sweep_dir, seeds, summary, None)
+  pending = []
+  for run in runs:
+    if run.name in done:
+      summary.skipped.append(run.name)
+      continue
+    results = _read_results(run_dir(sweep_dir, run))
+    if results is not None:  # finished, but its line was never written
+      recorder.finished(run, results, None, "recovered", recovered=True)
+      continue
+    pending.append(run)
+  progress = None
+  if show_progress and pending:
+    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+    progress = tqdm.tqdm(total=len(runs), initial=len(runs) - len(pending),
+                         desc="sweep", unit="run", dynamic_ncols=True)
+  recorder.progress = progress
+  jobs = make_jobs(pending, vmap_seeds)
+  try:
+    if parallel <= 1:
+      for job in jobs:
+        _run_in_process(job, config, configs, sweep_dir, recorder)
+    else:
+      _run_subprocesses(jobs, parallel, sweep_dir, config_path,
+                        global_overrides, recorder)
+  finally:
+    if progress is not None:
+      progress.close()
+  return summary
+
+
+# ----------------------------------------------------------- in process
+
+
+def _run_in_process(job, config, configs, sweep_dir, recorder):
+  from mtkd_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.train import multiseed  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  try:
+    if job.vmap:
+      group_config = sweeps.apply_overrides(
+          config, job.runs[0].overrides_without_seed())
+      all_results = multiseed.train_and_evaluate_seeds(
+          group_config, sweep_dir, [r.seed for r in job.runs],
+          seed_workdirs=[run_dir(sweep_dir, r) for r in job.runs])
+    else:
+      run = job.runs[0]
+      all_results = [loop.train_and_evaluate(configs[run.name],
+                                             run_dir(sweep_dir, run))]
+  except Exception as e:  # pylint: disable=broad-except
+    # One bad run must not stop the sweep (as with subprocesses); a bug's
+    # traceback goes to the job's log.
+    message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+    if not isinstance(e, errors.UserFacingError):
+      log_dir = os.path.join(sweep_dir, "logs")
+      os.makedirs(log_dir, exist_ok=True)
+      log_path = os.path.join(log_dir, job.name + ".log")
+      with open(log_path, "a") as f:
+        f.write(traceback.format_exc())
+      message += f" (traceback: {log_path})"
+    for run in job.runs:
+      recorder.failed(run, message)
+    return
+  wall = (time.perf_counter() - t0) / len(job.runs)
+  for run, results in zip(job.runs, all_results):
+    recorder.finished(run, results, wall, "vmap" if job.vmap else "run")
+
+
+# ---------------------------------------------------------- subprocesses
+
+
+def job_command(job: Job, sweep_dir: str, config_path: str,
+                global_overrides: Mapping[str, Any]) -> List[str]:
+  """The command line of a job (experiments.run or experiments.multiseed)."""
+  own = (job.runs[0].overrides_without_seed() if job.vmap
+         else job.runs[0].overrides)
+  shared = {k: v for k, v in global_overrides.items() if k not in own}
+  if job.vmap:
+    shared.pop(sweeps.SEED, None)
+    head = [sys.executable, "-m", "experiments.multiseed",
+            f"--config={config_path}", f"--workdir={sweep_dir}",
+            "--seeds=" + ",".join(str(r.seed) for r in job.runs)]
+    head += [f"--seed_workdir={run_dir(sweep_dir, r)}" for r in job.runs]
+  else:
+    head = [sys.executable, "-m", "experiments.run", f"--config={config_path}",
+            f"--workdir={run_dir(sweep_dir, job.runs[0])}"]
+  return head + sweeps.cli_overrides(shared) + sweeps.cli_overrides(own)
+
+
+def _env():
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                     if p])
+  return env
+
+
+def _last_error_line(log_path: str) -> str:
+  try:
+    with open(log_path, errors="replace") as f:
+      lines = [l.strip() for l in f.read().splitlines()[-50:] if l.strip()]
+  except OSError:
+    return "no log"
+  for line in reversed(lines):
+    if line.startswith("error:") or "Error" in line:
+      return line[:500]
+  return lines[-1][:500] if lines else "no output"
+
+
+def _run_subprocesses(jobs, parallel, sweep_dir, config_path,
+                      global_overrides, recorder):
+  log_dir = os.path.join(sweep_dir, "logs")
+  os.makedirs(log_dir, exist_ok=True)
+  queue = collections.deque(jobs)
+  running = []  # (job, Popen, log file, start time)
+  try:
+    while queue or running:
+      while queue and len(running) < parallel:
+        job = queue.popleft()
+        log_path = os.path.join(log_dir, job.name + ".log")
+        log = open(log_path, "a")
+        cmd = job_command(job, sweep_dir, config_path, global_overrides)
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
+            cmd, cwd=os.getcwd(), env=_env(), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(os.getpid()))
+        running.append((job, proc, log, time.perf_counter()))
+      time.sleep(0.2)
+      still = []
+      for job, proc, log, t0 in running:
+        rc = proc.poll()
+        if rc is None:
+          still.append((job, proc, log, t0))
+          continue
+        log.close()
+        wall = (time.perf_counter() - t0) / len(job.runs)
+        for run in job.runs:
+          results = _read_results(run_dir(sweep_dir, run))
+          if rc == 0 and results is not None:
+            recorder.finished(run, results, wall, "vmap" if job.vmap else "run")
+          else:
+            recorder.failed(run, f"exit {rc}: {_last_error_line(log.name)} "
+                            f"(log: {log.name})")
+      running = still
+  finally:
+    for _, proc, log, _ in running:  # interrupted: stop what we started
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      log.close()

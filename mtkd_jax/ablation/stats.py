@@ -1,0 +1,167 @@
+"""Statistics of a sweep's results: aggregation over seeds, Δm, paired tests.
+
+  * direction(metric): "max" for auc / gauc / ndcg / recall / hr / mrr,
+    "min" for logloss / rmse / mae / mse / loss, None otherwise (e.g. pcoc);
+  * aggregate: mean and sample std (ddof=1; NaN for n=1) over seeds;
+  * delta_m: the LibMTL multi-task gain over single-task learning (Lin &
+    Zhang 2023, after Maninis et al. 2019),
+      Δm = (1/T) Σ_t (-1)^{s_t} (M_t - M_t^STL) / M_t^STL × 100%,
+    s_t = 1 if lower is better for task t's primary metric, else 0;
+  * paired_tests: scipy.stats.ttest_rel and scipy.stats.wilcoxon of a
+    variant against a baseline, paired by seed; None ("n/a") with fewer than
+    2 pairs, for the t-test when the differences are all equal (zero
+    variance), for Wilcoxon when they are all zero (both up to 1e-12 of the
+    values' magnitude, i.e. float rounding).
+"""
+import dataclasses
+import math
+import re
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import stats as sp_stats
+
+HIGHER = ("auc", "gauc", "ndcg", "recall", "hr", "mrr")
+LOWER = ("logloss", "rmse", "mae", "mse", "loss")
+PRIMARY = ("auc", "rmse", "gauc", "logloss", "mae")  # a task's first present
+NON_TASK = ("mean", "gates")
+SPLITS = ("test", "validation")
+
+
+def direction(metric: str) -> Optional[str]:
+  """'max' / 'min' / None from the metric's last path component."""
+  tokens = [t for t in re.split(r"[^a-z]+", metric.lower().split("/")[-1]) if t]
+  if any(t in HIGHER for t in tokens):
+    return "max"
+  if any(t in LOWER for t in tokens):
+    return "min"
+  return None
+
+
+def split_metric(name: str):
+  """'test/y1/rmse' -> ('test', 'y1/rmse'); 'y1/rmse' -> ('test', ...)."""
+  head, _, rest = name.partition("/")
+  if head in SPLITS and rest:
+    return head, rest
+  return "test", name
+
+
+def value(record: Mapping, metric: str) -> Optional[float]:
+  split, key = split_metric(metric)
+  v = record.get(split, {}).get(key)
+  if v is None or isinstance(v, str):
+    return None
+  return float(v)
+
+
+def task_primary_metrics(records: Sequence[Mapping]) -> Dict[str, str]:
+  """task -> its primary metric ('y1' -> 'y1/rmse'), from the test keys."""
+  keys = set()
+  for r in records:
+    keys |= set(r.get("test", {}))
+  tasks = sorted({k.split("/")[0] for k in keys if "/" in k
+                  and k.split("/")[0] not in NON_TASK})
+  out = {}
+  for task in tasks:
+    for metric in PRIMARY:
+      if f"{task}/{metric}" in keys:
+        out[task] = f"{task}/{metric}"
+        break
+  return out
+
+
+@dataclasses.dataclass
+class Cell:
+  """One variant's values of one metric over its seeds."""
+  values: Dict[int, float]  # seed -> value
+
+  @property
+  def n(self) -> int:
+    return len(self.values)
+
+  @property
+  def mean(self) -> float:
+    return float(np.mean(list(self.values.values()))) if self.values else math.nan
+
+  @property
+  def std(self) -> float:
+    if self.n < 2:
+      return math.nan
+    return float(np.std(list(self.values.values()), ddof=1))
+
+
+def cell(records: Sequence[Mapping], metric: str) -> Cell:
+  values = {}
+  for r in records:
+    v = value(r, metric)
+    if v is not None and math.isfinite(v):
+      values[int(r["seed"])] = v
+  return Cell(values)
+
+
+def best_variants(cells: Mapping[str, Cell], metric: str) -> List[str]:
+  """The variants with the best mean (ties: all); [] without a direction."""
+  mode = direction(metric)
+  means = {k: c.mean for k, c in cells.items() if c.n and math.isfinite(c.mean)}
+  if mode is None or not means:
+    return []
+  best = max(means.values()) if mode == "max" else min(means.values())
+  return [k for k, m in means.items() if m == best]
+
+
+@dataclasses.dataclass
+class PairedTest:
+  n: int
+  t_pvalue: Optional[float]
+  wilcoxon_pvalue: Optional[float]
+  mean_diff: Optional[float]
+
+
+def paired_tests(variant: Cell, baseline: Cell) -> PairedTest:
+  """t-test and Wilcoxon signed-rank of variant vs baseline over shared seeds."""
+  seeds = sorted(set(variant.values) & set(baseline.values))
+  a = np.array([variant.values[s] for s in seeds])
+  b = np.array([baseline.values[s] for s in seeds])
+  n = len(seeds)
+  if n < 2:
+    return PairedTest(n, None, None, float(np.mean(a - b)) if n else None)
+  diff = a - b
+  # Equal up to float rounding of the values counts as equal.
+  tol = 1e-12 * max(float(np.max(np.abs(np.concatenate([a, b])))), 1e-300)
+  t_p = None
+  if np.ptp(diff) > tol:
+    t_p = float(sp_stats.ttest_rel(a, b).pvalue)
+    t_p = t_p if math.isfinite(t_p) else None
+  w_p = None
+  if np.any(np.abs(diff) > tol):
+    try:
+      w_p = float(sp_stats.wilcoxon(a, b).pvalue)
+      w_p = w_p if math.isfinite(w_p) else None
+    except ValueError:
+      w_p = None
+  return PairedTest(n, t_p, w_p, float(np.mean(diff)))
+
+
+def delta_m(variant_means: Mapping[str, float],
+            stl_means: Mapping[str, float]) -> Optional[float]:
+  """Δm in percent over the metrics of `stl_means` ({metric: mean}).
+
+  Args:
+    variant_means: the variant's mean of each task's primary metric.
+    stl_means: the single-task reference's means (same keys).
+  Returns:
+    None when a metric is missing, non-finite, zero in the reference, or has
+    no direction.
+  """
+  if not stl_means:
+    return None
+  terms = []
+  for metric, ref in stl_means.items():
+    m = variant_means.get(metric)
+    mode = direction(metric)
+    if (m is None or mode is None or not math.isfinite(m) or
+        not math.isfinite(ref) or ref == 0):
+      return None
+    sign = -1.0 if mode == "min" else 1.0
+    terms.append(sign * (m - ref) / ref)
+  return 100.0 * float(np.mean(terms))

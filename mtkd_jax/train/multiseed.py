@@ -1,0 +1,314 @@
+"""Several seeds of one config in one compiled program (`jax.vmap` over seeds).
+
+`train_and_evaluate_seeds(config, workdir, seeds)` trains S copies of the
+config that differ only in `seed` (parameter init, dropout and weighting
+PRNG, and the order of the training data: seed s shuffles with its own
+`seed`, exactly like a single run with `config.seed = s`). It reuses the
+library's pieces: `state.create_train_state`, `loop.make_step_config`,
+`loop.init_weighting`, `step.train_step` / `step.eval_step` /
+`step.gradient_diagnostics`, `pipeline.train_batches` and
+`evaluate.split_metrics`.
+
+Layout. The S TrainStates are stacked on a leading axis
+(`jax.tree.map(jnp.stack)`); the host batch of a step is the S per-seed
+batches stacked on axis 1, [B, S, ...], so the device mesh still splits the
+batch on axis 0 and `parallel.compile_step` is used unchanged. Inside the
+shard_map (or pmap) the per-device `train_step` runs under
+`jax.vmap(in_axes=(0, 1))`; its `psum`s over the `data` axis work inside the
+vmap. One compile serves all seeds. Evaluation vmaps `eval_step` over the
+stacked params (the eval batch is shared) and returns [b, S, ...].
+
+Per seed, the same schedule as the single-seed loop: logs (every
+`log_every`, `eval_every`, `checkpoint_every` and at the end), validation
+(every `eval_every` and at the end) with its own best and early stopping
+(a stopped seed keeps being stepped with the others, but nothing about it is
+recorded after its stop, so its results are those of a stopped run). The
+best params of each seed are kept in host memory; at the end each seed's
+best is tested once. Each seed gets `<seed workdir>/config.json`,
+`metrics.jsonl` (+ TensorBoard) and `results.json` in the format of the
+single-seed loop.
+
+Float agreement. vmap turns the matmuls into batched matmuls and changes
+the layout of reductions, which XLA may tile (and so round) differently: a
+seed's metrics equal its single run's to float32 rounding over short runs
+(~1e-7 relative after 24 steps; tests/train/test_multiseed.py), not bit for
+bit. Training amplifies such differences like any other perturbation: on
+the full mmoe_synthetic config (1975 Adam steps) the losses agree to ~1e-7
+until step ~850, then drift apart (validation mean RMSE 1e-3 relative at the
+end, test metrics up to ~2%; benchmarks/vmap_seeds.py reports the largest).
+That is seed-to-seed noise far below the spread between seeds, but a
+vmapped run is a different sample than the single run, not a copy of it.
+
+No checkpoints: a killed multiseed run restarts from scratch (its seed
+workdirs are overwritten); use the single-seed loop for long runs that must
+resume.
+"""
+import copy
+import functools
+import json
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mtkd_jax import data as data_lib
+from mtkd_jax import errors
+from mtkd_jax import losses
+from mtkd_jax import models
+from mtkd_jax.data import pipeline
+from mtkd_jax.train import evaluate
+from mtkd_jax.train import loop
+from mtkd_jax.train import parallel
+from mtkd_jax.train import state as state_lib
+from mtkd_jax.train import step as step_lib
+from mtkd_jax.train import writers
+
+
+_is_better = loop._is_better  # pylint: disable=protected-access
+
+
+def stack_trees(trees):
+  """[tree, ...] -> one tree whose leaves have a leading axis of len(trees)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _vmapped_train(fn):
+  """Per-device fn(state[S], batch[b, S]) -> (state[S], metrics[S])."""
+  def per_device(state, batch):
+    return jax.vmap(fn, in_axes=(0, 1))(state, batch)
+  return per_device
+
+
+def _vmapped_eval(fn):
+  """Per-device fn(params[S], batch[b]) -> outputs[b, S, ...]."""
+  def per_device(params, batch):
+    out = jax.vmap(fn, in_axes=(0, None))(params, batch)
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), out)
+  return per_device
+
+
+def stacked_batches(iterators):
+  """Zips per-seed host batches into [B, S, ...] batches."""
+  for batches in zip(*iterators):
+    yield {k: np.stack([b[k] for b in batches], axis=1) for k in batches[0]}
+
+
+def _seed_slice(tree, i):
+  return jax.tree.map(lambda x: np.asarray(x[i]), tree)
+
+
+def _summary(host, seed_index, now, last_time, steps):
+  per_seed = [_seed_slice(m, seed_index) for m in host]
+  summary = {k: float(np.mean([m[k] for m in per_seed if k in m]))
+             for k in set().union(*per_seed) if k != "num_examples"}
+  elapsed = max(now - last_time, 1e-9)
+  summary["examples_per_sec"] = (
+      sum(float(m["num_examples"]) for m in per_seed) / elapsed)
+  summary["steps_per_sec"] = steps / elapsed
+  return per_seed, summary
+
+
+def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
+                             seeds: Sequence[int],
+                             seed_workdirs: Optional[Sequence[str]] = None
+                             ) -> List[dict]:
+  """Trains `config` for every seed at once; tests each seed's best once.
+
+  Args:
+    config: an experiment config; its `seed` is replaced by each seed.
+    workdir: the parent of the per-seed workdirs `<workdir>/seed_<s>`.
+    seeds: distinct ints.
+    seed_workdirs: optional per-seed workdirs (same order as `seeds`),
+      instead of `<workdir>/seed_<s>`.
+  Returns:
+    Per seed (in order), the results of `loop.train_and_evaluate`:
+    {"best_step", "validation", "test", "select_metric", "steps"}.
+  """
+  seeds = [int(s) for s in seeds]
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise errors.ConfigError(f"seeds must be distinct and non-empty; got "
+                             f"{seeds}.")
+  dirs = list(seed_workdirs) if seed_workdirs else [
+      os.path.join(workdir, f"seed_{s}") for s in seeds]
+  if len(dirs) != len(seeds):
+    raise ValueError("seed_workdirs must have one entry per seed.")
+  num_seeds = len(seeds)
+  if config.train.distributed:
+    jax.distributed.initialize()
+  is_main = jax.process_index() == 0
+  for seed, d in zip(seeds, dirs):
+    os.makedirs(d, exist_ok=True)
+    if is_main:
+      seed_config = copy.deepcopy(config)
+      seed_config.seed = seed
+      with open(os.path.join(d, "config.json"), "w") as f:
+        f.write(seed_config.to_json_best_effort(indent=2))
+      if os.path.exists(os.path.join(d, "results.json")):
+        os.remove(os.path.join(d, "results.json"))  # stale: we start over
+
+  splits = data_lib.load_dataset(config.data)
+  spec = splits.spec.with_task_overrides(config.tasks.to_dict())
+  for task in spec.tasks:
+    losses.get_loss(task.loss)
+  model = models.build_model(spec, config.model, splits.extras)
+  tcfg = config.train
+  if tcfg.select_mode not in ("max", "min"):
+    raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
+                             f"{tcfg.select_mode!r}.")
+  mode = tcfg.parallel
+  mesh = parallel.make_mesh(tcfg.num_devices)
+  parallel.check_batch_size(tcfg.batch_size, mesh)
+  parallel.check_batch_size(config.eval.batch_size, mesh)
+  per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
+                                       tcfg.batch_size)
+  total_steps = tcfg.num_steps or tcfg.num_epochs * per_epoch
+  tx = state_lib.make_optimizer(config.optimizer, total_steps)
+
+  example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
+  states = [state_lib.create_train_state(model, tx, example, s) for s in seeds]
+  step_cfg = loop.make_step_config(config, model, tx, spec, states[0].params,
+                                   example)
+  states = [s.replace(weighting_state=loop.init_weighting(
+      step_cfg, config.weighting, s.params)) for s in states]
+  state = parallel.replicate(stack_trees(states), mesh)
+  del states
+  size = sum(x.size for x in jax.tree.leaves(state.params)) // num_seeds
+  logging.info("Model %s x %d seeds: %s parameters each.", config.model.name,
+               num_seeds, f"{size:,}")
+
+  train_fn = parallel.compile_step(
+      _vmapped_train(functools.partial(step_lib.train_step, cfg=step_cfg)),
+      mode, mesh, out_batched=False, donate_state=True)
+  diagnostics_fn = parallel.compile_step(
+      _vmapped_train(functools.partial(step_lib.gradient_diagnostics,
+                                       cfg=step_cfg)),
+      mode, mesh, out_batched=False, donate_state=False)
+  diagnostics_every = config.weighting.diagnostics_every
+  eval_fn = parallel.compile_step(
+      _vmapped_eval(functools.partial(step_lib.eval_step, model=model)),
+      mode, mesh, out_batched=True, donate_state=False)
+  put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
+
+  def run_eval(params, split) -> List[Dict[str, float]]:
+    columns = splits.split(split)
+    preds = evaluate.predict(eval_fn, params, columns, config.eval.batch_size,
+                             put)  # {key: [N, S, ...]}
+    extras = (splits.extras or {}).get(split)
+    return [evaluate.split_metrics(spec, columns,
+                                   {k: v[:, i] for k, v in preds.items()},
+                                   extras) for i in range(num_seeds)]
+
+  writer_list = [writers.MetricWriter(d, resume_step=0,
+                                      tensorboard=tcfg.tensorboard)
+                 for d in dirs]
+  seed_state = [{"best_value": None, "best_step": None, "evals_since_best": 0,
+                 "stopped_at": None, "best_params": None, "best_val": None}
+                for _ in seeds]
+
+  batches = pipeline.prefetch(stacked_batches(
+      [pipeline.train_batches(splits.train, tcfg.batch_size, seed=s)
+       for s in seeds]), put)
+  progress = loop._progress(total_steps, 0)  # pylint: disable=protected-access
+  if progress is not None:
+    progress.set_description(f"train x{num_seeds} seeds")
+  step, done = 0, total_steps <= 0
+  buffer, buffer_start = [], 1
+  last_time, last_step = time.perf_counter(), 0
+  try:
+    while not done:
+      batch = next(batches)
+      if step == 0:
+        t0 = time.perf_counter()
+        state, metrics = train_fn(state, batch)
+        jax.block_until_ready(metrics)
+        logging.info("First step (compile + run), %d seeds: %.2f s.",
+                     num_seeds, time.perf_counter() - t0)
+      else:
+        is_diag = diagnostics_every and (step + 1) % diagnostics_every == 0
+        if is_diag:
+          diagnostics = diagnostics_fn(state, batch)
+        state, metrics = train_fn(state, batch)
+        if is_diag:
+          metrics = {**metrics, **diagnostics}
+      step += 1
+      buffer.append(metrics)
+      is_last = step >= total_steps
+      is_eval = is_last or (tcfg.eval_every and step % tcfg.eval_every == 0)
+      is_ckpt = is_last or (tcfg.checkpoint_every and
+                            step % tcfg.checkpoint_every == 0)
+      if is_last or is_eval or is_ckpt or step % tcfg.log_every == 0:
+        host = jax.device_get(buffer)
+        now = time.perf_counter()
+        losses_now = []
+        for i, seed in enumerate(seeds):
+          if seed_state[i]["stopped_at"] is not None:
+            continue
+          per_seed, summary = _summary(host, i, now, last_time,
+                                       step - last_step)
+          try:
+            loop.check_finite(per_seed, buffer_start, spec.task_names)
+          except errors.NonFiniteLossError as e:
+            raise errors.NonFiniteLossError(f"seed {seed}: {e}") from None
+          writer_list[i].write(step, "train", summary)
+          losses_now.append(summary["loss"])
+        if progress is not None:
+          progress.update(step - last_step)
+          progress.set_postfix(loss=f"{np.mean(losses_now):.4f}")
+        buffer, buffer_start = [], step + 1
+        last_time, last_step = now, step
+      if is_eval:
+        vals = run_eval(state.params, "validation")
+        host_params = None
+        for i, val in enumerate(vals):
+          st = seed_state[i]
+          if st["stopped_at"] is not None:
+            continue
+          writer_list[i].write(step, "validation", val)
+          if tcfg.select_metric not in val:
+            raise errors.ConfigError(
+                f"select_metric {tcfg.select_metric!r} is not a validation "
+                f"metric; available: {', '.join(sorted(val))}.")
+          value = val[tcfg.select_metric]
+          if _is_better(value, st["best_value"], tcfg.select_mode):
+            if host_params is None:
+              host_params = jax.device_get(state.params)
+            st.update(best_value=value, best_step=step, evals_since_best=0,
+                      best_params=_seed_slice(host_params, i),
+                      best_val=json.loads(json.dumps(val)))
+          else:
+            st["evals_since_best"] += 1
+            if tcfg.patience and st["evals_since_best"] >= tcfg.patience:
+              st["stopped_at"] = step
+              logging.info("Seed %d: early stop at step %d.", seeds[i], step)
+        done = all(st["stopped_at"] is not None for st in seed_state)
+        last_time = time.perf_counter()
+      done = done or is_last
+  finally:
+    if progress is not None:
+      progress.close()
+
+  best = parallel.replicate(
+      stack_trees([st["best_params"] for st in seed_state]), mesh)
+  tests = run_eval(best, "test")
+  all_results = []
+  for i, seed in enumerate(seeds):
+    st = seed_state[i]
+    writer_list[i].write(st["best_step"], "test", tests[i])
+    writer_list[i].close()
+    results = {"best_step": st["best_step"], "validation": st["best_val"],
+               "test": tests[i], "select_metric": tcfg.select_metric,
+               "steps": st["stopped_at"] or step}
+    if is_main:
+      with open(os.path.join(dirs[i], "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    all_results.append(results)
+    print(f"seed {seed}: best validation {tcfg.select_metric} at step "
+          f"{results['best_step']}; test " + ", ".join(
+              f"{k}={v:.4f}" for k, v in sorted(tests[i].items())
+              if not k.startswith("gates/")), flush=True)
+  return all_results
