@@ -244,3 +244,20 @@ def test_in_process_sweep_with_vmapped_seeds(tmp_path):
   assert again.skipped == [r.name for r in runs[:2]] and not again.finished
   assert again.recovered == [runs[2].name]
   assert [r["name"] for r in store.read(str(tmp_path))] == [r.name for r in runs]
+
+
+def test_weighting_and_architecture_sweeps_cover_the_registries():
+  from configs import census_mmoe  # pylint: disable=g-import-not-at-top
+  from mtkd_jax import models, weighting  # pylint: disable=g-import-not-at-top
+  runs = sweeps.load_sweep("configs/ablations/weighting.py")
+  assert {r.overrides["weighting.name"] for r in runs} == set(weighting.METHODS)
+  assert len(runs) == 3 * len(weighting.METHODS)
+  archs = sweeps.load_sweep("configs/sweeps/architectures.py")
+  names = {r.overrides["model.name"] for r in archs}
+  assert names <= set(models.MODELS) and {"single_task", "mmoe", "ple"} <= names
+  config = census_mmoe.get_config()
+  config.lock()
+  sweeps.validate(config, runs)
+  sweeps.validate(config, archs)
+  with pytest.raises(errors.ConfigError, match="Unknown weighting method"):
+    sweeps.load_sweep("configs/ablations/weighting.py:pcgrd")
