@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import Dict, List
+from typing import Any, Dict, List, NamedTuple
 
 import jax
 import ml_collections
@@ -64,6 +64,40 @@ def check_finite(step_metrics: List[Dict[str, np.ndarray]], first_step: int,
           f"{float(m['loss'])}.")
 
 
+class Experiment(NamedTuple):
+  """What a config resolves to before any training state exists."""
+  splits: Any
+  spec: Any
+  model: Any
+  mesh: Any
+  tx: Any
+  total_steps: int
+  example_batch: dict
+
+
+def setup(config: ml_collections.ConfigDict) -> Experiment:
+  """Loads the data and builds the model, mesh and optimizer of a config,
+  checking names and sizes before anything compiles."""
+  splits = data_lib.load_dataset(config.data)
+  spec = splits.spec.with_task_overrides(config.tasks.to_dict())
+  for task in spec.tasks:  # fail on a bad loss name now, not inside jit
+    losses.get_loss(task.loss)
+  model = models.build_model(spec, config.model, splits.extras)
+  tcfg = config.train
+  if tcfg.select_mode not in ("max", "min"):
+    raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
+                             f"{tcfg.select_mode!r}.")
+  mesh = parallel.make_mesh(tcfg.num_devices)
+  parallel.check_batch_size(tcfg.batch_size, mesh)
+  parallel.check_batch_size(config.eval.batch_size, mesh)
+  per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
+                                       tcfg.batch_size)
+  total_steps = tcfg.num_steps or tcfg.num_epochs * per_epoch
+  tx = state_lib.make_optimizer(config.optimizer, total_steps)
+  example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
+  return Experiment(splits, spec, model, mesh, tx, total_steps, example)
+
+
 def _is_better(value, best, mode):
   if best is None:
     return True
@@ -87,25 +121,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  splits = data_lib.load_dataset(config.data)
-  spec = splits.spec.with_task_overrides(config.tasks.to_dict())
-  for task in spec.tasks:  # fail on a bad loss name now, not inside jit
-    losses.get_loss(task.loss)
-  model = models.build_model(spec, config.model, splits.extras)
+  splits, spec, model, mesh, tx, total_steps, example = setup(config)
   tcfg = config.train
-  if tcfg.select_mode not in ("max", "min"):
-    raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
-                             f"{tcfg.select_mode!r}.")
   mode = tcfg.parallel
-  mesh = parallel.make_mesh(tcfg.num_devices)
-  parallel.check_batch_size(tcfg.batch_size, mesh)
-  parallel.check_batch_size(config.eval.batch_size, mesh)
-  per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
-                                       tcfg.batch_size)
-  total_steps = tcfg.num_steps or tcfg.num_epochs * per_epoch
-  tx = state_lib.make_optimizer(config.optimizer, total_steps)
-
-  example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
   init_state = state_lib.create_train_state(model, tx, example, config.seed)
   step_cfg = step_lib.make_step_config(config, model, tx, spec,
                                        init_state.params, example)

@@ -56,10 +56,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mtkd_jax import data as data_lib
 from mtkd_jax import errors
-from mtkd_jax import losses
-from mtkd_jax import models
 from mtkd_jax.data import pipeline
 from mtkd_jax.train import evaluate
 from mtkd_jax.train import loop
@@ -151,25 +148,9 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
       if os.path.exists(os.path.join(d, "results.json")):
         os.remove(os.path.join(d, "results.json"))  # stale: we start over
 
-  splits = data_lib.load_dataset(config.data)
-  spec = splits.spec.with_task_overrides(config.tasks.to_dict())
-  for task in spec.tasks:
-    losses.get_loss(task.loss)
-  model = models.build_model(spec, config.model, splits.extras)
+  splits, spec, model, mesh, tx, total_steps, example = loop.setup(config)
   tcfg = config.train
-  if tcfg.select_mode not in ("max", "min"):
-    raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
-                             f"{tcfg.select_mode!r}.")
   mode = tcfg.parallel
-  mesh = parallel.make_mesh(tcfg.num_devices)
-  parallel.check_batch_size(tcfg.batch_size, mesh)
-  parallel.check_batch_size(config.eval.batch_size, mesh)
-  per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
-                                       tcfg.batch_size)
-  total_steps = tcfg.num_steps or tcfg.num_epochs * per_epoch
-  tx = state_lib.make_optimizer(config.optimizer, total_steps)
-
-  example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
   states = [state_lib.create_train_state(model, tx, example, s) for s in seeds]
   step_cfg = loop.make_step_config(config, model, tx, spec, states[0].params,
                                    example)
