@@ -26,9 +26,9 @@ setuptools.setup(
         "tensorboardX>=2.6,<3",
         "tqdm>=4.66,<5",
         "psutil>=5.9",
+        "matplotlib>=3.8,<4",  # the ablation report's plots
     ],
     extras_require={
         "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2"],
-        "plots": ["matplotlib>=3.8,<4"],
     },
 )
