@@ -18,7 +18,6 @@ skipped and a killed run resumes from its checkpoint.
 `--vmap_seeds` trains the seeds of each variant as one vmapped program
 (mtkd_jax/train/multiseed.py; a killed group restarts from scratch).
 """
-import logging as std_logging
 import sys
 
 from absl import app
@@ -27,6 +26,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mtkd_jax import errors
+from mtkd_jax import logs
 from mtkd_jax import sweeps
 from mtkd_jax.ablation import driver
 
@@ -49,16 +49,10 @@ _DRY_RUN = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 
-def _quiet_orbax(record) -> bool:
-  return (record.levelno >= std_logging.WARNING
-          or "orbax" not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logs.quiet_orbax(logging.WARNING)
   flag = flags.FLAGS["config"]
   try:
     runs = sweeps.load_sweep(_SWEEP.value)

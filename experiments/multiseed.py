@@ -7,7 +7,6 @@ Writes `<workdir>/seed_<s>/` (or the `--seed_workdir`s, one per seed in
 order) with config.json, metrics.jsonl and results.json like a single run.
 No checkpoints: a killed run starts over (mtkd_jax/train/multiseed.py).
 """
-import logging as std_logging
 import sys
 
 from absl import app
@@ -16,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mtkd_jax import errors
+from mtkd_jax import logs
 from mtkd_jax.train import multiseed
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,9 +32,7 @@ flags.mark_flags_as_required(["config", "workdir", "seeds"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or "orbax" not in r.pathname)
+  logs.quiet_orbax(logging.INFO)
   try:
     multiseed.train_and_evaluate_seeds(
         _CONFIG.value, _WORKDIR.value, [int(s) for s in _SEEDS.value],

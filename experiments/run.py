@@ -3,7 +3,6 @@ r"""Trains and evaluates one experiment config.
   python -m experiments.run --config configs/synthetic_mmoe.py --workdir /tmp/mtkd/run \
       [--config.train.batch_size=512 ...]
 """
-import logging as std_logging
 import sys
 
 from absl import app
@@ -12,6 +11,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mtkd_jax import errors
+from mtkd_jax import logs
 from mtkd_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -23,17 +23,10 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record) -> bool:
-  """Keeps Orbax's per-save INFO chatter out of the log (warnings still show)."""
-  return (record.levelno >= std_logging.WARNING
-          or "orbax" not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logs.quiet_orbax(logging.INFO)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except errors.UserFacingError as e:  # the message says what to fix
