@@ -256,6 +256,11 @@ def parse_ratings(path, users_known: np.ndarray,
       raise errors.DataError(f"{path}:{line_no}: item id {iid} is not in u.item.")
     for col, v in zip(cols, (uid - 1, iid - 1, rating, ts)):
       col.append(v)
+  return rating_columns(cols, path)
+
+
+def rating_columns(cols, path) -> Dict[str, np.ndarray]:
+  """Parsed (user, item, rating, timestamp) lists -> typed numpy columns."""
   if not cols[0]:
     raise errors.DataError(f"{path}: no ratings.")
   return {"user_id": np.asarray(cols[0], np.int32),

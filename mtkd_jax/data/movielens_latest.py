@@ -185,12 +185,7 @@ def parse_ratings(path, movie_ids: np.ndarray) -> Dict[str, np.ndarray]:
                              "is not in movies.csv.")
     for col, v in zip(cols, (u - 1, item, r, t)):
       col.append(v)
-  if not cols[0]:
-    raise errors.DataError(f"{path}: no ratings.")
-  return {"user_id": np.asarray(cols[0], np.int32),
-          "item_id": np.asarray(cols[1], np.int32),
-          "rating": np.asarray(cols[2], np.float32),
-          "timestamp": np.asarray(cols[3], np.int64)}
+  return movielens.rating_columns(cols, path)
 
 
 def years_since_release_bucket(rating_year: np.ndarray,

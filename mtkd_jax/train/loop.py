@@ -47,6 +47,21 @@ def _progress(total, initial):
                    dynamic_ncols=True)
 
 
+def step_events(step: int, total_steps: int, tcfg):
+  """(is_last, is_eval, is_ckpt, is_log) after `step` updates.
+
+  Evaluation and checkpoints come every `eval_every` / `checkpoint_every`
+  steps and at the end; metrics are read to the host at every one of those
+  and every `log_every` steps.
+  """
+  is_last = step >= total_steps
+  is_eval = bool(is_last or (tcfg.eval_every and step % tcfg.eval_every == 0))
+  is_ckpt = bool(is_last or (tcfg.checkpoint_every and
+                             step % tcfg.checkpoint_every == 0))
+  is_log = is_eval or is_ckpt or step % tcfg.log_every == 0
+  return is_last, is_eval, is_ckpt, is_log
+
+
 def check_finite(step_metrics: List[Dict[str, np.ndarray]], first_step: int,
                  task_names) -> None:
   """Raises NonFiniteLossError naming the first step and task with a bad loss."""
@@ -184,18 +199,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("First step (compile + run): %.2f s.",
                      time.perf_counter() - t0)
       else:
-        if diagnostics_every and (step + 1) % diagnostics_every == 0:
+        is_diag = diagnostics_every and (step + 1) % diagnostics_every == 0
+        if is_diag:
           diagnostics = diagnostics_fn(state, batch)  # before the update
         state, metrics = train_fn(state, batch)
-        if diagnostics_every and (step + 1) % diagnostics_every == 0:
+        if is_diag:
           metrics = {**metrics, **diagnostics}
       step += 1
       buffer.append(metrics)
-      is_last = step >= total_steps
-      is_eval = is_last or (tcfg.eval_every and step % tcfg.eval_every == 0)
-      is_ckpt = is_last or (tcfg.checkpoint_every and
-                            step % tcfg.checkpoint_every == 0)
-      if is_last or is_eval or is_ckpt or step % tcfg.log_every == 0:
+      is_last, is_eval, is_ckpt, is_log = step_events(step, total_steps, tcfg)
+      if is_log:
         host = jax.device_get(buffer)
         check_finite(host, buffer_start, spec.task_names)
         now = time.perf_counter()

@@ -218,11 +218,9 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
           metrics = {**metrics, **diagnostics}
       step += 1
       buffer.append(metrics)
-      is_last = step >= total_steps
-      is_eval = is_last or (tcfg.eval_every and step % tcfg.eval_every == 0)
-      is_ckpt = is_last or (tcfg.checkpoint_every and
-                            step % tcfg.checkpoint_every == 0)
-      if is_last or is_eval or is_ckpt or step % tcfg.log_every == 0:
+      is_last, is_eval, is_ckpt, is_log = loop.step_events(step, total_steps,
+                                                           tcfg)
+      if is_log:
         host = jax.device_get(buffer)
         now = time.perf_counter()
         losses_now = []
