@@ -21,6 +21,7 @@ def get_config(arg=None):
   c.data.max_examples = 0  # 0 = all
   c.data.embed_dim = 16
   c.data.history_len = 0  # no behaviour sequence; see movielens_sequence.py
+  c.data.task_group = "rating_like"  # "like_love": see movielens_esmm.py
   config_defaults.set_tasks(c, rating=("mse", 1.0), like=("bce", 1.0))
 
   c.model.name = "mmoe"

@@ -14,7 +14,9 @@ NEEDS_DATA_DIR = {"movielens_mmoe.py",  # smoke-tested in test_run.py
                   "movielens_latest_mmoe.py",  # and in tests/data/test_*.py
                   "movielens_sequence.py",  # tests/models/test_sequence.py
                   "movielens_multiclass.py",  # tests/test_task_kinds.py
-                  "movielens_retrieval.py"}
+                  "movielens_retrieval.py",
+                  "movielens_esmm.py",  # below
+                  "movielens_kd.py", "census_kd.py"}  # tests/distill
 
 
 def load(path, arg=None):
@@ -43,3 +45,35 @@ def test_smoke_config_trains(path, tmp_path):
 def test_unknown_config_arg_is_rejected(path):
   with pytest.raises(ValueError, match="valid: smoke"):
     load(path, "smok")
+
+
+@pytest.mark.parametrize("model", ["esmm", "aitm"])
+def test_movielens_esmm_trains_on_the_like_love_funnel(model, tmp_path,
+                                                       ml100k_dir,
+                                                       ml100k_tfds_dir):
+  config = load(REPO / "configs" / "movielens_esmm.py", "smoke")
+  config.data.data_dir = str(ml100k_dir)
+  config.data.tfds_dir = str(ml100k_tfds_dir)
+  config.model.name = model
+  config.train.num_steps = 8
+  results = train.train_and_evaluate(config, str(tmp_path))
+  test = results["test"]
+  assert results["best_step"] > 0
+  for task in ("like", "love"):
+    assert 0.0 <= test[f"{task}/auc"] <= 1.0
+  assert "rating/rmse" not in test
+  # ESMM's CVR tower, p(love | like), is scored on the liked rows only.
+  assert ("cvr/auc_clicked" in test) == (model == "esmm")
+  if model == "esmm":
+    assert 0.0 <= test["cvr/auc_clicked"] <= 1.0
+
+
+def test_funnel_sweep_fits_configs_movielens_esmm():
+  from mtkd_jax import sweeps  # pylint: disable=g-import-not-at-top
+  runs = sweeps.load_sweep(
+      str(REPO / "configs" / "sweeps" / "architectures.py") + ":funnel")
+  assert {r.overrides["model.name"] for r in runs} == {
+      "single_task", "shared_bottom", "mmoe", "esmm", "aitm"}
+  assert len(runs) == 15
+  sweeps.validate(sweeps.load_config(
+      str(REPO / "configs" / "movielens_esmm.py")), runs)

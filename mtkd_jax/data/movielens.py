@@ -31,6 +31,10 @@ Features (all ids 0-based, vocabularies computed from the full files):
   genres:            the indices of the item's genre flags (of 19), padded
                      with -1 to `GENRES_MAX_LEN`.
   timestamp, rating: as in u.data; like = 1.0 if rating >= 4 else 0.0.
+  love:              (load only, when cfg.task_group = "like_love") 1.0 if
+                     rating == 5 else 0.0, derived from the cached rating at
+                     load time (not a stored feature). love implies like: the
+                     pair is a funnel (like -> love) for ESMM / AITM.
   history:           (load only, when cfg.history_len = L > 0) the item ids
                      of the user's L ratings just before this one in the
                      per-user order of the split, oldest first, padded with
@@ -71,6 +75,11 @@ SPLITS = ("train", "validation", "test")
 TASKS = (specs.TaskSpec("rating", "regression", "mse"),
          specs.TaskSpec("like", "binary", "bce"))
 LIKE_THRESHOLD = 4
+LOVE_RATING = 5  # love = rating == 5 (so love implies like)
+LOVE_TASK = specs.TaskSpec("love", "binary", "bce")
+# data.task_group: the tasks of the spec, in order ("like_love" is a funnel:
+# like first, then love, as ESMM / AITM read it).
+TASK_GROUPS = {"rating_like": TASKS, "like_love": (TASKS[1], LOVE_TASK)}
 NUM_RATING_CLASSES = 5  # data.rating_classes: rating r -> class r - 1
 RATING_CLASS_TASK = specs.TaskSpec("rating_class", "multiclass", "softmax_ce",
                                    num_classes=NUM_RATING_CLASSES)
@@ -78,7 +87,9 @@ RATING_CLASS_TASK = specs.TaskSpec("rating_class", "multiclass", "softmax_ce",
 RETRIEVAL_TASK = specs.TaskSpec("retrieval", "retrieval", "in_batch_softmax",
                                 item_field="item_id")
 ITEM_FIELDS = ("item_id", "release_decade", "genres")
-# Bump when the layout of the cached columns changes.
+# Bump when the layout of the cached columns changes. The task options
+# (task_group, rating_classes, retrieval) derive their labels from the cached
+# columns after loading, so they share one cache and need no bump.
 _CACHE_FORMAT = "movielens100k-columns-v2"  # v2: + "sequence/history"
 _READ_CHUNK = 4096
 
@@ -451,16 +462,21 @@ def _cfg_get(cfg, name: str, default):
 
 
 def make_spec(metadata, embed_dim: int = 16, history_len: int = 0,
-              rating_classes: bool = False,
-              retrieval: bool = False) -> specs.DatasetSpec:
+              rating_classes: bool = False, retrieval: bool = False,
+              task_group: str = "rating_like") -> specs.DatasetSpec:
   """The DatasetSpec of the prepared data described by its `metadata`.
 
-  With history_len > 0 it has the sequence field "history" (L = history_len)
-  sharing item_id's embedding table. rating_classes replaces the regression
-  task "rating" by the 5-class task "rating_class" (class = rating - 1);
-  retrieval adds the two-tower task "retrieval" (`RETRIEVAL_TASK`).
+  The tasks are those of `TASK_GROUPS[task_group]`. With history_len > 0 it
+  has the sequence field "history" (L = history_len) sharing item_id's
+  embedding table. rating_classes replaces the regression task "rating" by
+  the 5-class task "rating_class" (class = rating - 1); retrieval adds the
+  two-tower task "retrieval" (`RETRIEVAL_TASK`).
   """
   vocab = metadata["vocab_sizes"]
+  tasks = TASK_GROUPS[task_group]
+  if rating_classes:
+    tasks = tuple(RATING_CLASS_TASK if t.name == "rating" else t
+                  for t in tasks)
   sequences = ()
   if history_len > 0:
     sequences = (specs.SequenceField("history", int(vocab["item_id"]),
@@ -470,8 +486,7 @@ def make_spec(metadata, embed_dim: int = 16, history_len: int = 0,
       sparse=tuple(specs.SparseField(f, int(vocab[f]), embed_dim)
                    for f in SPARSE_FIELDS),
       dense=(),
-      tasks=((RATING_CLASS_TASK,) + TASKS[1:] if rating_classes else TASKS)
-      + ((RETRIEVAL_TASK,) if retrieval else ()),
+      tasks=tasks + ((RETRIEVAL_TASK,) if retrieval else ()),
       item_fields=ITEM_FIELDS,
       multi_hot=(specs.MultiHotField("genres", len(metadata["genres"]),
                                      int(metadata["genres_max_len"]),
@@ -637,11 +652,16 @@ def load(cfg) -> specs.Splits:
       embed_dim: the embedding width put in the spec (default 16).
       history_len: L > 0 adds the sequence "history" (the user's previous L
         items, see `user_histories`); 0 (the default) leaves it out.
+      task_group: "rating_like" (default: rating, like) or "like_love"
+        (like, love = rating == 5; no rating column). Both read the same
+        prepared data and cache: love is derived from the cached rating.
+      rating_classes: swap "rating" for the 5-class "rating_class" (needs a
+        group with rating). retrieval: add the "retrieval" task.
 
   Returns:
     `specs.Splits` whose splits hold "sparse" int32[N, 7] (SPARSE_FIELDS),
-    "dense" float32[N, 0], "multi_hot/genres" int32[N, 6], "labels/rating",
-    "labels/like", "weights", "user_id" and, with history_len = L > 0,
+    "dense" float32[N, 0], "multi_hot/genres" int32[N, 6], "labels/<task>"
+    per task of the group, "weights", "user_id" and, with history_len = L > 0,
     "sequence/history" int32[N, L]; `extras[split]["timestamp"]` holds the
     int64 unix times (not a model input). Histories are computed on all the
     data, so `max_examples` keeps each kept row's true history.
@@ -654,13 +674,22 @@ def load(cfg) -> specs.Splits:
   history_len = int(_cfg_get(cfg, "history_len", 0))
   rating_classes = bool(_cfg_get(cfg, "rating_classes", False))
   retrieval = bool(_cfg_get(cfg, "retrieval", False))
+  task_group = _cfg_get(cfg, "task_group", "rating_like")
   if history_len < 0:
     raise errors.ConfigError(f"data.history_len must be >= 0 (0 = no history "
                              f"sequence), got {history_len}.")
+  if task_group not in TASK_GROUPS:
+    raise errors.ConfigError(f"data.task_group {task_group!r} is not one of "
+                             f"{', '.join(TASK_GROUPS)}.")
+  group_tasks = [t.name for t in TASK_GROUPS[task_group]]
+  if rating_classes and "rating" not in group_tasks:
+    raise errors.ConfigError(
+        f"data.rating_classes replaces the task 'rating', which "
+        f"data.task_group={task_group!r} ({', '.join(group_tasks)}) lacks.")
 
   builder = _prepare(data_dir, tfds_dir)
   spec = make_spec(builder.info.metadata, embed_dim, history_len,
-                   rating_classes, retrieval)
+                   rating_classes, retrieval, task_group)
   stamp = _prepared_stamp(builder, history_len)
   # One cache per history_len; a history needs every split, so a miss
   # decodes all three.
@@ -679,8 +708,13 @@ def load(cfg) -> specs.Splits:
       cols = _head(cols, max_examples if split == "train"
                    else max(1, max_examples // 8))
     extras[split] = {"timestamp": cols.pop("timestamp")}
+    if "love" in group_tasks:
+      cols["labels/love"] = (cols["labels/rating"] == LOVE_RATING).astype(
+          np.float32)
     if rating_classes:
       cols["labels/rating_class"] = cols.pop("labels/rating") - 1.0
+    elif "rating" not in group_tasks:
+      del cols["labels/rating"]
     splits[split] = cols
   if retrieval:
     add_retrieval_columns(splits, extras, cached, history_len)

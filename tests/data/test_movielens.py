@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from mtkd_jax import errors
 from mtkd_jax.data import movielens
 
 DATA_DIR = (pathlib.Path(__file__).parents[2].parent / "shared" / "data" /
@@ -152,6 +153,45 @@ def test_max_examples_keeps_the_first_rows(real):
   for split, n in zip(SPLITS, (800, 100, 100)):
     np.testing.assert_array_equal(small.split(split)["sparse"],
                                   splits.split(split)["sparse"][:n])
+
+
+def test_love_is_rating_5_from_the_raw_file_and_the_same_cache(
+    real, monkeypatch):
+  """task_group="like_love": love == (rating == 5) row by row against u.data
+  (rows keep u.data order within a split), love implies like, and the
+  labels come from the columns the default task group cached."""
+  cfg, splits = real
+
+  def no_decoding(*args, **kwargs):
+    raise AssertionError("decoded TFDS examples instead of reading the cache")
+
+  monkeypatch.setattr(movielens, "read_split", no_decoding)
+  funnel = movielens.load(types.SimpleNamespace(**{**vars(cfg),
+                                                   "task_group": "like_love"}))
+  assert funnel.spec.task_names == ("like", "love")
+  assert [t.kind for t in funnel.spec.tasks] == ["binary", "binary"]
+  raw = movielens.read_raw(DATA_DIR)["examples"]
+  for k, split in enumerate(SPLITS):
+    cols = funnel.split(split)
+    rating = raw["rating"][raw["split"] == k]
+    np.testing.assert_array_equal(cols["labels/love"], rating == 5)
+    np.testing.assert_array_equal(cols["labels/like"], rating >= 4)
+    assert cols["labels/love"].dtype == np.float32
+    assert (cols["labels/love"] <= cols["labels/like"]).all()
+    assert 0 < cols["labels/love"].sum() < cols["labels/like"].sum()
+    assert "labels/rating" not in cols
+    np.testing.assert_array_equal(cols["sparse"], splits.split(split)["sparse"])
+
+
+def test_bad_task_group_options_fail_before_reading(tmp_path):
+  cfg = _cfg(tmp_path / "absent", tmp_path / "tfds")
+  with pytest.raises(errors.ConfigError, match="like_love"):
+    movielens.load(types.SimpleNamespace(**{**vars(cfg),
+                                            "task_group": "like_hate"}))
+  with pytest.raises(errors.ConfigError, match="lacks"):
+    movielens.load(types.SimpleNamespace(**{**vars(cfg),
+                                            "task_group": "like_love",
+                                            "rating_classes": True}))
 
 
 # --- Fake data. ---------------------------------------------------------------
