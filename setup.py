@@ -27,6 +27,7 @@ setuptools.setup(
         "tqdm>=4.66,<5",
         "psutil>=5.9",
         "matplotlib>=3.8,<4",  # the ablation report's plots
+        "flatbuffers>=24",  # jax.export serialisation (experiments.export)
     ],
     extras_require={
         "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2"],

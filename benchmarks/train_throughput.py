@@ -1,6 +1,7 @@
 r"""Throughput of mtkd_jax models on the ../shared/BENCHMARK.md workload.
 
   python -m benchmarks.train_throughput --models mmoe,shared_bottom --repeats 3
+  python -m benchmarks.train_throughput --models mmoe,ple,shared_bottom
   python -m benchmarks.train_throughput --quick --models mmoe   # smoke check
 
 Runs the workload of ../shared/BENCHMARK.md through the library's own code
@@ -31,7 +32,15 @@ so the figures can be set side by side:
   * compile: the first train step's wall time, and the lowering + compile
     time of a fresh copy of the step via `.lower(...).compile()`;
     recompiles: XLA compilations (counted through `jax.monitoring`) during
-    train steps after the first one.
+    train steps after the first one;
+  * peak RSS (`ru_maxrss`, like the peer's) at the end, and the peak so far
+    after each phase in `rss_peak_after_mib` (data, init, first_step, epoch,
+    aot_compile, train, infer, pipeline), to show which phase sets it.
+
+Models: MMoE (8 experts), PLE (one CGC level, 4 shared + 2 task-specific
+experts) and Shared-Bottom as in BENCHMARK.md, all with [256, 128] experts /
+bottom and [64] towers; the PLE shape is set here, not taken from the
+config defaults. `benchmarks/compare_peer.py` runs this next to the peer.
 
 Data: `--data` (default $TMPDIR/mtkd_bench_data.npz); when missing it is
 written by the shared generator (`--generator`).
@@ -275,6 +284,8 @@ def run_worker(cfg):
   columns_lib.validate_columns(spec, test, "test")
   n_train = columns_lib.num_rows(train)
   rec["rss_after_data_load_mib"] = round(peak_rss_mib(), 1)
+  rss_peaks = {"data": rec["rss_after_data_load_mib"]}
+  rec["rss_peak_after_mib"] = rss_peaks  # filled in phase by phase
 
   config = config_defaults.default_config()
   config.model.name = name
@@ -282,6 +293,9 @@ def run_worker(cfg):
   config.model.expert_hidden = (256, 128)
   config.model.bottom_hidden = (256, 128)
   config.model.tower_hidden = (64,)
+  config.model.num_levels = 1  # PLE: one CGC level, 4 shared + 2 per task
+  config.model.num_shared_experts = 4
+  config.model.num_specific_experts = 2
   config.model.dropout = 0.0
   config.weighting.name = cfg["weighting"]
   model = models.build_model(spec, config.model)  # unknown names raise
@@ -302,6 +316,7 @@ def run_worker(cfg):
   state = parallel.replicate(init_state, mesh)
   jax.block_until_ready(state)
   rec["init_s"] = round(time.perf_counter() - t0, 3)
+  rss_peaks["init"] = round(peak_rss_mib(), 1)
   params = init_state.params
   total = sum(int(x.size) for x in jax.tree.leaves(params))
   embedding = sum(int(x.size)
@@ -335,6 +350,7 @@ def run_worker(cfg):
   rec["first_step_s"] = round(t1 - t0, 3)
   rec["first_step_backend_compile_s"] = round(
       sum(s for _, s, _ in compile_log.events[n_compiles:]), 3)
+  rss_peaks["first_step"] = round(peak_rss_mib(), 1)
   if cfg["epoch"]:
     step_metrics = [metrics]
     with compile_log.watch():
@@ -361,6 +377,7 @@ def run_worker(cfg):
       rec[f"logloss_{t}"] = quality[f"{t}/logloss"]
       rec[f"pcoc_{t}"] = quality[f"{t}/pcoc"]
       rec[f"bayes_auc_{t}"] = quality[f"{t}/bayes_auc"]
+    rss_peaks["epoch"] = round(peak_rss_mib(), 1)
   else:
     rec.update(epoch_s=None, epoch_steps=0)
     for t in TASKS:
@@ -384,6 +401,7 @@ def run_worker(cfg):
     rec.update(compile_s=rec["first_step_backend_compile_s"],
                compile_method="backend compile during the first call")
   del fresh, first_batch
+  rss_peaks["aot_compile"] = round(peak_rss_mib(), 1)
 
   # ---- train throughput: step alone, on pre-transferred batches ---------
   source = pipeline.train_batches(train, bs, seed=SHUFFLE_SEED,
@@ -430,6 +448,7 @@ def run_worker(cfg):
     rec["train_fn_cache_size"] = (
         train_fn._cache_size())  # pylint: disable=protected-access
   del device_batches
+  rss_peaks["train"] = round(peak_rss_mib(), 1)
 
   # ---- inference throughput: the eval step at infer_bs over test rows ----
   params = holder["state"].params
@@ -455,6 +474,7 @@ def run_worker(cfg):
              infer_examples_per_sec_all=rates,
              infer_other_procs_cpu_share=other)
   del infer_batches, infer_host, full
+  rss_peaks["infer"] = round(peak_rss_mib(), 1)
 
   # ---- input pipeline alone: train_batches + shard_batch ------------------
   host_iter = pipeline.train_batches(train, bs, seed=SHUFFLE_SEED)
@@ -472,6 +492,7 @@ def run_worker(cfg):
              pipeline_clean_repeats=n_clean,
              pipeline_batches_per_sec_all=rates,
              pipeline_to_step_ratio=round(med / rec["train_steps_per_sec"], 2))
+  rss_peaks["pipeline"] = round(peak_rss_mib(), 1)
 
   rec.update(
       batch_size=bs, infer_batch_size=infer_bs, steps=cfg["steps"],

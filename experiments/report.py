@@ -7,7 +7,9 @@ r"""Tables, significance tests and plots of a finished (or partial) sweep.
 Reads <sweep dir>/results.jsonl (one line per finished run, deduplicated by
 run name) and each run's metrics.jsonl; writes report.md and PNGs to --out
 (default <sweep dir>/report). Metrics are "split/task/metric" (split test
-or validation; default test), e.g. y1/rmse or validation/mean/rmse.
+or validation; default test), e.g. y1/rmse or validation/mean/rmse, or
+"model/<key>" for a run's size and cost (model/non_embedding_params,
+model/flops_per_example, model/latency_ms_per_batch).
 """
 import argparse
 import shlex
@@ -26,6 +28,9 @@ def main(argv=None):
   parser.add_argument("--metrics", default=None,
                       help="comma-separated metrics (default: each task's "
                       "primary test metric and their mean)")
+  parser.add_argument("--gap_closed", default=None,
+                      help="TEACHER,STUDENT,DISTILLED variants: the share of "
+                      "the teacher-student gap distillation closes")
   parser.add_argument("--out", default=None,
                       help="output dir (default: <sweep_dir>/report)")
   args = parser.parse_args(argv)
@@ -33,8 +38,9 @@ def main(argv=None):
   command = "python -m experiments.report " + " ".join(
       shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
   try:
+    gap = args.gap_closed.split(",") if args.gap_closed else None
     path = report.write(args.sweep_dir, args.out, args.baseline, metrics,
-                        command=command)
+                        command=command, gap_closed=gap)
   except ValueError as e:
     sys.exit(f"error: {e}")
   print(path)

@@ -55,6 +55,36 @@ def default_config() -> ml_collections.ConfigDict:
   c.weighting = weighting.default_config()
   c.weighting.diagnostics_every = 500  # per-term grad norms/cosines; 0 = off
 
+  # Knowledge distillation (mtkd_jax/distill): teachers are trained runs,
+  # restored from <workdir>/best, frozen and passed into the jit step.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdirs = ()  # () = no distillation
+  # Methods (distill.terms.METHODS), comma-separated to combine: soft_target,
+  # logit_matching, listwise, pairwise, ranking, hint, crossdistil,
+  # crossdistil_teacher, dml; each turns on its knobs below.
+  c.distill.method = "soft_target"
+  c.distill.mode = "online"  # teacher inside the step, or "offline" (precomputed)
+  c.distill.tasks = ()  # tasks with a kd/<task> term; () = every task
+  c.distill.alpha = 0.5  # task term weight (1 - alpha) w_t, kd/<task> alpha w_t
+  c.distill.temperature = 2.0  # soft targets scaled by T^2 (Hinton et al.)
+  c.distill.loss = "auto"  # auto: soft_bce / soft_ce / logit_mse by task kind
+  c.distill.ensemble = "logit"  # several teachers: average logits or "prob"
+  c.distill.ensemble_weights = "uniform"  # or "auc": by validation AUC
+  c.distill.calibrate = False  # Platt-scale teachers on validation (CrossDistil)
+  c.distill.hint_weight = 0.0  # FitNets kd/hint term weight; 0 = off
+  c.distill.hint_feature = "task_inputs"  # aux key of both models
+  c.distill.listwise = ""  # "", "listnet" or "ranknet": kd/list/<task> per user
+  c.distill.listwise_weight = 1.0
+  c.distill.ranking_k = 10  # retrieval tasks: teacher's top-K as positives
+  c.distill.ranking_lambda = 5.0  # position-importance decay (Tang & Wang)
+  c.distill.ranking_weight = 0.0  # kd/rank/<task> weight; 0 = off
+  # CrossDistil (Yang et al. 2022), teacher side: augmented cross-task
+  # ranking terms rank/<task> over the first two binary tasks; 0 = off.
+  c.distill.crossdistil_ranking_weight = 0.0
+  # Online mutual distillation (DML, Zhang et al. 2018): K >= 2 peers of the
+  # model trained together; the first one is evaluated. 0 = off.
+  c.distill.dml_peers = 0
+
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
@@ -66,6 +96,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
   c.optimizer.momentum = 0.0
   c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+  # Embedding tables: "dense" (the optimizer above, exact dense Adam etc.),
+  # or a row-sparse optimizer whose step cost grows with the rows a batch
+  # touches, not the table size (mtkd_jax/train/row_optim.py, which says how
+  # each differs from dense Adam): "row_adagrad" (row-wise Adagrad as in
+  # DLRM/TorchRec, lr and eps above) or "lazy_adam" (Adam on the touched
+  # rows only, b1/b2/eps above). Tables get no weight decay with these.
+  c.optimizer.embedding = "dense"
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 1024  # global, over all devices of all hosts
@@ -82,6 +119,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.num_devices = 0  # 0 = all devices of all hosts
   c.train.distributed = False  # jax.distributed.initialize() (multi-host)
   c.train.tensorboard = True
+  # Mixed precision: "bfloat16" runs forward and backward passes in bf16 on a
+  # cast copy of the float32 master params (optimizer state stays float32);
+  # meant for GPU/TPU; on a CPU it is usually slower than float32.
+  c.train.compute_dtype = "float32"
+  # Table gradients (mtkd_jax/train/row_grads.py): "dense" (grad w.r.t. the
+  # tables: [rows, d] per table, T of them for per-term gradient methods),
+  # "rows" (w.r.t. the gathered rows: one compact [U, d] per table, exact;
+  # much cheaper for gradient-level weighting methods), or "auto" (rows
+  # iff optimizer.embedding is row-sparse, which needs them).
+  c.train.embedding_grads = "auto"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 4096
@@ -93,3 +140,34 @@ def set_tasks(config, **tasks) -> None:
   for name, (loss, weight) in tasks.items():
     config.tasks[name] = ml_collections.ConfigDict(
         {"loss": loss, "weight": float(weight)})
+
+
+def distillation_variant(get_base, arg, *, teacher_model, student_model,
+                         **distill):
+  """The teacher / student / distilled-student configs of a KD experiment.
+
+  Args:
+    get_base: the base experiment's `get_config` (takes "smoke" or None).
+    arg: "teacher", "student" or None (the distilled student), each with an
+      optional "_smoke" suffix ("smoke" alone: the distilled student, small).
+    teacher_model, student_model: `model.*` overrides of the two sizes.
+    **distill: `distill.*` settings of the distilled student; its teacher is
+      "{parent}/teacher__seed={seed}" (the same seed's teacher of a
+      configs/sweeps/distillation.py sweep) unless given.
+  """
+  smoke = bool(arg) and arg.endswith("smoke")
+  variant = arg.replace("_smoke", "").replace("smoke", "") if arg else ""
+  if variant not in ("", "teacher", "student"):
+    raise ValueError(f"Unknown config argument {arg!r}; valid: smoke, "
+                     "teacher, student, teacher_smoke, student_smoke (or none: "
+                     "the distilled student).")
+  c = get_base("smoke" if smoke else None)
+  for key, value in (teacher_model if variant == "teacher"
+                     else student_model).items():
+    c.model[key] = value
+  if not variant:
+    c.distill.teacher_workdirs = ("{parent}/teacher__seed={seed}",)
+    for key, value in distill.items():
+      c.distill[key] = value
+  return c
+

@@ -21,7 +21,7 @@ from mtkd_jax.data.specs import TASK_KINDS
 __all__ = [
     "auc", "gauc", "logloss", "logloss_from_logits", "rmse", "mae",
     "calibration", "multiclass_metrics", "retrieval_metrics",
-    "compute_task_metrics",
+    "compute_task_metrics", "expected_calibration_error",
 ]
 
 
@@ -419,7 +419,7 @@ def compute_task_metrics(kind: str, labels, outputs, weights=None,
     user_ids: optional [N] user keys; adds "gauc" for binary tasks.
 
   Returns:
-    "binary": {"auc", "logloss" (from logits), "pcoc"} plus "gauc" when
+    "binary": {"auc", "logloss" (from logits), "pcoc", "ece"} plus "gauc" when
     `user_ids` is given; "regression": {"rmse", "mae"}; "multiclass":
     `multiclass_metrics`.
 
@@ -432,6 +432,7 @@ def compute_task_metrics(kind: str, labels, outputs, weights=None,
         "auc": auc(labels, logits, weights),
         "logloss": logloss_from_logits(labels, logits, weights),
         "pcoc": calibration(labels, _sigmoid(logits), weights)["pcoc"],
+        "ece": expected_calibration_error(labels, _sigmoid(logits), weights),
     }
     if user_ids is not None:
       out["gauc"] = gauc(labels, logits, user_ids, weights)
@@ -443,3 +444,42 @@ def compute_task_metrics(kind: str, labels, outputs, weights=None,
     return multiclass_metrics(labels, outputs, weights)
   raise ValueError(f"Unknown task kind {kind!r}; valid kinds: "
                    f"{', '.join(TASK_KINDS)}.")
+
+
+def expected_calibration_error(labels, probs, weights=None,
+                               num_bins: int = 15) -> float:
+  """Expected calibration error of binary probabilities, equal-width bins.
+
+  The reliability-diagram ECE (Naeini, Cooper & Hauskrecht, AAAI 2015;
+  Guo et al., ICML 2017) for the positive-class probability of a binary
+  task, with example weights. [0, 1] is cut into `num_bins` equal bins
+  [m/M, (m+1)/M) (the last one closed, so p = 1 falls in it); with W_m, y_m
+  and p_m the total weight, weighted mean label and weighted mean
+  probability of bin m and W the total weight,
+    ECE = sum_m (W_m / W) |y_m - p_m|
+        = sum_m |sum_{i in bin m} w_i (y_i - p_i)| / W.
+  Empty bins contribute 0. Labels may be soft (in [0, 1]).
+
+  Args:
+    labels: [N] in [0, 1].
+    probs: [N] predicted probabilities in [0, 1].
+    weights: optional [N] >= 0; 0 marks padding rows, which are ignored.
+    num_bins: M >= 1.
+
+  Returns:
+    The ECE in [0, 1]; nan without non-padding rows or with a nan
+    probability.
+
+  Raises:
+    ValueError: if num_bins < 1 or a probability lies outside [0, 1].
+  """
+  if num_bins < 1:
+    raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
+  labels, probs, w = _prepare(labels, probs, weights=weights)
+  if probs.size == 0 or np.isnan(probs).any():
+    return float("nan")
+  if np.any((probs < 0.0) | (probs > 1.0)):
+    raise ValueError("ECE probabilities must lie in [0, 1].")
+  bins = np.minimum((probs * num_bins).astype(np.int64), num_bins - 1)
+  gap = np.bincount(bins, weights=w * (labels - probs), minlength=num_bins)
+  return float(np.sum(np.abs(gap)) / np.sum(w))

@@ -1,11 +1,16 @@
-"""Smoke test of benchmarks/train_throughput.py on a tiny workload file."""
+"""Smoke test of benchmarks/train_throughput.py on a tiny workload file, and
+compare_peer's ratios, targets and tables on hand-made JSON lines."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+from benchmarks import compare_peer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEYS = ("model", "parallel", "devices", "params", "params_dense",
@@ -63,3 +68,136 @@ def test_quick_run_prints_a_complete_json_line(tmp_path):
     assert rec[f"logloss_{task}"] > 0
   assert rec["recompiles_after_first_step"] == 0
   assert len(rec["data_sha256"]) == 64
+
+
+# ------------------------------------------------------------ compare_peer
+
+
+def _ours(train, infer, auc_ctr, auc_cvr, rss, first_step=9.0, clean=3):
+  """A train_throughput record (our field names)."""
+  return {"model": "x", "train_examples_per_sec": train,
+          "infer_examples_per_sec": infer, "auc_ctr": auc_ctr,
+          "auc_cvr": auc_cvr, "peak_rss_mib": rss, "first_step_s": first_step,
+          "compile_s": 4.0, "recompiles_after_first_step": 0,
+          "train_clean_repeats": clean, "infer_clean_repeats": clean,
+          "params": 5_327_330, "data_sha256": "abc", "jax_version": "0.10.2"}
+
+
+def _peer(train, infer, auc_ctr, auc_cvr, rss, clean=3):
+  """A peer_bench.py worker record (the peer's field names)."""
+  return {"model": "rechub_x", "train_examples_per_sec": train,
+          "infer_examples_per_sec": infer, "test_auc_ctr": auc_ctr,
+          "test_auc_cvr": auc_cvr, "peak_rss_mib": rss, "n_params": 5_333_762,
+          "train_clean_repeats": clean, "infer_clean_repeats": clean}
+
+
+def _lines():
+  mmoe = compare_peer.compare(
+      "mmoe", "rechub_mmoe", _ours(17_000, 50_000, 0.7200, 0.6980, 700),
+      _peer(7_500, 35_000, 0.7217, 0.7008, 749), repeats=3, smoke=False,
+      peer_sha="abc", order="peer,ours")
+  bottom = compare_peer.compare(  # exactly on the targets: they hold
+      "shared_bottom", "rechub_sharedbottom",
+      _ours(56_000, 280_000, 0.7205, 0.7041, 645, first_step=15.0),
+      _peer(28_000, 200_000, 0.7225, 0.7041, 645), repeats=3, smoke=False,
+      peer_sha="abc", order="ours,peer")
+  ple = compare_peer.compare(  # the peer failed: nothing can be judged
+      "ple", "rechub_ple", _ours(15_000, 40_000, 0.72, 0.70, 800),
+      {"model": "rechub_ple", "error": "worker exit code 1"}, repeats=3,
+      smoke=False, peer_sha=None, order="peer,ours")
+  return mmoe, bottom, ple
+
+
+def test_compare_peer_ratios_and_targets():
+  mmoe, bottom, ple = _lines()
+  assert mmoe["train_ratio"] == pytest.approx(17_000 / 7_500, abs=1e-3)
+  assert mmoe["infer_ratio"] == pytest.approx(50_000 / 35_000, abs=1e-3)
+  assert mmoe["auc_ctr_diff"] == pytest.approx(-0.0017)
+  assert mmoe["auc_cvr_diff"] == pytest.approx(-0.0028)
+  assert mmoe["peer_auc_ctr"] == 0.7217  # test_auc_ctr mapped to auc_ctr
+  t = mmoe["targets"]
+  assert t["train_ratio"]["ok"] and t["train_ratio"]["need"] == ">= 2.2x peer"
+  assert t["infer_ratio"]["ok"] and t["auc_ctr"]["ok"]
+  assert not t["auc_cvr"]["ok"]  # -0.0028 < -0.002
+  assert t["first_step_s"]["ok"] and t["recompiles"]["ok"]
+  assert t["peak_rss"]["ok"]  # 700 <= 749 MiB
+  assert mmoe["targets_met"] is False
+  assert mmoe["valid"] and mmoe["same_data"] and not mmoe["errors"]
+
+  assert bottom["train_ratio"] == 2.0 and bottom["auc_ctr_diff"] == -0.002
+  assert bottom["targets"]["train_ratio"]["need"] == ">= 2.0x peer"
+  assert all(v["ok"] for v in bottom["targets"].values()), bottom["targets"]
+  assert bottom["targets_met"] is True
+
+  assert ple["train_ratio"] is None and ple["targets_met"] is None
+  assert ple["targets"]["train_ratio"]["ok"] is None
+  assert ple["targets"]["first_step_s"]["ok"]  # ours alone still judged
+  assert ple["errors"] == ["peer: worker exit code 1"] and not ple["valid"]
+
+  smoke = compare_peer.compare(
+      "mmoe", "rechub_mmoe", _ours(17_000, 50_000, 0.72, 0.70, 700, clean=1),
+      _peer(7_500, 35_000, 0.72, 0.70, 749, clean=0), repeats=1, smoke=True)
+  assert not smoke["valid"] and not smoke["all_clean"]
+  json.dumps(smoke)  # a JSON line
+
+
+def test_compare_peer_markdown_and_doc(tmp_path, capsys):
+  lines = list(_lines()) + [{"kind": "run", "started_at": "t0",
+                             "finished_at": "t1", "machine": {},
+                             "versions": {"jax": "0.10.2"}}]
+  path = tmp_path / "lines.jsonl"
+  path.write_text("".join(json.dumps(l) + "\n" for l in lines))
+  assert compare_peer.main(["--markdown", str(path)]) == 0
+  table = capsys.readouterr().out
+  assert "SMOKE" not in table and "jax 0.10.2" in table
+  assert ("| mmoe / rechub_mmoe | 17,000 | 7,500 | 2.27 | 50,000 | 35,000 "
+          "| 1.43 | 0.7200 / 0.7217 (-0.0017) | 0.6980 / 0.7008 (-0.0028) "
+          "| 9.0 (4.0) | 700 / 749 | 3, 3 / 3, 3 | yes |") in table
+  assert ("| mmoe | ✓ 2.27 (≥ 2.2) | ✓ 1.43 | ✓ -0.0017 | ✗ -0.0028 "
+          "| ✓ 9.0 | ✓ 0 | ✓ 0.94 | no |") in table
+  assert "| shared_bottom | ✓ 2.00 (≥ 2.0) |" in table
+  assert "| ple | – (≥ 2.2) | – |" in table
+  assert "| 800 / – | 3, 3 / –, – | no |" in table
+  assert "Errors: peer: worker exit code 1" in table
+
+  smoke = dict(lines[0], smoke=True, valid=False)
+  path.write_text(json.dumps(smoke) + "\n")
+  assert "SMOKE RUN" in compare_peer.render_markdown([smoke])
+
+  page = tmp_path / "page.md"
+  page.write_text(f"# Title\n{compare_peer.BEGIN}\nold table\n"
+                  f"{compare_peer.END}\nafter\n")
+  assert compare_peer.main(["--markdown", str(path), "--doc", str(page)]) == 0
+  text = page.read_text()
+  assert "old table" not in text and "SMOKE RUN" in text
+  assert text.startswith("# Title\n") and text.endswith("\nafter\n")
+  with pytest.raises(ValueError, match="markers"):
+    compare_peer.splice("no markers", "table")
+
+
+def test_compare_peer_reads_the_peers_field_names():
+  """Every peer field that compare_peer maps or reads is in peer_bench.py."""
+  bench = compare_peer.DEFAULT_PEER_BENCH
+  if not bench.exists():
+    pytest.skip(f"{bench} not found (../shared is not checked out)")
+  source = bench.read_text()
+  used = set(compare_peer.PEER_FIELDS) | {
+      "train_examples_per_sec", "train_clean_repeats", "infer_examples_per_sec",
+      "infer_clean_repeats", "peak_rss_mib", "rss_after_data_load_mib",
+      "content_sha256", "epoch_steps"}
+  # A key, a keyword argument, or an f-string prefix (f"test_auc_{name}").
+  missing = [k for k in sorted(used) if not (
+      re.search(rf"\b{k}\b", source) or k.rsplit("_", 1)[0] + "_{" in source)]
+  assert not missing, missing
+  for _, peer in compare_peer.PAIRS:
+    assert f'"{peer}"' in source, peer
+
+
+def test_compare_peer_finds_the_peer_venv():
+  python = compare_peer.peer_python()
+  if not os.path.exists(python):
+    pytest.skip(f"no peer venv at {python} (../shared/bench/PEER.md installs "
+                "one; set PEER_PYTHON or PEER_VENV)")
+  versions = compare_peer.peer_versions(python)
+  assert versions["torch"].startswith("2.13.0"), versions
+  assert versions["torch-rechub"] == "0.9.0", versions

@@ -269,9 +269,9 @@ def test_compute_task_metrics_binary():
   users = rng.integers(0, 20, size=1000)
   weights = (rng.random(1000) < 0.9).astype(np.float32)
   out = metrics.compute_task_metrics("binary", labels, logits, weights)
-  assert set(out) == {"auc", "logloss", "pcoc"}
+  assert set(out) == {"auc", "logloss", "pcoc", "ece"}
   out = metrics.compute_task_metrics("binary", labels, logits, weights, users)
-  assert set(out) == {"auc", "logloss", "pcoc", "gauc"}
+  assert set(out) == {"auc", "logloss", "pcoc", "ece", "gauc"}
   assert all(type(v) is float for v in out.values())
   assert out["auc"] == metrics.auc(labels, logits, weights)
   assert out["gauc"] == metrics.gauc(labels, logits, users, weights)
@@ -370,3 +370,84 @@ def test_multiclass_metrics_match_sklearn():
   assert got["macro_auc"] == pytest.approx(skm.roc_auc_score(
       labels[keep], probs[keep], multi_class="ovr", average="macro",
       sample_weight=weights[keep]), rel=1e-9)
+
+
+# ----------------------------------------------------------------------- ECE
+
+
+def _ece_reference(labels, probs, weights, num_bins):
+  """Per-bin loop: sum_m (W_m / W) |mean label_m - mean prob_m|."""
+  total, ece = weights.sum(), 0.0
+  for m in range(num_bins):
+    lo, hi = m / num_bins, (m + 1) / num_bins
+    inside = (probs >= lo) & ((probs < hi) if m < num_bins - 1
+                              else (probs <= hi))
+    inside &= weights > 0
+    wm = weights[inside].sum()
+    if wm == 0:
+      continue
+    mean_y = np.sum(weights[inside] * labels[inside]) / wm
+    mean_p = np.sum(weights[inside] * probs[inside]) / wm
+    ece += wm / total * abs(mean_y - mean_p)
+  return ece
+
+
+def test_ece_hand_computed():
+  # 2 bins. Bin [0, .5): probs .1, .3, labels 0, 1 -> |.5 - .2| = .3, W 2/4.
+  # Bin [.5, 1]: probs .6, 1.0, labels 1, 1 -> |1 - .8| = .2, W 2/4.
+  labels = [0, 1, 1, 1]
+  probs = [0.1, 0.3, 0.6, 1.0]
+  got = metrics.expected_calibration_error(labels, probs, num_bins=2)
+  assert type(got) is float
+  assert got == pytest.approx(0.5 * 0.3 + 0.5 * 0.2)
+  # One bin: |3/4 - 2/4| = .25.
+  assert metrics.expected_calibration_error(
+      labels, probs, num_bins=1) == pytest.approx(0.25)
+
+
+def test_ece_calibrated_is_zero():
+  labels = [1, 0, 0, 0, 1, 1, 1, 0]
+  probs = [0.25] * 4 + [0.75] * 4
+  assert metrics.expected_calibration_error(labels, probs) == pytest.approx(
+      0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("num_bins", [1, 10, 15])
+def test_ece_matches_per_bin_loop(num_bins):
+  rng = np.random.default_rng(7)
+  n = 2000
+  probs = rng.random(n)
+  probs[:20] = 1.0
+  probs[20:40] = 0.0
+  labels = (rng.random(n) < probs ** 1.5).astype(np.float64)
+  weights = rng.choice([0.0, 1.0, 2.5], n)
+  got = metrics.expected_calibration_error(labels, probs, weights, num_bins)
+  want = _ece_reference(labels, probs, weights, num_bins)
+  assert want > 0.01
+  assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_ece_weights_padding_and_repeats():
+  labels = np.array([1.0, 0.0, 1.0, 0.0])
+  probs = np.array([0.9, 0.2, 0.4, 0.7])
+  w = np.array([2.0, 1.0, 0.0, 1.0])
+  got = metrics.expected_calibration_error(labels, probs, w, num_bins=5)
+  repeated = metrics.expected_calibration_error(
+      [1.0, 1.0, 0.0, 0.0], [0.9, 0.9, 0.2, 0.7], num_bins=5)
+  assert got == pytest.approx(repeated)
+  changed = metrics.expected_calibration_error(
+      labels, [0.9, 0.2, 0.05, 0.7], w, num_bins=5)
+  assert changed == got
+
+
+def test_ece_degenerate_and_bad_inputs():
+  assert math.isnan(metrics.expected_calibration_error([], []))
+  assert math.isnan(metrics.expected_calibration_error(
+      [1.0, 0.0], [0.5, 0.5], weights=[0.0, 0.0]))
+  assert math.isnan(metrics.expected_calibration_error([1.0], [float("nan")]))
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    metrics.expected_calibration_error([1.0, 0.0], [1.2, 0.5])
+  with pytest.raises(ValueError, match="num_bins"):
+    metrics.expected_calibration_error([1.0], [0.5], num_bins=0)
+  with pytest.raises(ValueError, match="weights"):
+    metrics.expected_calibration_error([1.0], [0.5], weights=[-1.0])

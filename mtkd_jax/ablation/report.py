@@ -19,7 +19,7 @@ import collections
 import dataclasses
 import math
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mtkd_jax.ablation import plots
 from mtkd_jax.ablation import stats
@@ -103,6 +103,9 @@ def _fmt_p(p: Optional[float]) -> str:
 def mean_std(c: stats.Cell) -> str:
   if not c.n:
     return "–"
+  values = list(c.values.values())
+  if all(float(v).is_integer() for v in values) and len(set(values)) == 1:
+    return f"{int(values[0]):,}"  # e.g. a parameter count: the same each seed
   return f"{_fmt(c.mean)} ± {_fmt(c.std)}"
 
 
@@ -119,10 +122,16 @@ class Report:
   delta_m: Dict[str, Optional[float]]  # variant -> Δm (%)
   stl_of: Dict[str, Optional[str]]
   primary: Dict[str, str]  # task -> primary metric (test split)
+  # (teacher, student, distilled) variants and, per metric with a direction,
+  # stats.gap_closed of them; empty without `gap_closed`.
+  gap_variants: Tuple[str, ...] = ()
+  gap: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(
+      default_factory=dict)
 
 
 def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
-          baseline: Optional[str] = None) -> Report:
+          baseline: Optional[str] = None,
+          gap_closed: Optional[Sequence[str]] = None) -> Report:
   """Aggregates `records` (store lines) into a Report.
 
   Args:
@@ -132,6 +141,8 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
     baseline: the variant the paired tests compare with, or some of its
       `key=value` parts (see the module doc); default: the first variant in
       sweep order. Accepts "a=1, b=2" or "a=1__b=2".
+    gap_closed: (teacher, student, distilled) variant names: adds the share
+      of the teacher-student gap the distilled student closes per metric.
   """
   variants = group_variants(records)
   if not variants:
@@ -165,9 +176,18 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
     ref_means = {m: stats.cell(variants[ref].records, m).mean
                  for m in primary_metrics}
     dm[name] = stats.delta_m(means, ref_means)
+  gap = {}
+  gap_closed = tuple(gap_closed or ())
+  if gap_closed:
+    if len(gap_closed) != 3 or any(n not in variants for n in gap_closed):
+      raise ValueError(f"gap_closed needs three variants (teacher, student, "
+                       f"distilled); got {list(gap_closed)}; variants: "
+                       f"{', '.join(variants)}.")
+    for m in metrics:
+      if stats.direction(m) is not None:
+        gap[m] = stats.gap_closed(*(cells[m][n] for n in gap_closed))
   return Report(variants, metrics, cells, best, baseline, baseline_of, tests,
-                dm, stl_of,
-                primary)
+                dm, stl_of, primary, gap_closed, gap)
 
 
 def _parts(name: str) -> Dict[str, Optional[str]]:
@@ -277,6 +297,23 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
       out.append(f"| {display(name)} | {_fmt(report.delta_m[name], 2)} | "
                  f"{display(ref) if ref else '–'} |")
     out.append("")
+  # Distillation: the share of the teacher-student gap closed.
+  if report.gap:
+    teacher, student, distilled = (display(n) for n in report.gap_variants)
+    out += ["## Teacher–student gap closed by distillation", "",
+            f"share = (M[{distilled}] - M[{student}]) / (M[{teacher}] - "
+            f"M[{student}]) × 100%: 100% = the distilled student matches the "
+            "teacher, 0% = no better than the student alone, < 0 = worse. "
+            "From the means over seeds, and per seed (mean ± std over the "
+            "seeds all three have).", "",
+            "| metric | share of means (%) | per seed (%) | n |",
+            "|---|---:|---:|---:|"]
+    for m, g in report.gap.items():
+      per_seed = _fmt(g["per_seed_mean"], 1)
+      if g["per_seed_std"] is not None:
+        per_seed += f" ± {_fmt(g['per_seed_std'], 1)}"
+      out.append(f"| {m} | {_fmt(g['of_means'], 1)} | {per_seed} | {g['n']} |")
+    out.append("")
   # Runs.
   out += ["## Runs", "",
           "| variant | seeds | steps | best step (mean) | wall s / run (mean) |",
@@ -301,12 +338,13 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
 
 def write(sweep_dir: str, out_dir: Optional[str] = None,
           baseline: Optional[str] = None,
-          metrics: Optional[Sequence[str]] = None, command: str = "") -> str:
+          metrics: Optional[Sequence[str]] = None, command: str = "",
+          gap_closed: Optional[Sequence[str]] = None) -> str:
   """Writes <out_dir>/report.md and its PNGs; returns the report's path."""
   out_dir = out_dir or os.path.join(sweep_dir, "report")
   os.makedirs(out_dir, exist_ok=True)
   records = store.read(sweep_dir)
-  report = build(records, metrics, baseline)
+  report = build(records, metrics, baseline, gap_closed)
   variants = list(report.variants.values())
   images = []
   keys = plots.numeric_swept_keys(variants)

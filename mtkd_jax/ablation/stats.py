@@ -25,7 +25,7 @@ HIGHER = ("auc", "gauc", "ndcg", "recall", "hr", "mrr")
 LOWER = ("logloss", "rmse", "mae", "mse", "loss")
 PRIMARY = ("auc", "rmse", "gauc", "logloss", "mae")  # a task's first present
 NON_TASK = ("mean", "gates")
-SPLITS = ("test", "validation")
+SPLITS = ("test", "validation", "model")  # model: results.json "model"
 
 
 def direction(metric: str) -> Optional[str]:
@@ -165,3 +165,29 @@ def delta_m(variant_means: Mapping[str, float],
     sign = -1.0 if mode == "min" else 1.0
     terms.append(sign * (m - ref) / ref)
   return 100.0 * float(np.mean(terms))
+
+
+def gap_closed(teacher: Cell, student: Cell, distilled: Cell
+               ) -> Dict[str, Optional[float]]:
+  """The share of the teacher-student gap that distillation closes.
+
+  share = (M_distilled - M_student) / (M_teacher - M_student) x 100%, from
+  the means over seeds ("of_means"); also per seed over the seeds all three
+  have ("per_seed_mean", "per_seed_std", "n"). 100% = the distilled student
+  matches the teacher; 0% = no better than the student alone; None when the
+  gap is 0.
+  """
+  def share(t, s, d):
+    return None if t == s else 100.0 * (d - s) / (t - s)
+  out = {"of_means": None, "per_seed_mean": None, "per_seed_std": None, "n": 0}
+  if teacher.n and student.n and distilled.n:
+    out["of_means"] = share(teacher.mean, student.mean, distilled.mean)
+  t, s, d = (c.values for c in (teacher, student, distilled))
+  common = sorted(set(t) & set(s) & set(d))
+  shares = [x for x in (share(t[k], s[k], d[k]) for k in common) if x is not None]
+  if shares:
+    out["n"] = len(shares)
+    out["per_seed_mean"] = float(np.mean(shares))
+    out["per_seed_std"] = float(np.std(shares, ddof=1)) if len(shares) > 1 else None
+  return out
+

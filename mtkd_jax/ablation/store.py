@@ -59,6 +59,7 @@ def make_record(run, results: dict, *, sweep_dir: str, workdir: str,
       "best_step": results.get("best_step"),
       "steps": results.get("steps"),
       "select_metric": results.get("select_metric"),
+      "model": results.get("model"),  # parameters, FLOPs, latency
       "wall_time_s": None if wall_time_s is None else round(wall_time_s, 3),
       "workdir": os.path.relpath(workdir, sweep_dir),
       "mode": mode,

@@ -70,11 +70,13 @@ class ESMM(nn.Module):
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
-    if len(self.tasks) != 2 or set(self.tasks) != set(self.spec.task_names):
+    if tuple(self.tasks) != tuple(self.spec.task_names):
+      # In the dataset's order too: evaluation reads click, conversion as
+      # the first two tasks (evaluate.split_metrics, cvr/auc_clicked).
       raise errors.ConfigError(
           f"ESMM predicts exactly model.esmm_tasks = {tuple(self.tasks)} "
-          f"(click, click-and-convert); the dataset's tasks are "
-          f"{self.spec.task_names}.")
+          f"(click, click-and-convert), in the dataset's order; the dataset's "
+          f"tasks are {self.spec.task_names}.")
     _check_binary(self.spec, "ESMM")
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     x = self.perturb("shared", x)  # the shared part; for rep-grad weighting

@@ -4,6 +4,14 @@ All sparse fields with the same embedding width live in ONE concatenated
 table with per-field row offsets, so a batch's lookups are one gather (and the
 backward pass one scatter-add) instead of one per field. A behaviour sequence
 that `shares` a sparse field gathers from that field's rows of the same table.
+
+Row gradients (`mtkd_jax/train/row_grads.py`): when the collection
+`LOOKUP_IDS` is mutable, every lookup ("site") also records its row ids
+(`sow`, -1 where the site masks a position out) and passes the gathered rows
+through `self.perturb(site_name(table, k), rows, collection=LOOKUP_ROWS)`, so
+the step can differentiate w.r.t. the gathered rows (and never form a dense
+[rows, d] table gradient). Otherwise the layer computes exactly what it
+computes without this feature.
 """
 from typing import Dict, Tuple
 
@@ -15,6 +23,21 @@ from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.models import sequence as sequence_lib
 
 DEFAULT_EMBED_INIT = nn.initializers.normal(stddev=0.01)
+LOOKUP_IDS = "lookup_ids"  # sown per table: (int32[B, ...] ids of site k, ...)
+LOOKUP_ROWS = "lookup_rows"  # perturbations: the rows gathered at each site
+# The names of FeatureEmbedding's tables (2-D params [rows, d]).
+TABLE_PREFIXES = ("sparse_table_d", "multi_hot_", "sequence_table_")
+
+
+def site_name(table: str, k: int) -> str:
+  """The `LOOKUP_ROWS` variable of the k-th lookup of `table` in a module."""
+  return f"{table}:{k}"
+
+
+def is_table(path, leaf) -> bool:
+  """Whether a params leaf at `path` (a tuple of str) is an embedding table."""
+  return (len(getattr(leaf, "shape", ())) == 2 and bool(path) and
+          str(path[-1]).startswith(TABLE_PREFIXES))
 
 
 def group_fields_by_dim(fields) -> Dict[int, Tuple[int, ...]]:
@@ -37,27 +60,46 @@ class FeatureEmbedding(nn.Module):
   spec: specs_lib.DatasetSpec
   embed_init: nn.initializers.Initializer = DEFAULT_EMBED_INIT
 
+  def _lookup(self, name: str, table, ids, valid=None):
+    """`jnp.take(table, ids, axis=0)`; records the site in row-grad mode.
+
+    Args:
+      name: the table's param name.
+      ids: int[B, ...] row ids (in range; masked positions any valid id).
+      valid: bool like `ids`, False where the caller masks the rows out
+        (recorded as -1: the position touches no row).
+    """
+    rows = jnp.take(table, ids, axis=0)
+    if self.is_initializing() or not self.is_mutable_collection(LOOKUP_IDS):
+      return rows
+    k = len(self.get_variable(LOOKUP_IDS, name, ()))
+    self.sow(LOOKUP_IDS, name, ids if valid is None else jnp.where(valid, ids, -1))
+    return self.perturb(site_name(name, k), rows, collection=LOOKUP_ROWS)
+
   @nn.compact
   def __call__(self, batch) -> jnp.ndarray:
     parts = []
     sparse = batch["sparse"]
-    rows = {}  # sparse field name -> (its table, its row offset, its ids [B])
+    rows = {}  # sparse field -> (table name, table, row offset, ids [B])
     for dim, idx in group_fields_by_dim(self.spec.sparse).items():
       vocab = [self.spec.sparse[i].vocab_size for i in idx]
       offsets = np.concatenate([[0], np.cumsum(vocab)[:-1]]).astype(np.int32)
-      table = self.param(f"sparse_table_d{dim}", self.embed_init,
-                         (int(sum(vocab)), dim), jnp.float32)
+      name = f"sparse_table_d{dim}"
+      table = self.param(name, self.embed_init, (int(sum(vocab)), dim),
+                         jnp.float32)
       ids = sparse[:, np.asarray(idx)] + offsets  # [B, F_g]
       for j, (i, offset) in enumerate(zip(idx, offsets)):
-        rows[self.spec.sparse[i].name] = (table, int(offset), ids[:, j])
-      emb = jnp.take(table, ids, axis=0)  # [B, F_g, dim]
+        rows[self.spec.sparse[i].name] = (name, table, int(offset), ids[:, j])
+      emb = self._lookup(name, table, ids)  # [B, F_g, dim]
       parts.append(emb.reshape(emb.shape[0], -1))
     for field in self.spec.multi_hot:
-      table = self.param(f"multi_hot_{field.name}", self.embed_init,
+      name = f"multi_hot_{field.name}"
+      table = self.param(name, self.embed_init,
                          (field.vocab_size, field.embed_dim), jnp.float32)
       ids = batch[f"multi_hot/{field.name}"]  # [B, K], -1 pads
       mask = (ids >= 0).astype(jnp.float32)
-      emb = jnp.take(table, jnp.maximum(ids, 0), axis=0) * mask[..., None]
+      emb = self._lookup(name, table, jnp.maximum(ids, 0), ids >= 0)
+      emb = emb * mask[..., None]
       count = jnp.maximum(mask.sum(axis=1, keepdims=True), 1.0)
       parts.append(emb.sum(axis=1) / count)
     if self.spec.dense:
@@ -66,13 +108,14 @@ class FeatureEmbedding(nn.Module):
       ids = batch[f"sequence/{field.name}"]  # [B, L], -1 pads
       mask = ids >= 0
       if field.shares:
-        table, offset, target_ids = rows[field.shares]
-        target = jnp.take(table, target_ids, axis=0)  # [B, d]
+        name, table, offset, target_ids = rows[field.shares]
+        target = self._lookup(name, table, target_ids)  # [B, d]
       else:
-        table = self.param(f"sequence_table_{field.name}", self.embed_init,
+        name = f"sequence_table_{field.name}"
+        table = self.param(name, self.embed_init,
                            (field.vocab_size, field.embed_dim), jnp.float32)
         offset, target = 0, None
-      emb = jnp.take(table, jnp.where(mask, ids + offset, 0), axis=0)
+      emb = self._lookup(name, table, jnp.where(mask, ids + offset, 0), mask)
       emb = emb * mask[..., None].astype(emb.dtype)  # [B, L, d]
       encoder = sequence_lib.make_encoder(field, f"sequence_{field.name}")
       parts.append(encoder(emb, mask, target))

@@ -27,8 +27,11 @@ from mtkd_jax import errors
 from mtkd_jax import losses
 from mtkd_jax import models
 from mtkd_jax.data import pipeline
+from mtkd_jax.distill import mutual
+from mtkd_jax.distill import setup as distill_setup
 from mtkd_jax.train import checkpoint as checkpoint_lib
 from mtkd_jax.train import evaluate
+from mtkd_jax.train import model_stats
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
@@ -97,7 +100,8 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
   spec = splits.spec.with_task_overrides(config.tasks.to_dict())
   for task in spec.tasks:  # fail on a bad loss name now, not inside jit
     losses.get_loss(task.loss)
-  model = models.build_model(spec, config.model, splits.extras)
+  model = mutual.maybe_wrap(
+      models.build_model(spec, config.model, splits.extras), spec, config)
   tcfg = config.train
   if tcfg.select_mode not in ("max", "min"):
     raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
@@ -111,6 +115,31 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
   tx = state_lib.make_optimizer(config.optimizer, total_steps)
   example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
   return Experiment(splits, spec, model, mesh, tx, total_steps, example)
+
+
+def prepare_training(config, workdir: str):
+  """(experiment, distillation, initial host state, step config) of a run.
+
+  The initial state holds the model's params (with the distillation hint
+  projector when a hint is on), the optimizer state and the weighting
+  method's state; `distillation.teacher_params` are the frozen teachers'
+  params the step takes as its third argument in online mode.
+  """
+  exp = setup(config)
+  init_state = state_lib.create_train_state(exp.model, exp.tx,
+                                            exp.example_batch, config.seed)
+  distill = distill_setup.prepare(config, exp.splits, exp.spec, exp.model,
+                                  init_state.params, exp.example_batch,
+                                  exp.mesh, config.train.parallel, workdir)
+  if distill.init_params is not init_state.params:  # + the hint projector
+    init_state = init_state.replace(params=distill.init_params,
+                                    opt_state=exp.tx.init(distill.init_params))
+  step_cfg = step_lib.make_step_config(config, exp.model, exp.tx, exp.spec,
+                                       init_state.params, exp.example_batch,
+                                       distill=distill.spec)
+  init_state = init_state.replace(weighting_state=step_lib.init_weighting(
+      step_cfg, config.weighting, init_state.params))
+  return exp, distill, init_state, step_cfg
 
 
 def _is_better(value, best, mode):
@@ -136,14 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  splits, spec, model, mesh, tx, total_steps, example = setup(config)
+  exp, distill, init_state, step_cfg = prepare_training(config, workdir)
+  splits, spec, model, mesh, tx, total_steps, example = exp
   tcfg = config.train
   mode = tcfg.parallel
-  init_state = state_lib.create_train_state(model, tx, example, config.seed)
-  step_cfg = step_lib.make_step_config(config, model, tx, spec,
-                                       init_state.params, example)
-  init_state = init_state.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, config.weighting, init_state.params))
+  teacher_args = (distill.teacher_params,) if distill.online else ()
   state = parallel.replicate(init_state, mesh)
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{sum(x.size for x in jax.tree.leaves(init_state.params)):,}")
@@ -161,13 +187,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_fn = parallel.compile_step(
       functools.partial(step_lib.train_step, cfg=step_cfg),
-      mode, mesh, out_batched=False, donate_state=True)
+      mode, mesh, out_batched=False, donate_state=True,
+      extra_args=len(teacher_args))
   diagnostics_fn = parallel.compile_step(
       functools.partial(step_lib.gradient_diagnostics, cfg=step_cfg),
-      mode, mesh, out_batched=False, donate_state=False)
+      mode, mesh, out_batched=False, donate_state=False,
+      extra_args=len(teacher_args))
   diagnostics_every = config.weighting.diagnostics_every
   eval_fn = parallel.compile_step(
-      functools.partial(step_lib.eval_step, model=model),
+      functools.partial(step_lib.eval_step, model=model,
+                        compute_dtype=step_cfg.compute_dtype),
       mode, mesh, out_batched=True, donate_state=False)
   put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
 
@@ -184,7 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = start_step
   done = step >= total_steps or loop_state["stopped_early"]
   batches = pipeline.prefetch(
-      pipeline.train_batches(splits.train, tcfg.batch_size, seed=config.seed,
+      pipeline.train_batches(distill.train_columns, tcfg.batch_size,
+                             seed=config.seed,
                              start_step=start_step), put)
   progress = None if done else _progress(total_steps, start_step)
   buffer, buffer_start = [], step + 1
@@ -194,15 +224,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batch = next(batches)
       if step == start_step:
         t0 = time.perf_counter()
-        state, metrics = train_fn(state, batch)
+        state, metrics = train_fn(state, batch, *teacher_args)
         jax.block_until_ready(metrics)
         logging.info("First step (compile + run): %.2f s.",
                      time.perf_counter() - t0)
       else:
         is_diag = diagnostics_every and (step + 1) % diagnostics_every == 0
         if is_diag:
-          diagnostics = diagnostics_fn(state, batch)  # before the update
-        state, metrics = train_fn(state, batch)
+          diagnostics = diagnostics_fn(state, batch, *teacher_args)  # before
+        state, metrics = train_fn(state, batch, *teacher_args)  # the update
         if is_diag:
           metrics = {**metrics, **diagnostics}
       step += 1
@@ -256,8 +286,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best_step = ckpt.best_step()
   writer.write(best_step, "test", test)
   writer.close()
+  probe = next(pipeline.eval_batches(splits.test, config.eval.batch_size))
   results = {"best_step": best_step, "validation": best_val, "test": test,
-             "select_metric": tcfg.select_metric, "steps": step}
+             "select_metric": tcfg.select_metric, "steps": step,
+             "model": model_stats.describe(model, best_state.params, probe)}
+  if distill.teachers:
+    results["teachers"] = [
+        {"workdir": t.workdir, "model_name": t.config.model.name,
+         "model": model_stats.describe(t.model, t.params, probe),
+         "validation": t.validation, "test": t.test}
+        for t in distill.teachers]
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)

@@ -127,6 +127,15 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
     {"best_step", "validation", "test", "select_metric", "steps"}.
   """
   seeds = [int(s) for s in seeds]
+  dcfg = config.get("distill")
+  if dcfg is not None:
+    from mtkd_jax.distill import terms  # pylint: disable=g-import-not-at-top
+    dcfg = terms.resolve_methods(dcfg)
+  if dcfg is not None and (dcfg.teacher_workdirs or dcfg.dml_peers or
+                           dcfg.crossdistil_ranking_weight):
+    raise errors.ConfigError(
+        "Distillation runs train one seed per program (their teachers differ "
+        "per seed); run them without --vmap_seeds.")
   if not seeds or len(set(seeds)) != len(seeds):
     raise errors.ConfigError(f"seeds must be distinct and non-empty; got "
                              f"{seeds}.")

@@ -53,8 +53,8 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
 
 
 def compile_step(per_device_fn: Callable, mode: str, mesh: Mesh, *,
-                 out_batched: bool, donate_state: bool):
-  """Compiles `per_device_fn(replicated, batch_shard)` for `mode`.
+                 out_batched: bool, donate_state: bool, extra_args: int = 0):
+  """Compiles `per_device_fn(replicated, batch_shard, *replicated_extras)`.
 
   Args:
     per_device_fn: pmap-style function of (replicated arg, batch shard).
@@ -63,15 +63,19 @@ def compile_step(per_device_fn: Callable, mode: str, mesh: Mesh, *,
     out_batched: True if the outputs are per-example (split like the batch),
       False if they are replicated (states, global scalars).
     donate_state: donate the first argument's buffers.
+    extra_args: the number of further replicated arguments (e.g. frozen
+      teacher params; never donated).
   """
   donate = (0,) if donate_state else ()
   if mode == "jit":
     out_spec = P(AXIS) if out_batched else P()
-    fn = jax.shard_map(per_device_fn, mesh=mesh, in_specs=(P(), P(AXIS)),
+    fn = jax.shard_map(per_device_fn, mesh=mesh,
+                       in_specs=(P(), P(AXIS)) + (P(),) * extra_args,
                        out_specs=out_spec, check_vma=False)
     return jax.jit(fn, donate_argnums=donate)
   if mode == "pmap":
-    fn = jax.pmap(per_device_fn, axis_name=AXIS, in_axes=(None, 0),
+    fn = jax.pmap(per_device_fn, axis_name=AXIS,
+                  in_axes=(None, 0) + (None,) * extra_args,
                   out_axes=0 if out_batched else None, donate_argnums=donate,
                   devices=list(mesh.devices.flat))
     if not out_batched:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from mtkd_jax import registry
+from mtkd_jax.train import row_optim
 
 
 @flax.struct.dataclass
@@ -17,7 +18,8 @@ class TrainState:
   Attributes:
     step: int32 scalar, the number of optimizer updates done.
     params: the model's parameters.
-    opt_state: the optax state.
+    opt_state: the optax state (a `row_optim.SplitState` with a row-sparse
+      embedding optimizer).
     rng: the run's base PRNG key; step s uses `fold_in(rng, s)`.
     weighting_state: the multi-task weighting method's state (learnable or
       running task weights); an empty dict for fixed weights.
@@ -60,16 +62,27 @@ OPTIMIZERS = {
 }
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int):
   """The optax transformation named by `cfg.name`, with `cfg.schedule`.
+
+  With `cfg.embedding` naming a row-sparse optimizer (`row_optim`), a
+  `row_optim.SplitOptimizer`: that optimizer for the embedding tables (same
+  schedule), `cfg.name` for the other params.
 
   Args:
     cfg: the `optimizer` config block (name, learning_rate, schedule,
-      warmup_steps, b1, b2, eps, weight_decay, momentum, grad_clip_norm).
+      warmup_steps, b1, b2, eps, weight_decay, momentum, grad_clip_norm,
+      embedding).
     total_steps: the run's length, for decaying schedules.
   """
   schedule = registry.lookup(SCHEDULES, cfg.schedule, "schedule")(cfg, total_steps)
   tx = registry.lookup(OPTIMIZERS, cfg.name, "optimizer")(schedule, cfg)
+  embedding = cfg.get("embedding", "dense")
+  if embedding != "dense":
+    rows = registry.lookup(
+        dict(row_optim.ROW_OPTIMIZERS, dense=None), embedding,
+        "embedding optimizer")(schedule, cfg)
+    return row_optim.SplitOptimizer(tx, rows, float(cfg.grad_clip_norm))
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   return tx

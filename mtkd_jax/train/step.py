@@ -21,6 +21,16 @@ device full-batch gradient. Methods that need per-term gradients get them in
 one pass (one forward, `vmap` of the VJP over one-hot cotangents) and see
 their inner products (Gram matrix) only after the cross-device sum, so the
 update is the same on 1 device and on 8.
+
+Row gradients (`StepConfig.row_grads`, `train.embedding_grads="rows"`):
+the step differentiates w.r.t. the rows FeatureEmbedding gathers instead of
+the embedding tables (held constant), and gets one compact, exact gradient
+per table, the same on every device (`row_grads.RowGrad`: the global batch's
+touched rows and their summed gradients). Per-term methods then see Gram
+matrices and combine gradients over [T, U, d] instead of [T, rows, d]. The
+combined table gradient goes to the optimizer either scattered into the
+dense table shape (dense optimizers: the same update as the dense path) or
+as rows (`row_optim.SplitOptimizer`: row-sparse optimizers).
 """
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -29,12 +39,17 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from flax import traverse_util
 from jax.flatten_util import ravel_pytree
 
 from mtkd_jax import errors
 from mtkd_jax import losses as losses_lib
 from mtkd_jax import weighting
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.distill import terms as distill_terms
+from mtkd_jax.models import embedding
+from mtkd_jax.train import row_grads as row_grads_lib
+from mtkd_jax.train import row_optim
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.weighting import base as weighting_base
 
@@ -54,11 +69,14 @@ def task_loss_sums(outputs, batch, tasks: Sequence[specs_lib.TaskSpec]):
 
 
 def term_names(model: nn.Module, params, batch,
-               tasks: Sequence[specs_lib.TaskSpec]) -> Tuple[str, ...]:
-  """The step's loss terms: the tasks, then the model's `aux_losses` names."""
+               tasks: Sequence[specs_lib.TaskSpec], distill=None
+               ) -> Tuple[str, ...]:
+  """The step's loss terms: the tasks, the model's `aux_losses` names, then
+  the distillation terms (kd/..., rank/...)."""
   _, aux = jax.eval_shape(
       lambda p: model.apply({"params": p}, batch, train=False), params)
-  return tuple(t.name for t in tasks) + tuple(sorted(aux.get("aux_losses", {})))
+  names = tuple(t.name for t in tasks) + tuple(sorted(aux.get("aux_losses", {})))
+  return names + (distill.term_names() if distill is not None else ())
 
 
 def is_task_specific(path, model: nn.Module) -> bool:
@@ -69,7 +87,7 @@ def is_task_specific(path, model: nn.Module) -> bool:
   """
   prefixes = getattr(model, "task_specific_params", ("towers",))
   top = path[0].key if hasattr(path[0], "key") else str(path[0])
-  return top in prefixes
+  return top in prefixes or top == distill_terms.HINT_PARAMS
 
 
 class StepConfig:
@@ -78,16 +96,29 @@ class StepConfig:
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation,
                tasks: Sequence[specs_lib.TaskSpec], terms: Sequence[str],
                method: weighting_base.WeightingMethod, method_params=None,
-               rep_grad: bool = False):
+               rep_grad: bool = False, distill=None, alpha: float = 0.0,
+               row_grads: bool = False, compute_dtype=None):
     self.model, self.tx, self.tasks, self.terms = model, tx, tuple(tasks), tuple(terms)
-    fixed = {t.name: t.weight for t in tasks}
+    # Table gradients as rows (row_grads.py); a row-sparse optimizer needs them.
+    self.row_grads = row_grads or isinstance(tx, row_optim.SplitOptimizer)
+    self.distill = distill  # a distill.terms.DistillSpec or None
+    self.compute_dtype = compute_dtype  # None: the params' own (float32)
+    fixed = {t.name: t.weight * distill_terms.hard_term_scale(distill, t.name, alpha)
+             for t in tasks}
+    if distill is not None:
+      fixed.update(distill.term_weights)
     self.fixed_weights = jnp.asarray([fixed.get(n, 1.0) for n in self.terms],
                                      jnp.float32)
     self.method, self.method_params, self.rep_grad = method, method_params, rep_grad
 
 
-def make_step_config(config, model, tx, spec, params, example_batch):
-  """The step's static pieces: terms, weighting method, gradient mode."""
+def make_step_config(config, model, tx, spec, params, example_batch,
+                     distill=None):
+  """The step's static pieces: terms, weighting method, gradient mode.
+
+  Args:
+    distill: a `distill.terms.DistillSpec` (None: no distillation terms).
+  """
   method = weighting.get_method(config.weighting.name)
   mode = config.weighting.mode
   if mode not in ("param", "rep"):
@@ -97,9 +128,72 @@ def make_step_config(config, model, tx, spec, params, example_batch):
     raise errors.ConfigError(
         f"Weighting method {config.weighting.name!r} needs parameter "
         "gradients; use --config.weighting.mode=param.")
-  terms = term_names(model, params, example_batch, spec.tasks)
+  terms = term_names(model, params, example_batch, spec.tasks, distill)
   return StepConfig(model, tx, spec.tasks, terms, method,
-                             config.weighting, rep_grad=mode == "rep")
+                    config.weighting, rep_grad=mode == "rep", distill=distill,
+                    alpha=config.distill.alpha if "distill" in config else 0.0,
+                    row_grads=_use_row_grads(config, tx, method, params),
+                    compute_dtype=compute_dtype(config))
+
+
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """`train.compute_dtype` as a dtype (None for float32, the default)."""
+  name = config.train.get("compute_dtype", "float32")
+  if name not in COMPUTE_DTYPES:
+    raise errors.ConfigError(f"Unknown train.compute_dtype {name!r}; valid: "
+                             f"{', '.join(COMPUTE_DTYPES)}.")
+  return COMPUTE_DTYPES[name]
+
+
+def cast_floats(tree, dtype):
+  """Mixed precision: the float leaves of `tree` in `dtype` (None: as is).
+
+  The train state keeps float32 master params and optimizer state; the
+  forward and backward passes run on this cast copy, and the gradient of
+  the cast brings the gradients back to float32.
+  """
+  if dtype is None:
+    return tree
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      tree)
+
+
+def _model_inputs(batch, dtype):
+  """The batch with its dense features in the compute dtype."""
+  if dtype is None or "dense" not in batch:
+    return batch
+  return {**batch, "dense": batch["dense"].astype(dtype)}
+
+
+def _use_row_grads(config, tx, method, params) -> bool:
+  """`train.embedding_grads` resolved ("auto": rows iff the tables have a
+  row-sparse optimizer), with the combinations that cannot work refused."""
+  choice = config.train.get("embedding_grads", "auto")
+  if choice not in ("auto", "dense", "rows"):
+    raise errors.ConfigError(f"train.embedding_grads must be 'auto', 'dense' "
+                             f"or 'rows', got {choice!r}.")
+  sparse_opt = isinstance(tx, row_optim.SplitOptimizer)
+  if sparse_opt and choice == "dense":
+    raise errors.ConfigError(
+        "A row-sparse optimizer.embedding needs the table gradients as rows: "
+        "set train.embedding_grads to 'rows' or 'auto'.")
+  rows = choice == "rows" or sparse_opt
+  if rows and any(str(p[-1]).startswith(embedding.TABLE_PREFIXES) and x.ndim != 2
+                  for p, x in traverse_util.flatten_dict(params).items()):
+    raise errors.ConfigError(
+        "Row gradients need 2-D embedding tables; this model stacks them (e.g. "
+        "DML peers under nn.vmap): use train.embedding_grads='dense' and "
+        "optimizer.embedding='dense'.")
+  if sparse_opt and method.needs_full_grads:
+    raise errors.ConfigError(
+        f"Weighting method {config.weighting.name!r} steps along a running "
+        "average of past gradients, which moves table rows outside the batch: "
+        "it needs optimizer.embedding='dense'.")
+  return rows
 
 
 def init_weighting(step_cfg, weighting_config, params):
@@ -112,17 +206,120 @@ def init_weighting(step_cfg, weighting_config, params):
   return method.init(step_cfg.terms, weighting_config)
 
 
-def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig):
-  """float[T]: this device's shares of the global term means L'_t."""
-  variables = {"params": params}
+def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig,
+                 targets=None, rows=None):
+  """float[T]: this device's shares of the global term means L'_t.
+
+  `targets`: the teachers' outputs on `batch` (distill.terms.teacher_targets)
+  when the step has distillation terms that read them.
+  `rows`: the zero `LOOKUP_ROWS` perturbations (row-gradient path); then
+  returns (terms, {table path: (ids of each lookup site, ...)}).
+  """
+  dtype = cfg.compute_dtype  # mixed precision: a cast copy of the params
+  variables = {"params": cast_floats(params, dtype)}
   if perturbations is not None:
-    variables[PERTURBATIONS] = perturbations
-  outputs, aux = cfg.model.apply(variables, batch, train=True,
-                                 rngs={"dropout": rng})
+    variables[PERTURBATIONS] = cast_floats(perturbations, dtype)
+  inputs = _model_inputs(batch, dtype)
+  if rows is not None:
+    variables[embedding.LOOKUP_ROWS] = cast_floats(rows, dtype)
+    (outputs, aux), lookups = cfg.model.apply(
+        variables, inputs, train=True, rngs={"dropout": rng},
+        mutable=[embedding.LOOKUP_IDS])
+  else:
+    outputs, aux = cfg.model.apply(variables, inputs, train=True,
+                                   rngs={"dropout": rng})
   sums, _ = task_loss_sums(outputs, batch, cfg.tasks)
-  for name, values in aux.get("aux_losses", {}).items():
+  per_example = dict(aux.get("aux_losses", {}))
+  if cfg.distill is not None:
+    per_example.update(distill_terms.per_example_terms(
+        outputs, aux, params, batch, targets, cfg.distill))
+  for name, values in per_example.items():
     sums[name] = jnp.sum(batch["weights"] * values)
-  return jnp.stack([sums[n] for n in cfg.terms]) / denom * cfg.fixed_weights
+  terms = jnp.stack([sums[n] for n in cfg.terms]) / denom * cfg.fixed_weights
+  if rows is None:
+    return terms
+  return terms, row_grads_lib.flatten_sites(lookups.get(embedding.LOOKUP_IDS, {}))
+
+
+class _RowPath:
+  """The row-gradient path of one per-device step: what it differentiates
+  (the non-table params and the gathered rows) and how it reduces them."""
+
+  def __init__(self, params, batch, rng, cfg: StepConfig):
+    sites, self.zeros = row_grads_lib.lookup_shapes(cfg.model, params, batch, rng)
+    self.tables, self.rest = row_grads_lib.split(params, tuple(sites))
+    self.weights = batch["weights"]
+
+  def compact(self, sites, row_grads, lead_ndim=0):
+    """{table path: RowGrad}, global (summed over devices)."""
+    return row_grads_lib.compact(sites, row_grads, self.tables, self.weights,
+                                 AXIS, lead_ndim)
+
+  def densify(self, row_grads):
+    """{table path: RowGrad} -> {table path: dense gradient}."""
+    return {p: row_grads_lib.densify(r, self.tables[p].shape[0])
+            for p, r in row_grads.items()}
+
+
+def _terms_fn(rows: Optional[_RowPath], batch, rng, denom, cfg, targets):
+  """f(*primals, z=None) -> (local terms, lookup sites or None), and the
+  primals: (params,) on the dense path; (non-table params, zero rows) on
+  the row path (cotangent [0] is always the params part)."""
+  def dense(params, z=None):
+    return _local_terms(params, z, batch, rng, denom, cfg, targets), None
+
+  if rows is None:
+    return dense, None
+
+  def fn(rest, row_zeros, z=None):
+    return _local_terms(row_grads_lib.merge(rows.tables, rest), z, batch, rng,
+                        denom, cfg, targets, rows=row_zeros)
+  return fn, (rows.rest, rows.zeros)
+
+
+def _per_term_grads(params, batch, rng, denom, cfg: StepConfig, targets,
+                    rows: Optional[_RowPath] = None):
+  """(local terms float[T], global per-term grads [T, ...], row ids).
+
+  Dense path: the grads are a params tree, row ids None. Row path: the
+  tables' leaves are compact [T, U, d] and row ids {table path: int32[U]}.
+
+  One forward pass; the T backward passes are `vmap` of the VJP over the
+  one-hot cotangents on the dense path, and T unbatched VJPs (a Python
+  loop, stacked) on the row path: on XLA:CPU the batched backward's
+  [T, ...] matrix products ran ~20% slower than T plain ones (MMoE, T=2;
+  docs/benchmarks/README.md). Both are exact; the dense path keeps `vmap`
+  so that its results stay bit-for-bit those of earlier runs.
+  """
+  if cfg.row_grads and rows is None:
+    rows = _RowPath(params, batch, rng, cfg)
+  fn, primals = _terms_fn(rows, batch, rng, denom, cfg, targets)
+  local, vjp_fn, sites = jax.vjp(fn, *(primals or (params,)), has_aux=True)
+  eye = jnp.eye(len(cfg.terms), dtype=local.dtype)
+  if rows is None:
+    per_term = jax.vmap(vjp_fn)(eye)
+  else:
+    per_term = jax.tree.map(lambda *g: jnp.stack(g),
+                            *[vjp_fn(ct) for ct in eye])
+  grads = lax.psum(per_term[0], AXIS)
+  if rows is None:
+    return local, grads, None
+  compact = rows.compact(sites, per_term[1], lead_ndim=1)
+  grads = row_grads_lib.merge({p: r.grads for p, r in compact.items()}, grads)
+  return local, grads, {p: r.ids for p, r in compact.items()}
+
+
+def _teacher_targets(teacher_params, batch, cfg: StepConfig):
+  """The teachers' outputs: computed here (online) or read from the batch."""
+  dspec = cfg.distill
+  if dspec is None or not dspec.uses_teachers:
+    return None
+  if dspec.offline:
+    return distill_terms.targets_from_batch(batch, dspec)
+  if teacher_params is None:
+    raise ValueError("This step distils from teachers: call it with their "
+                     "params (train_step(state, batch, teacher_params)).")
+  return distill_terms.teacher_targets(teacher_params, batch, dspec)
 
 
 def _zero_perturbations(params, batch, cfg: StepConfig):
@@ -183,9 +380,19 @@ def _get(tree, path):
   return tree
 
 
-def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
-               cfg: StepConfig):
+def _get_path(tree, path):
+  """The leaf at a path of str keys."""
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
+               teacher_params=None, *, cfg: StepConfig):
   """One optimizer update on the global batch; per-device code.
+
+  `teacher_params`: a tuple of frozen teacher params (online distillation),
+  an argument of the compiled step, never part of the state.
 
   Returns:
     (new_state, metrics): global scalars "loss" (sum_t L'_t, the fixed-
@@ -199,48 +406,64 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
   denom = jnp.maximum(lax.psum(jnp.sum(batch["weights"]), AXIS), 1.0)
   num_terms = len(cfg.terms)
   method = cfg.method
+  targets = _teacher_targets(teacher_params, batch, cfg)
 
   def update_weighting(global_terms, task_grads):
     return method.update(global_terms, task_grads, state.weighting_state,
                          step=state.step, rng=method_rng,
                          params=cfg.method_params)
 
+  # Row path: {table path: RowGrad} of the combined gradient; `grads` then
+  # holds the other params (None at the tables).
+  rows = _RowPath(state.params, batch, dropout_rng, cfg) if cfg.row_grads else None
+  row_grads = None
   if not method.needs_grads:
-    def objective(params):
-      local = _local_terms(params, None, batch, dropout_rng, denom, cfg)
+    fn, primals = _terms_fn(rows, batch, dropout_rng, denom, cfg, targets)
+    primals = primals or (state.params,)
+
+    def objective(*xs):
+      local, sites = fn(*xs)
       global_terms = lax.psum(lax.stop_gradient(local), AXIS)
       combination, wstate, diag = update_weighting(global_terms, None)
       coeffs = lax.stop_gradient(combination.coeffs)
-      return jnp.dot(coeffs, local), (global_terms, wstate, diag)
+      return jnp.dot(coeffs, local), (global_terms, wstate, diag, sites)
 
-    grads, (global_terms, wstate, diag) = jax.grad(objective, has_aux=True)(
-        state.params)
-    grads = lax.psum(grads, AXIS)
+    grads, (global_terms, wstate, diag, sites) = jax.grad(
+        objective, argnums=tuple(range(len(primals))), has_aux=True)(*primals)
+    if rows is not None:
+      row_grads = rows.compact(sites, grads[1])
+    grads = lax.psum(grads[0], AXIS)
   elif cfg.rep_grad:
     perturbations = _zero_perturbations(state.params, batch, cfg)
-    local, vjp_fn = jax.vjp(
-        lambda p, z: _local_terms(p, z, batch, dropout_rng, denom, cfg),
-        state.params, perturbations)
+    fn, primals = _terms_fn(rows, batch, dropout_rng, denom, cfg, targets)
+    primals = primals or (state.params,)
+    local, vjp_fn, sites = jax.vjp(lambda *xs: fn(*xs[:-1], z=xs[-1]),
+                                   *primals, perturbations, has_aux=True)
     eye = jnp.eye(num_terms, dtype=local.dtype)
-    rep_grads = jax.vmap(lambda ct: vjp_fn(ct)[1])(eye)  # towers only (DCE)
+    rep_grads = jax.vmap(lambda ct: vjp_fn(ct)[-1])(eye)  # towers only (DCE)
     global_terms = lax.psum(local, AXIS)
     gram = lax.psum(gram_matrix(rep_grads, num_terms), AXIS)
     combination, wstate, diag = update_weighting(
         global_terms, weighting_base.TaskGrads(gram))
     coeffs = lax.stop_gradient(combination.coeffs)
-    grads = vjp_fn(coeffs)[0]
+    all_grads = vjp_fn(coeffs)
+    grads = all_grads[0]
     if not method.scales_specific:  # task-specific params: unweighted sum;
       unweighted = vjp_fn(jnp.ones_like(coeffs))[0]  # its shared part is DCE'd
       grads = jax.tree_util.tree_map_with_path(
           lambda p, g, u: u if is_task_specific(p, cfg.model) else g,
           grads, unweighted)
+    if rows is not None:  # tables are shared: the weighted rows
+      row_grads = rows.compact(sites, all_grads[1])
     grads = lax.psum(grads, AXIS)
   else:
-    local, vjp_fn = jax.vjp(
-        lambda p: _local_terms(p, None, batch, dropout_rng, denom, cfg),
-        state.params)
-    eye = jnp.eye(num_terms, dtype=local.dtype)
-    per_term = lax.psum(jax.vmap(lambda ct: vjp_fn(ct)[0])(eye), AXIS)
+    local, per_term, row_ids = _per_term_grads(
+        state.params, batch, dropout_rng, denom, cfg, targets, rows)
+    if row_ids is not None and method.needs_full_grads:  # flat: dense layout
+      per_term = row_grads_lib.merge(rows.densify({
+          p: row_grads_lib.RowGrad(ids, _get_path(per_term, p))
+          for p, ids in row_ids.items()}), per_term)
+      row_ids = None
     global_terms = lax.psum(local, AXIS)
     shared = _shared_only(per_term, cfg)
     flat = None
@@ -251,13 +474,26 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
                                                flat))
     combination = jax.tree.map(lax.stop_gradient, combination)
     grads = _combine(per_term, combination, cfg)
+    if row_ids is not None:
+      tables, grads = row_grads_lib.split(grads, tuple(row_ids))
+      row_grads = {p: row_grads_lib.RowGrad(ids, tables[p])
+                   for p, ids in row_ids.items()}
 
-  updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": jnp.sum(global_terms),
-             "grad_norm": optax.tree.norm(grads),
-             "param_norm": optax.tree.norm(params),
-             "num_examples": denom}
+  if isinstance(cfg.tx, row_optim.SplitOptimizer):
+    if row_grads is None:
+      raise ValueError("A row-sparse embedding optimizer needs the row path "
+                       "(StepConfig.row_grads) and a method without a flat "
+                       "gradient direction.")
+    params, opt_state, norms = cfg.tx.apply(state.params, state.opt_state,
+                                            grads, row_grads)
+  else:
+    if row_grads is not None:  # dense optimizer: the dense table gradients
+      grads = row_grads_lib.merge(rows.densify(row_grads), grads)
+    updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    norms = {"grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(params)}
+  metrics = {"loss": jnp.sum(global_terms), **norms, "num_examples": denom}
   raw = global_terms / cfg.fixed_weights
   metrics.update({f"loss/{n}": raw[i] for i, n in enumerate(cfg.terms)})
   metrics.update(diag)
@@ -266,7 +502,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array], *,
   return new_state, metrics
 
 
-def gradient_diagnostics(state: state_lib.TrainState, batch, *,
+def gradient_diagnostics(state: state_lib.TrainState, batch,
+                         teacher_params=None, *,
                          cfg: StepConfig) -> Dict[str, jax.Array]:
   """Per-term gradient norms and pairwise cosines on the shared parameters.
 
@@ -276,10 +513,9 @@ def gradient_diagnostics(state: state_lib.TrainState, batch, *,
   denom = jnp.maximum(lax.psum(jnp.sum(batch["weights"]), AXIS), 1.0)
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                            lax.axis_index(AXIS))
-  local, vjp_fn = jax.vjp(
-      lambda p: _local_terms(p, None, batch, rng, denom, cfg), state.params)
-  eye = jnp.eye(len(cfg.terms), dtype=local.dtype)
-  per_term = lax.psum(jax.vmap(lambda ct: vjp_fn(ct)[0])(eye), AXIS)
+  targets = _teacher_targets(teacher_params, batch, cfg)
+  _, per_term, _ = _per_term_grads(state.params, batch, rng, denom, cfg,
+                                   targets)
   gram = gram_matrix(_shared_only(per_term, cfg), len(cfg.terms))
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
   out = {f"grad_norm/{n}": norms[i] for i, n in enumerate(cfg.terms)}
@@ -290,8 +526,8 @@ def gradient_diagnostics(state: state_lib.TrainState, batch, *,
   return out
 
 
-def eval_step(params, batch: Mapping[str, jax.Array], *, model: nn.Module
-              ) -> Dict[str, jax.Array]:
+def eval_step(params, batch: Mapping[str, jax.Array], *, model: nn.Module,
+              compute_dtype=None) -> Dict[str, jax.Array]:
   """Per-example outputs for this device's shard (no collectives needed).
 
   Returns:
@@ -299,7 +535,10 @@ def eval_step(params, batch: Mapping[str, jax.Array], *, model: nn.Module
     gates, "cvr_logits": float[b] for ESMM}; padding rows are dropped on the
     host by their weight.
   """
-  outputs, aux = model.apply({"params": params}, batch, train=False)
+  outputs, aux = model.apply({"params": cast_floats(params, compute_dtype)},
+                             _model_inputs(batch, compute_dtype), train=False)
+  outputs = cast_floats(outputs, jnp.float32 if compute_dtype else None)
+  aux = cast_floats(aux, jnp.float32 if compute_dtype else None)
   result = {f"outputs/{name}": value for name, value in outputs.items()}
   for key in ("gates", "cvr_logits"):
     if key in aux:

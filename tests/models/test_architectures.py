@@ -369,6 +369,9 @@ def test_esmm_needs_the_configured_funnel_tasks():
   with pytest.raises(errors.ConfigError, match="esmm_tasks"):
     model = build("esmm", spec=SPEC)
     init(model, toy_batch())
+  with pytest.raises(errors.ConfigError, match="dataset's order"):
+    model = build("esmm", spec=FUNNEL, esmm_tasks=("ctcvr", "ctr"))
+    init(model, toy_batch())
 
 
 # --------------------------------------------------------------------------

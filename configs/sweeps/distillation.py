@@ -1,0 +1,52 @@
+r"""Teacher, student and distilled student of a distillation config, 3 seeds.
+
+  python -m experiments.ablation --config configs/movielens_kd.py --config.data.data_dir=../shared/data/ml-100k --sweep configs/sweeps/distillation.py:configs/movielens_kd.py --workdir /tmp/mtkd/ablations/movielens_kd
+
+The argument is the distillation config file (`<file>:smoke`: one seed of
+the smoke variants; pass the `:smoke` config as --config too); its `:teacher` and `:student`
+variants give the overrides of the runs named `teacher` and `student`
+(their `model.*` keys, with distillation off); `student_kd` is the config as
+it is, distilling from "{parent}/teacher__seed={seed}", the teacher of the
+same seed in this sweep. Runs go in sweep order (teachers first), so run the
+sweep with the default --parallel 1.
+"""
+import importlib.util
+import os
+
+from mtkd_jax import errors
+from mtkd_jax import sweeps
+
+SEEDS = (0, 1, 2)
+
+
+def _load(path):
+  if not path or not os.path.exists(path):
+    raise errors.ConfigError(
+        f"The distillation sweep needs its config file as argument, e.g. "
+        f"configs/sweeps/distillation.py:configs/movielens_kd.py; got {path!r}.")
+  spec = importlib.util.spec_from_file_location("distill_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config
+
+
+def _model_overrides(config):
+  return {f"model.{k}": tuple(v) if isinstance(v, list) else v
+          for k, v in config.model.to_dict().items()}
+
+
+def get_sweep(arg=None):
+  path, _, smoke = (arg or "").partition(":")
+  if smoke not in ("", "smoke"):
+    raise errors.ConfigError(f"Unknown distillation sweep option {smoke!r}; "
+                             "valid: smoke (one seed, the smoke configs).")
+  get_config = _load(path)
+  suffix = "_smoke" if smoke else ""
+  off = {"distill.teacher_workdirs": ()}
+  teacher = {**_model_overrides(get_config("teacher" + suffix)), **off}
+  student = {**_model_overrides(get_config("student" + suffix)), **off}
+  return sweeps.product(
+      sweeps.chain(sweeps.named("teacher", teacher),
+                   sweeps.named("student", student),
+                   sweeps.named("student_kd", {})),
+      sweeps.seeds((0,) if smoke else SEEDS))

@@ -1,0 +1,273 @@
+"""Row-sparse optimizers for embedding tables (`optimizer.embedding`).
+
+A step's cost with these grows with the rows the batch touches, not with the
+table: each update is a pure function of
+
+  (table float[rows, d], its row state, ids int32[U], grads float[U, d])
+
+(a `row_grads.RowGrad`: the touched rows, sorted, padded with the
+out-of-range id `rows`), and reads and writes only those rows with
+`.at[ids].get/set/add(..., mode="fill"/"drop")`, so padding slots are
+dropped. The other parameters keep the configured optax optimizer
+(`SplitOptimizer`).
+
+row_adagrad: row-wise Adagrad, as DLRM / TorchRec / FBGEMM
+  (`EXACT_ROWWISE_ADAGRAD`): ONE accumulator per row,
+    a_r <- a_r + mean_j g_rj^2,   w_r <- w_r - lr g_r / (sqrt(a_r) + eps).
+  Rows outside the batch have zero gradient, and with a zero gradient this
+  update changes nothing, so the sparse update IS the dense row-wise
+  Adagrad update (not an approximation of it). It differs from dense Adam
+  in being another optimizer: no momentum, no bias correction, a per-row
+  (not per-entry) step size that only decays, state 1 float per row instead
+  of 2 per entry. The accumulator starts at 0 (FBGEMM's default).
+
+lazy_adam: Adam on the touched rows only (TF-Addons / Keras LazyAdam): for
+  r in ids, m_r <- b1 m_r + (1 - b1) g_r, v_r <- b2 v_r + (1 - b2) g_r^2,
+  w_r <- w_r - lr m_hat_r / (sqrt(v_hat_r) + eps) with the bias corrections
+  m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t) at the GLOBAL step t (the
+  optimizer's update count), as LazyAdam does. The formula (eps added to
+  sqrt(v_hat), the bias corrections applied to m and v) is optax.adam's, so
+  on a row touched at every step it equals dense Adam exactly; TF's LazyAdam
+  folds the corrections into the learning rate, i.e. its eps is
+  eps sqrt(1 - b2^t) in these terms. How it differs from dense Adam:
+    * a row outside the batch does not move, and its m and v do not decay;
+      dense Adam moves every row that ever had a gradient by its decaying
+      momentum, lr m_hat / (sqrt(v_hat) + eps), at every step;
+    * so when a row comes back after k steps away, its m and v are those of
+      its last visit, not b1^k m and b2^k v, and the step it takes then is
+      correspondingly larger than dense Adam's;
+    * the bias correction uses the global step, so a row first touched at
+      step t takes the same step as under dense Adam at that step (its m and
+      v are 0 until then in both).
+  State: m and v, 2 floats per entry, as dense Adam.
+
+Neither applies weight decay to the tables (it would touch every row);
+`optimizer.weight_decay` acts on the other parameters only. Gradient
+clipping (`optimizer.grad_clip_norm`) acts on the global norm of the whole
+gradient, the tables' compact rows included, as `clip_by_global_norm`.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from mtkd_jax.models import embedding
+from mtkd_jax.train import row_grads as row_grads_lib
+
+
+class RowAdagradState(NamedTuple):
+  accum: jax.Array  # float32[rows]: sum over updates of mean_j g_rj^2
+
+
+class LazyAdamState(NamedTuple):
+  mu: jax.Array  # float32[rows, d]
+  nu: jax.Array  # float32[rows, d]
+
+
+def _rows(x, ids):
+  """x[ids] with zeros for the out-of-range padding ids."""
+  return x.at[ids].get(mode="fill", fill_value=0)
+
+
+def _add_rows(table, ids, delta):
+  """table with rows `ids` += delta (padding ids dropped).
+
+  Written as a gather then a `set` of the sums, so the write depends on the
+  read: XLA then updates the (donated) table in place. An independent read
+  of the rows next to an `.add` scatter made it copy the whole table.
+  """
+  return table.at[ids].set(_rows(table, ids) + delta.astype(table.dtype),
+                           mode="drop")
+
+
+def row_adagrad_init(table: jax.Array, initial_accumulator_value: float = 0.0
+                     ) -> RowAdagradState:
+  return RowAdagradState(jnp.full(table.shape[:1], initial_accumulator_value,
+                                  table.dtype))
+
+
+def row_adagrad_update(table, state: RowAdagradState, ids, grads, *, lr,
+                       eps: float):
+  """One row-wise Adagrad step on the rows `ids` (see the module docstring).
+
+  Args:
+    table: float[rows, d].
+    state: its RowAdagradState.
+    ids: int32[U], distinct except for the out-of-range id `rows` (dropped).
+    grads: float[U, d].
+    lr: the learning rate (a scalar).
+    eps: added to the accumulator's square root.
+  Returns:
+    (table, state) with only the rows `ids` changed.
+  """
+  accum = _rows(state.accum, ids) + jnp.mean(grads * grads, axis=-1)
+  delta = -lr * grads / (jnp.sqrt(accum)[:, None] + eps)
+  return (_add_rows(table, ids, delta),
+          RowAdagradState(state.accum.at[ids].set(accum, mode="drop")))
+
+
+def lazy_adam_init(table: jax.Array) -> LazyAdamState:
+  return LazyAdamState(jnp.zeros_like(table), jnp.zeros_like(table))
+
+
+def lazy_adam_update(table, state: LazyAdamState, ids, grads, *, count, lr,
+                     b1: float, b2: float, eps: float):
+  """One lazy Adam step on the rows `ids` (see the module docstring).
+
+  Args:
+    table: float[rows, d].
+    state: its LazyAdamState.
+    ids: int32[U], distinct except for the out-of-range id `rows` (dropped).
+    grads: float[U, d].
+    count: int32, the number of updates done before this one (t = count + 1).
+    lr: the learning rate (a scalar).
+    b1, b2, eps: Adam's.
+  Returns:
+    (table, state) with only the rows `ids` (and their m, v) changed.
+  """
+  t = count + 1
+  mu = (1 - b1) * grads + b1 * _rows(state.mu, ids)
+  nu = (1 - b2) * grads ** 2 + b2 * _rows(state.nu, ids)
+  mu_hat = mu / (1 - b1 ** t).astype(mu.dtype)
+  nu_hat = nu / (1 - b2 ** t).astype(nu.dtype)
+  delta = -lr * (mu_hat / (jnp.sqrt(nu_hat) + eps))
+  return (_add_rows(table, ids, delta),
+          LazyAdamState(state.mu.at[ids].set(mu, mode="drop"),
+                        state.nu.at[ids].set(nu, mode="drop")))
+
+
+class RowOptimizer(NamedTuple):
+  init: Callable[[jax.Array], Any]  # table -> row state
+  # (table, state, ids, grads, count) -> (table, state)
+  update: Callable[..., Any]
+
+
+def row_adagrad(learning_rate, eps: float = 1e-8,
+                initial_accumulator_value: float = 0.0) -> RowOptimizer:
+  """Row-wise Adagrad; `learning_rate` a float or an optax schedule."""
+  schedule = _as_schedule(learning_rate)
+
+  def update(table, state, ids, grads, count):
+    return row_adagrad_update(table, state, ids, grads, lr=schedule(count),
+                              eps=eps)
+  return RowOptimizer(
+      lambda t: row_adagrad_init(t, initial_accumulator_value), update)
+
+
+def lazy_adam(learning_rate, b1: float = 0.9, b2: float = 0.999,
+              eps: float = 1e-8) -> RowOptimizer:
+  """Lazy Adam; `learning_rate` a float or an optax schedule."""
+  schedule = _as_schedule(learning_rate)
+
+  def update(table, state, ids, grads, count):
+    return lazy_adam_update(table, state, ids, grads, count=count,
+                            lr=schedule(count), b1=b1, b2=b2, eps=eps)
+  return RowOptimizer(lazy_adam_init, update)
+
+
+def _as_schedule(learning_rate):
+  return learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+
+
+# name -> (schedule, optimizer config block) -> RowOptimizer
+ROW_OPTIMIZERS = {
+    "row_adagrad": lambda lr, cfg: row_adagrad(lr, eps=cfg.eps),
+    "lazy_adam": lambda lr, cfg: lazy_adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+}
+
+
+class SplitState(NamedTuple):
+  dense: Any  # the optax state of the non-table params (None at the tables)
+  rows: Any  # the row states, nested like the params ({module: {table: ..}})
+  count: jax.Array  # int32, updates done (the row optimizers' global step)
+  # float32: sum over the tables of ||table||^2, kept up to date from the
+  # rows each update changes, so the `param_norm` metric never reads a
+  # whole table (exact up to float32 rounding accumulated over updates).
+  table_sq_norm: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitOptimizer:
+  """Row-sparse updates for the embedding tables, optax for the rest.
+
+  `init(params)` is the TrainState's `opt_state`; the train step calls
+  `apply` with the non-table gradients and the tables' RowGrads (its
+  row-gradient path), never with dense table gradients.
+
+  Attributes:
+    dense: the optax transformation of the other params (no clipping).
+    rows: the tables' RowOptimizer.
+    clip_norm: > 0 clips the whole gradient (tables' rows included) to this
+      global norm first, as `optax.clip_by_global_norm`.
+  """
+  dense: optax.GradientTransformation
+  rows: RowOptimizer
+  clip_norm: float = 0.0
+
+  def init(self, params) -> SplitState:
+    tables, rest = row_grads_lib.split(params, table_paths(params))
+    return SplitState(
+        dense=self.dense.init(rest),
+        rows=traverse_util.unflatten_dict(
+            {p: self.rows.init(t) for p, t in tables.items()}),
+        count=jnp.zeros((), jnp.int32),
+        table_sq_norm=sum((_sq_norm(t) for t in tables.values()),
+                          jnp.zeros((), jnp.float32)))
+
+  def apply(self, params, state: SplitState, grads,
+            row_grads: Dict[tuple, row_grads_lib.RowGrad]):
+    """One update.
+
+    Args:
+      params: the full params.
+      state: the SplitState.
+      grads: the gradient of the non-table params (None at the tables).
+      row_grads: {table path: RowGrad [U, d]}, one per table.
+    Returns:
+      (params, state, {"grad_norm": the global gradient norm before
+      clipping, "param_norm": the global norm of the new params}).
+    """
+    row_states = traverse_util.flatten_dict(state.rows)
+    if set(row_states) != set(row_grads):
+      raise ValueError(f"Row gradients for tables {sorted(row_grads)} but "
+                       f"optimizer state for {sorted(row_states)}.")
+    sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+    sq = sq + sum(jnp.sum(jnp.square(r.grads)) for r in row_grads.values())
+    norm = jnp.sqrt(sq)
+    if self.clip_norm:
+      scale = jnp.where(norm < self.clip_norm, 1.0,
+                        self.clip_norm / jnp.maximum(norm, 1e-30))
+      grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+      row_grads = {p: r._replace(grads=r.grads * scale.astype(r.grads.dtype))
+                   for p, r in row_grads.items()}
+    tables, rest = row_grads_lib.split(params, tuple(row_grads))
+    updates, dense_state = self.dense.update(grads, state.dense, rest)
+    rest = optax.apply_updates(rest, updates)
+    new_rows, table_sq = {}, state.table_sq_norm
+    for path, r in row_grads.items():
+      old = _rows(tables[path], r.ids)  # the same gather as in the update
+      tables[path], new_rows[path] = self.rows.update(
+          tables[path], row_states[path], r.ids, r.grads, state.count)
+      new = _rows(tables[path], r.ids)
+      table_sq = table_sq + jnp.sum((new - old) * (new + old))
+    new_state = SplitState(dense_state, traverse_util.unflatten_dict(new_rows),
+                           state.count + 1, table_sq)
+    rest_sq = sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(rest)),
+                  jnp.zeros((), jnp.float32))
+    param_norm = jnp.sqrt(rest_sq + jnp.maximum(table_sq, 0.0))
+    return (row_grads_lib.merge(tables, rest), new_state,
+            {"grad_norm": norm, "param_norm": param_norm})
+
+
+@jax.jit
+def _sq_norm(x):
+  return jnp.sum(jnp.square(x))  # fused: no table-sized temporary
+
+
+def table_paths(params):
+  """The paths (tuples of str) of FeatureEmbedding's tables in `params`."""
+  flat = traverse_util.flatten_dict(params)
+  return tuple(p for p, x in flat.items() if embedding.is_table(p, x))

@@ -1,0 +1,53 @@
+"""Smoke test of benchmarks/embedding_scale.py on a tiny workload file."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from benchmarks import embedding_scale
+from tests.conftest import REPO
+
+
+def _write_tiny_data(path, n=4096, vocab=100, seed=0):
+  """The arrays of ../shared/bench/make_bench_data.py, 4096 rows, vocab 100."""
+  rng = np.random.default_rng(seed)
+  sparse = rng.integers(0, vocab, (n, 26), dtype=np.int32)
+  dense = rng.standard_normal((n, 13)).astype(np.float32)
+  labels = (rng.random((n, 2)) < 0.3).astype(np.float32)
+  np.savez(path, sparse=sparse, dense=dense, labels=labels,
+           true_prob=np.full((n, 2), 0.3, np.float32),
+           n_train=np.array(n * 4 // 5, np.int64),
+           vocab_sizes=np.full(26, vocab, np.int64))
+
+
+def test_map_ids_is_injective():
+  ids = np.arange(10_000, dtype=np.int32)
+  for rows in (10_000, 10**5, 10**6, 10**7):
+    mapped = embedding_scale.map_ids(ids, rows)
+    assert mapped.min() >= 0 and mapped.max() < rows
+    assert len(np.unique(mapped)) == len(ids)
+
+
+def test_quick_run_prints_json_lines(tmp_path):
+  data = tmp_path / "tiny.npz"
+  _write_tiny_data(data)
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.embedding_scale", "--data", str(data),
+       "--fields", "2", "--rows", "10000,100000", "--optimizers",
+       "row_adagrad", "--batch-size", "256", "--steps", "2", "--warmup", "1",
+       "--repeats", "1", "--max-repeats", "1", "--idle-wait", "0"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  recs = [json.loads(l) for l in proc.stdout.strip().splitlines()]
+  assert [r["rows_per_field"] for r in recs] == [10_000, 100_000]
+  for r in recs:
+    assert r["optimizer"] == "row_adagrad" and r["step_ms"] > 0
+    assert r["opt_state_gb"] > 0 and r["ratio_to_smallest"] > 0
+  assert recs[0]["distinct_rows_per_batch"] == recs[1]["distinct_rows_per_batch"]

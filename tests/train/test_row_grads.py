@@ -1,0 +1,255 @@
+"""The row-gradient path (train.embedding_grads="rows") gives the dense
+path's update, on 1 and 8 devices, under jit and pmap.
+
+The toy model looks every table up at several sites: two sparse fields in
+one concatenated table, a multi-hot field with -1 padding, and a behaviour
+sequence that shares the first sparse field's rows (DIN: its target is a
+third lookup of that table); 13 of the 64 examples are padding (weight 0).
+Tolerance as tests/train/test_parallel.py: the paths differ only in float
+summation order (segment sums, then one scatter, versus one scatter-add).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtkd_jax import config_defaults
+from mtkd_jax import errors
+from mtkd_jax import models
+from mtkd_jax.data import specs
+from mtkd_jax.train import parallel
+from mtkd_jax.train import row_grads
+from mtkd_jax.train import row_optim
+from mtkd_jax.train import state as state_lib
+from mtkd_jax.train import step as step_lib
+
+SPEC = specs.DatasetSpec(
+    name="toy",
+    sparse=(specs.SparseField("a", 50, 4), specs.SparseField("b", 30, 4)),
+    multi_hot=(specs.MultiHotField("m", 20, 3, 4),),
+    sequences=(specs.SequenceField("s", 50, 4, 4, shares="a"),),
+    dense=(specs.DenseField("x"),),
+    tasks=(specs.TaskSpec("ctr", "binary", "bce", 1.0),
+           specs.TaskSpec("rating", "regression", "mse", 0.5)))
+KEYS = ("loss", "loss/ctr", "loss/rating", "grad_norm", "param_norm")
+
+
+def make_batch(n=64, seed=0):
+  rng = np.random.default_rng(seed)
+  weights = np.ones(n, np.float32)
+  weights[-13:] = 0.0  # padding, unevenly spread over the 8 devices
+  return {
+      "sparse": np.stack([rng.integers(0, 50, n), rng.integers(0, 30, n)],
+                         1).astype(np.int32),
+      "multi_hot/m": rng.integers(-1, 20, (n, 3)).astype(np.int32),
+      "sequence/s": rng.integers(-1, 50, (n, 4)).astype(np.int32),
+      "dense": rng.normal(size=(n, 1)).astype(np.float32),
+      "labels/ctr": rng.integers(0, 2, n).astype(np.float32),
+      "labels/rating": rng.normal(size=n).astype(np.float32),
+      "weights": weights,
+  }
+
+
+def make_config(method="ew", grads="auto", optimizer="sgd", embedding="dense",
+                rep=False, clip=0.0):
+  cfg = config_defaults.default_config()
+  cfg.model.num_experts, cfg.model.expert_hidden = 2, (8,)
+  cfg.model.tower_hidden, cfg.model.sequence_encoder = (4,), "din"
+  cfg.optimizer.name, cfg.optimizer.learning_rate = optimizer, 0.1
+  cfg.optimizer.embedding, cfg.optimizer.grad_clip_norm = embedding, clip
+  cfg.weighting.name, cfg.weighting.mode = method, "rep" if rep else "param"
+  cfg.train.embedding_grads = grads
+  return cfg
+
+
+def build(cfg):
+  model = models.build_model(SPEC, cfg.model)
+  tx = state_lib.make_optimizer(cfg.optimizer, 10)
+  state = state_lib.create_train_state(model, tx, make_batch(), seed=0)
+  step_cfg = step_lib.make_step_config(cfg, model, tx, SPEC, state.params,
+                                       make_batch())
+  state = state.replace(weighting_state=step_lib.init_weighting(
+      step_cfg, cfg.weighting, state.params))
+  return step_cfg, state
+
+
+def run(cfg, mode="jit", devices=1, steps=2, fn=step_lib.train_step):
+  step_cfg, state = build(cfg)
+  mesh = parallel.make_mesh(devices)
+  compiled = parallel.compile_step(functools.partial(fn, cfg=step_cfg), mode,
+                                   mesh, out_batched=False,
+                                   donate_state=fn is step_lib.train_step)
+  state = parallel.replicate(state, mesh)
+  history = []
+  for s in range(steps):
+    out = compiled(state, parallel.shard_batch(make_batch(seed=s), mode, mesh))
+    if fn is step_lib.train_step:
+      state, out = out
+    history.append(jax.device_get(out))
+  return jax.device_get(state.params), history, step_cfg
+
+
+@functools.lru_cache(maxsize=None)
+def dense_reference(method, rep=False, optimizer="sgd", steps=2):
+  return run(make_config(method, "dense", optimizer, rep=rep), steps=steps)
+
+
+def assert_same(ref, got, keys=KEYS, rtol=2e-5, atol=1e-7):
+  (ref_params, ref_hist), (params, hist) = ref[:2], got[:2]
+  for r, g in zip(ref_hist, hist):
+    for key in keys:
+      np.testing.assert_allclose(g[key], r[key], rtol=rtol, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol,
+                                                       atol=atol),
+               ref_params, params)
+
+
+def test_unique_slots_matches_numpy():
+  rng = np.random.default_rng(0)
+  fill = 40
+  ids = rng.integers(0, 41, 200).astype(np.int32)  # 40 = ignored
+  uniq, slot = jax.jit(row_grads.unique_slots, static_argnums=(1, 2))(
+      jnp.asarray(ids), 40, fill)
+  expected = np.unique(ids[ids < fill])
+  np.testing.assert_array_equal(uniq[:len(expected)], expected)
+  assert (np.asarray(uniq[len(expected):]) == fill).all()
+  real = ids < fill
+  np.testing.assert_array_equal(np.asarray(uniq)[np.asarray(slot)[real]],
+                                ids[real])
+
+
+def test_default_config_keeps_the_dense_path():
+  step_cfg, state = build(make_config())
+  assert not step_cfg.row_grads
+  assert not isinstance(state.opt_state, row_optim.SplitState)
+  step_cfg, state = build(make_config(embedding="lazy_adam"))
+  assert step_cfg.row_grads
+  assert isinstance(state.opt_state, row_optim.SplitState)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(grads="sparse"), "embedding_grads must be"),
+    (dict(grads="dense", embedding="lazy_adam"), "needs the table gradients"),
+    (dict(method="dbmtl", embedding="row_adagrad"), "running average"),
+    (dict(embedding="sgd"), "Unknown embedding optimizer"),
+])
+def test_config_errors(kwargs, match):
+  with pytest.raises(errors.ConfigError, match=match):
+    build(make_config(**kwargs))
+
+
+@pytest.mark.parametrize("method", ["ew", "pcgrad", "mgda"])
+@pytest.mark.parametrize("mode,devices", [("jit", 1), ("jit", 8), ("pmap", 8)])
+def test_row_grads_give_the_dense_update(method, mode, devices):
+  keys = KEYS + (() if method == "ew" else ("weight/ctr", "weight/rating"))
+  assert_same(dense_reference(method),
+              run(make_config(method, "rows"), mode, devices), keys)
+
+
+@pytest.mark.parametrize("method,rep", [("pcgrad", True), ("dbmtl", False)])
+def test_row_grads_rep_mode_and_flat_gradients(method, rep):
+  """Rep-grad mode; DB-MTL's flat gradients (dense layout, exact)."""
+  assert_same(dense_reference(method, rep=rep),
+              run(make_config(method, "rows", rep=rep), "jit", 8))
+
+
+def test_compact_gram_equals_dense_gram():
+  """Per-term norms and cosines (the Gram matrix) from compact rows."""
+  _, ref, _ = run(make_config("pcgrad", "dense"), steps=1,
+                  fn=step_lib.gradient_diagnostics)
+  for mode in ("jit", "pmap"):
+    _, got, _ = run(make_config("pcgrad", "rows"), mode, 8, steps=1,
+                    fn=step_lib.gradient_diagnostics)
+    assert set(got[0]) == set(ref[0]) == {
+        "grad_norm/ctr", "grad_norm/rating", "grad_cos/ctr/rating"}
+    for key in ref[0]:
+      np.testing.assert_allclose(got[0][key], ref[0][key], rtol=2e-5,
+                                 err_msg=key)
+
+
+def test_compact_rows_densify_to_the_table_gradient():
+  """RowGrad on 8 devices == jax.grad w.r.t. the table on the full batch."""
+  step_cfg, state = build(make_config("ew", "rows"))
+  batch = make_batch()
+  model = step_cfg.model
+
+  def loss(params):
+    out, _ = model.apply({"params": params}, batch, train=True)
+    return jnp.sum(batch["weights"] * out["rating"] ** 2)
+
+  expected = jax.grad(loss)(state.params)["embedding"]
+
+  def per_device(params, shard):
+    rows = step_lib._RowPath(params, shard, jax.random.PRNGKey(0), step_cfg)
+
+    def local(row_zeros):
+      (out, _), coll = model.apply(
+          {"params": params, "lookup_rows": row_zeros}, shard, train=True,
+          mutable=["lookup_ids"])
+      return jnp.sum(shard["weights"] * out["rating"] ** 2), coll
+    g, coll = jax.grad(local, has_aux=True)(rows.zeros)
+    sites = row_grads.flatten_sites(coll["lookup_ids"])
+    return {p[-1]: (r.ids, rows.densify({p: r})[p])
+            for p, r in rows.compact(sites, g).items()}
+
+  mesh = parallel.make_mesh(8)
+  fn = parallel.compile_step(per_device, "jit", mesh, out_batched=False,
+                             donate_state=False)
+  got = jax.device_get(fn(state.params, parallel.shard_batch(batch, "jit", mesh)))
+  assert set(got) == {"sparse_table_d4", "multi_hot_m"}
+  real = batch["weights"] > 0  # the rows of real examples, -1s left out
+  seq = batch["sequence/s"][real]
+  mh = batch["multi_hot/m"][real]
+  touched = {"sparse_table_d4": set(batch["sparse"][real, 0]) |
+                                set(50 + batch["sparse"][real, 1]) |
+                                set(seq[seq >= 0]),
+             "multi_hot_m": set(mh[mh >= 0])}
+  for name, (ids, dense) in got.items():
+    np.testing.assert_allclose(dense, expected[name], rtol=1e-5, atol=1e-8)
+    rows = dense.shape[0]
+    assert sorted(ids[ids < rows].tolist()) == sorted(touched[name])
+    assert (ids[len(touched[name]):] == rows).all()  # sorted, then fill
+
+
+@pytest.mark.parametrize("embedding", ["lazy_adam", "row_adagrad"])
+@pytest.mark.parametrize("mode,devices", [("jit", 8), ("pmap", 8)])
+def test_sparse_optimizers_same_on_one_and_eight_devices(embedding, mode,
+                                                         devices):
+  """(SGD on the other params: Adam would magnify float noise in near-zero
+  gradient entries.)"""
+  cfg = make_config("pcgrad", embedding=embedding)
+  ref = run(cfg, steps=3)
+  assert isinstance(ref[2].tx, row_optim.SplitOptimizer)
+  assert_same(ref, run(cfg, mode, devices, steps=3),
+              ("loss", "grad_norm", "param_norm"), rtol=1e-4, atol=1e-6)
+  # param_norm tracks the tables' norm from the changed rows only.
+  params, hist = ref[:2]
+  norm = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(params)))
+  np.testing.assert_allclose(hist[-1]["param_norm"], norm, rtol=1e-5)
+
+
+def test_lazy_adam_first_step_is_dense_adam():
+  """At step 1 every row has m = v = 0, so dense Adam moves exactly the
+  touched rows: lazy Adam's update equals it on every parameter."""
+  ref = dense_reference("ew", optimizer="adam", steps=1)
+  got = run(make_config("ew", optimizer="adam", embedding="lazy_adam"),
+            "jit", 8, steps=1)
+  assert_same(ref, got, ("loss", "grad_norm"), rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_counts_the_table_rows():
+  """SGD on the other params + row Adagrad on the tables, clipped: the
+  non-table update equals dense SGD clipped by the same global norm."""
+  ref_params, ref_hist, _ = run(make_config("ew", "dense", clip=0.05), steps=1)
+  params, hist, _ = run(make_config("ew", clip=0.05, embedding="row_adagrad"),
+                        "jit", 8, steps=1)
+  assert ref_hist[0]["grad_norm"] > 0.05  # clipping is active
+  np.testing.assert_allclose(hist[0]["grad_norm"], ref_hist[0]["grad_norm"],
+                             rtol=2e-5)
+  for tree in (ref_params, params):  # the tables follow different optimizers
+    del tree["embedding"]["sparse_table_d4"], tree["embedding"]["multi_hot_m"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
+                                                       atol=1e-7),
+               ref_params, params)
