@@ -340,7 +340,11 @@ def gram_matrix(per_term, num_terms: int) -> jax.Array:
   """
   gram = jnp.zeros((num_terms, num_terms), jnp.float32)
   for x in jax.tree.leaves(per_term):
-    gram = gram + jnp.einsum("i...,j...->ij", x, x)
+    # One [T, N] x [N, T] matrix product per leaf: XLA:CPU runs the
+    # multi-axis einsum "i...,j...->ij" several times slower (13 vs 2.6 ms
+    # on a [4, 1024, 8, 128] representation gradient).
+    flat = x.reshape(num_terms, -1).astype(jnp.float32)
+    gram = gram + jnp.dot(flat, flat.T, precision=lax.Precision.HIGHEST)
   return gram
 
 
