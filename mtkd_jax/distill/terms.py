@@ -35,6 +35,7 @@ import numpy as np
 
 from mtkd_jax import errors
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.losses import distillation as kd
 
 HINT_PARAMS = "hint_projector"
@@ -190,7 +191,6 @@ def make_distill_spec(dcfg, spec: specs_lib.DatasetSpec, teachers=(),
   if dcfg.hint_weight > 0:
     weights["kd/hint"] = float(dcfg.hint_weight)
   ens = {}
-  from mtkd_jax.distill import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
   for task in tasks:
     how = dcfg.ensemble_weights if len(teachers) > 1 else "uniform"
     if task.kind != "binary":  # AUC weights are defined for binary tasks
@@ -251,13 +251,14 @@ def teacher_targets(teacher_params: Sequence[Any], batch, dspec: DistillSpec
     stacked = jnp.stack([t[task.name] for t in per_teacher])
     if len(per_teacher) == 1:
       targets[task.name] = stacked[0]
-    elif task.kind in ("binary", "multiclass"):
-      targets[task.name] = kd.ensemble_logits(
-          stacked, space=dspec.ensemble_space,
-          weights=jnp.asarray(dspec.ensemble_weights[task.name]))
-    else:  # regression predictions, retrieval scores: weighted mean
-      w = jnp.asarray(dspec.ensemble_weights[task.name])
-      targets[task.name] = jnp.tensordot(w / jnp.sum(w), stacked, axes=1)
+      continue
+    # Probabilities exist for classification heads only; regression
+    # predictions and retrieval scores take the weighted mean ("logit").
+    space = (dspec.ensemble_space if task.kind in ("binary", "multiclass")
+             else "logit")
+    targets[task.name] = kd.ensemble_logits(
+        stacked, space=space,
+        weights=jnp.asarray(dspec.ensemble_weights[task.name]))
   if features is not None:
     targets[FEATURES] = features
   return jax.lax.stop_gradient(targets)
@@ -323,11 +324,7 @@ def per_example_terms(outputs, aux, params, batch, targets,
       values[f"kd/list/{task.name}"] = LISTWISE[dspec.listwise](
           outputs[task.name], targets[task.name], batch["user_id"],
           temperature=dspec.temperature, weights=batch["weights"])
-  if dspec.hint_feature:
-    if dspec.hint_feature not in aux:
-      raise errors.ConfigError(
-          f"The student has no aux output {dspec.hint_feature!r} for the hint; "
-          f"it has {', '.join(aux)}.")
+  if dspec.hint_feature:  # setup.prepare checked the student has it
     projected = nn.Dense(targets[FEATURES].shape[-1]).apply(
         {"params": params[HINT_PARAMS]}, _flat(aux[dspec.hint_feature]))
     values["kd/hint"] = kd.feature_hint(projected, targets[FEATURES])

@@ -10,10 +10,13 @@ from typing import Dict
 import jax
 import numpy as np
 
+from mtkd_jax.distill import terms as distill_terms
+
 # Leaf names of embedding tables (models/embedding.py, models/retrieval.py).
 EMBEDDING_PREFIXES = ("sparse_table", "multi_hot_", "sequence_table_",
                       "embedding")
-TRAINING_ONLY = ("hint_projector",)  # not part of the served model
+# Not part of the served model: the distillation hint projector.
+TRAINING_ONLY = (distill_terms.HINT_PARAMS,)
 
 
 def _key(entry) -> str:
