@@ -63,13 +63,19 @@ class FeatureEmbedding(nn.Module):
   def _lookup(self, name: str, table, ids, valid=None):
     """`jnp.take(table, ids, axis=0)`; records the site in row-grad mode.
 
+    Ids outside the table are clamped to its first / last row (the data
+    loaders refuse them first).
+
     Args:
       name: the table's param name.
       ids: int[B, ...] row ids (in range; masked positions any valid id).
       valid: bool like `ids`, False where the caller masks the rows out
         (recorded as -1: the position touches no row).
     """
-    rows = jnp.take(table, ids, axis=0)
+    # "clip", not the default "fill": ids are range-checked when the data
+    # load (data/columns.py), and the fill's NaN select cost 1 ms per MMoE
+    # step of BENCHMARK.md (26,624 rows of 16).
+    rows = jnp.take(table, ids, axis=0, mode="clip")
     if self.is_initializing() or not self.is_mutable_collection(LOOKUP_IDS):
       return rows
     k = len(self.get_variable(LOOKUP_IDS, name, ()))

@@ -52,19 +52,37 @@ def test_embedding_equals_per_field_lookup():
   np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
-def test_stacked_mlp_equals_loop_of_mlps():
+@pytest.mark.parametrize("train", [False, True])
+def test_stacked_mlp_equals_loop_of_mlps(train):
+  """Both forms (train: one wide first layer, then per-member products;
+  eval: each member's MLP in turn) give a loop of separate MLPs' outputs
+  and gradients."""
   x = jax.random.normal(jax.random.PRNGKey(1), (5, 7))
   stacked = layers.StackedMLP(3, (4, 2))
   params = stacked.init(jax.random.PRNGKey(2), x, train=False)["params"]
-  out = stacked.apply({"params": params}, x, train=False)  # [5, 3, 2]
-  for k in range(3):
-    h = x
-    for i in range(2):
-      h = jax.nn.relu(h @ params[f"kernel_{i}"][k] + params[f"bias_{i}"][k])
-    np.testing.assert_allclose(out[:, k], h, rtol=1e-5, atol=1e-6)
+
+  def loop(p, x):
+    outs = []
+    for k in range(3):
+      h = x
+      for i in range(2):
+        h = jax.nn.relu(h @ p[f"kernel_{i}"][k] + p[f"bias_{i}"][k])
+      outs.append(h)
+    return jnp.stack(outs, axis=1)
+
+  def fused(p, x):
+    return stacked.apply({"params": p}, x, train=train)
+
+  np.testing.assert_allclose(fused(params, x), loop(params, x), rtol=1e-5,
+                             atol=1e-6)
+  w = jax.random.normal(jax.random.PRNGKey(4), (5, 3, 2))
+  grads = [jax.grad(lambda p, x: jnp.sum(w * f(p, x)), argnums=(0, 1))(params, x)
+           for f in (fused, loop)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6), *grads)
   # Per-slot inputs [B, num, D] go through their own MLP.
   xs = jax.random.normal(jax.random.PRNGKey(3), (5, 3, 7))
-  out = stacked.apply({"params": params}, xs, train=False)
+  out = stacked.apply({"params": params}, xs, train=train)
   h = xs[:, 1]
   for i in range(2):
     h = jax.nn.relu(h @ params[f"kernel_{i}"][1] + params[f"bias_{i}"][1])
