@@ -80,7 +80,7 @@ DEFAULTS = dict(models="mmoe,shared_bottom", repeats=3, max_repeats=5,
                 steps=200, warmup=20, batch_size=1024, infer_batch_size=4096,
                 infer_batches=20, pipeline_batches=200, parallel="jit",
                 num_devices=0, epoch=True, max_train_rows=0, idle_wait=60.0,
-                weighting="ew")
+                weighting="ew", embedding_grads="auto", reuse_host_memory=True)
 QUICK = dict(repeats=1, max_repeats=1, steps=20, warmup=3, infer_batches=4,
              pipeline_batches=20, epoch=False, max_train_rows=20_000,
              idle_wait=0.0)
@@ -265,15 +265,18 @@ def run_worker(cfg):
   from mtkd_jax.train import parallel
   from mtkd_jax.train import state as state_lib
   from mtkd_jax.train import step as step_lib
+  from mtkd_jax.train import host_memory
   # pylint: enable=g-import-not-at-top
 
+  # As train/loop.py does (train.reuse_host_memory), before any allocation.
+  reuse = cfg["reuse_host_memory"] and host_memory.reuse_freed_memory()
   compile_log = CompileLog()
   jax.monitoring.register_event_duration_secs_listener(compile_log)
   idle = IdleWaiter(cfg["idle_wait"])
   name, mode = cfg["model"], cfg["parallel"]
   bs, infer_bs = cfg["batch_size"], cfg["infer_batch_size"]
   rec = {"model": name, "parallel": mode, "weighting": cfg["weighting"],
-         "loadavg_start": loadavg()}
+         "reuse_host_memory": reuse, "loadavg_start": loadavg()}
 
   d = load_data(cfg["data"])
   rec["data_sha256"] = content_sha256(d)
@@ -298,6 +301,7 @@ def run_worker(cfg):
   config.model.num_specific_experts = 2
   config.model.dropout = 0.0
   config.weighting.name = cfg["weighting"]
+  config.train.embedding_grads = cfg["embedding_grads"]
   model = models.build_model(spec, config.model)  # unknown names raise
   mesh = parallel.make_mesh(cfg["num_devices"])
   parallel.check_batch_size(bs, mesh)
@@ -313,6 +317,8 @@ def run_worker(cfg):
                                    example)
   init_state = init_state.replace(weighting_state=loop.init_weighting(
       step_cfg, config.weighting, init_state.params))
+  rec["row_grads"] = bool(step_cfg.row_grads)
+  rec["table_optimizer"] = tx.rows.name if hasattr(tx, "rows") else "optax"
   state = parallel.replicate(init_state, mesh)
   jax.block_until_ready(state)
   rec["init_s"] = round(time.perf_counter() - t0, 3)
@@ -532,6 +538,11 @@ def parse_args(argv=None):
   p.add_argument("--num-devices", type=int, help="0 = all devices")
   p.add_argument("--weighting", help="multi-task weighting method name "
                  "(default ew: fixed task weights, the plain BCE sum)")
+  p.add_argument("--embedding-grads", choices=("auto", "dense", "rows"),
+                 help="train.embedding_grads (default auto)")
+  p.add_argument("--reuse-host-memory", action=argparse.BooleanOptionalAction,
+                 help="train.reuse_host_memory: keep freed buffers in the "
+                 "malloc heap (default on; mtkd_jax/train/host_memory.py)")
   p.add_argument("--epoch", action=argparse.BooleanOptionalAction,
                  help="one-epoch quality run (default on)")
   p.add_argument("--max-train-rows", type=int, help="0 = all train rows")

@@ -96,7 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
   c.optimizer.momentum = 0.0
   c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
-  # Embedding tables: "dense" (the optimizer above, exact dense Adam etc.),
+  # Embedding tables: "dense" (the optimizer above, exact dense Adam etc.;
+  # for "adam" it is computed from the tables' row gradients without a dense
+  # gradient: row_optim.dense_adam, optax.adam's update to the last bit),
   # or a row-sparse optimizer whose step cost grows with the rows a batch
   # touches, not the table size (mtkd_jax/train/row_optim.py, which says how
   # each differs from dense Adam): "row_adagrad" (row-wise Adagrad as in
@@ -127,8 +129,12 @@ def default_config() -> ml_collections.ConfigDict:
   # tables: [rows, d] per table, T of them for per-term gradient methods),
   # "rows" (w.r.t. the gathered rows: one compact [U, d] per table, exact;
   # much cheaper for gradient-level weighting methods), or "auto" (rows
-  # iff optimizer.embedding is row-sparse, which needs them).
+  # iff optimizer.embedding is row-sparse, which needs them, or is the
+  # dense Adam above, which takes them; 2-D tables only).
   c.train.embedding_grads = "auto"
+  # Keep freed host buffers in glibc's heap for reuse instead of mmap-ing
+  # every step's large temporaries afresh (mtkd_jax/train/host_memory.py).
+  c.train.reuse_host_memory = True
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 4096

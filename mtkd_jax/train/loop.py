@@ -31,6 +31,7 @@ from mtkd_jax.distill import mutual
 from mtkd_jax.distill import setup as distill_setup
 from mtkd_jax.train import checkpoint as checkpoint_lib
 from mtkd_jax.train import evaluate
+from mtkd_jax.train import host_memory
 from mtkd_jax.train import model_stats
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
@@ -96,6 +97,8 @@ class Experiment(NamedTuple):
 def setup(config: ml_collections.ConfigDict) -> Experiment:
   """Loads the data and builds the model, mesh and optimizer of a config,
   checking names and sizes before anything compiles."""
+  if config.train.get("reuse_host_memory", True):
+    host_memory.reuse_freed_memory()
   splits = data_lib.load_dataset(config.data)
   spec = splits.spec.with_task_overrides(config.tasks.to_dict())
   for task in spec.tasks:  # fail on a bad loss name now, not inside jit

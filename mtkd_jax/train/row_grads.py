@@ -11,8 +11,9 @@ table:
   RowGrad(ids int32[U], grads float32[..., U, d]),  U = min(N, rows),
 
 where N counts the table's lookups in the GLOBAL batch (every site, every
-device). `ids` are the rows the global batch touches, sorted ascending, then
-`rows` (out of range) in the unused slots; `grads[..., u, :]` is row
+device). `ids` are the rows the global batch touches, each once (in order of
+first occurrence, or ascending for tables of more than 64 rows per lookup:
+`unique_slots`), then `rows` (out of range) in the unused slots; `grads[..., u, :]` is row
 ids[u]'s gradient summed over every lookup of it on every device (zeros in
 unused slots). Every device holds the same RowGrad: the ids are all-gathered
 over the `data` axis, made unique at the static size U, and each device's
@@ -27,7 +28,7 @@ method are unchanged. Lookups that touch no row (-1 ids of multi-hot and
 sequence padding) and the lookups of zero-weight (padding) examples carry
 exactly zero gradient and are dropped from `ids`.
 """
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +36,15 @@ from flax import traverse_util
 from jax import lax
 
 from mtkd_jax.models import embedding
+from mtkd_jax.train import collectives
 
 Path = Tuple[str, ...]
 
 
 class RowGrad(NamedTuple):
-  ids: jax.Array  # int32[U]: sorted touched rows, then `rows` (out of range)
+  # int32[U]: distinct touched rows, then `rows` (out of range); None: `grads`
+  # is a dense [rows, d] gradient (`all_rows`, for optimizers that accept it)
+  ids: Optional[jax.Array]
   grads: jax.Array  # float32[..., U, d]: zeros in the out-of-range slots
 
 
@@ -93,18 +97,40 @@ def merge(tables, rest):
       lambda p, x: tables.get(_key(p), x), rest, is_leaf=lambda x: x is None)
 
 
-def unique_slots(ids: jax.Array, size: int, fill: int):
-  """Sorted distinct values of `ids` at a static size, and each id's slot.
+# unique_slots finds distinct ids with a [rows] int32 map when the table has
+# at most this many rows per id, else by sorting the ids. XLA:CPU's sort is
+# slow: 4.1 ms for the 26,624 ids of a BENCHMARK.md batch (260,000 rows), 8%
+# of the MMoE step; the map takes ~0.2 ms there and stays O(ids) + O(rows).
+MAP_ROWS_PER_ID = 64
+
+
+def unique_slots(ids: jax.Array, size: int, fill: int, method: str = "auto"):
+  """The distinct values of `ids` at a static size, and each id's slot.
 
   Args:
     ids: int32[N], values in [0, fill], `fill` marking positions to ignore.
     size: U >= the number of distinct values below `fill`.
-    fill: the out-of-range value.
+    fill: the out-of-range value (a table's row count).
+    method: "sort" (values ascending; O(N log N)), "map" (values in order of
+      first occurrence, via an int32[fill + 1] map of each value's first
+      position; O(N + fill)), or "auto": "map" iff fill <= MAP_ROWS_PER_ID * N.
   Returns:
-    (uniq int32[U]: the distinct values below `fill`, ascending, then `fill`;
+    (uniq int32[U]: the distinct values below `fill`, each once, then `fill`;
      slot int32[N]: uniq[slot[i]] == ids[i] wherever ids[i] < fill).
   """
   n = ids.shape[0]
+  if method == "auto":
+    method = "map" if fill <= MAP_ROWS_PER_ID * n else "sort"
+  if method == "map":
+    position = lax.iota(jnp.int32, n)
+    first = jnp.full((fill + 1,), n, jnp.int32).at[ids].min(position)[ids]
+    is_first = (first == position) & (ids < fill)
+    pos = jnp.cumsum(is_first.astype(jnp.int32)) - 1  # slot of each first
+    uniq = jnp.full((size,), fill, jnp.int32).at[
+        jnp.where(is_first, pos, size)].set(ids, mode="drop")
+    return uniq, pos[first]
+  if method != "sort":
+    raise ValueError(f"unique_slots method must be auto, map or sort: {method!r}")
   sorted_ids, order = lax.sort((ids, lax.iota(jnp.int32, n)), num_keys=1)
   new = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
   pos = jnp.cumsum(new.astype(jnp.int32)) - 1
@@ -146,7 +172,7 @@ def compact(sites: Dict[Path, tuple], row_grads, tables: Dict[Path, jax.Array],
       grads.append(g.reshape(g.shape[:lead_ndim] + (-1, dim)))
     ids = jnp.concatenate(ids)
     grads = jnp.concatenate(grads, axis=lead_ndim)
-    all_ids = lax.all_gather(ids, axis_name, tiled=True)
+    all_ids = collectives.all_gather_tiled(ids, axis_name)
     size = min(all_ids.shape[0], num_rows)
     uniq, slot = unique_slots(all_ids, size, num_rows)
     n = ids.shape[0]
@@ -154,8 +180,14 @@ def compact(sites: Dict[Path, tuple], row_grads, tables: Dict[Path, jax.Array],
     slot = jnp.where(ids < num_rows, slot, size)  # dropped below
     summed = jnp.zeros(grads.shape[:lead_ndim] + (size, dim), grads.dtype)
     summed = summed.at[..., slot, :].add(grads, mode="drop")
-    out[path] = RowGrad(uniq, lax.psum(summed, axis_name))
+    out[path] = RowGrad(uniq, collectives.psum(summed, axis_name))
   return out
+
+
+def all_rows(dense_grad: jax.Array) -> RowGrad:
+  """A dense table gradient [rows, d] as a RowGrad (ids None), for the
+  optimizers that move every row anyway (`RowOptimizer.moves_all_rows`)."""
+  return RowGrad(None, dense_grad)
 
 
 def densify(row_grad: RowGrad, num_rows: int) -> jax.Array:

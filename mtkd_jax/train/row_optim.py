@@ -5,7 +5,7 @@ table: each update is a pure function of
 
   (table float[rows, d], its row state, ids int32[U], grads float[U, d])
 
-(a `row_grads.RowGrad`: the touched rows, sorted, padded with the
+(a `row_grads.RowGrad`: the touched rows, distinct, padded with the
 out-of-range id `rows`), and reads and writes only those rows with
 `.at[ids].get/set/add(..., mode="fill"/"drop")`, so padding slots are
 dropped. The other parameters keep the configured optax optimizer
@@ -41,7 +41,23 @@ lazy_adam: Adam on the touched rows only (TF-Addons / Keras LazyAdam): for
       v are 0 until then in both).
   State: m and v, 2 floats per entry, as dense Adam.
 
-Neither applies weight decay to the tables (it would touch every row);
+adam (what `optimizer.embedding="dense"` runs when `optimizer.name` is
+  "adam"): exact dense Adam, fed by the row gradient. Every row's m and v
+  decay and every row moves, as in `optax.adam` on the dense gradient, but
+  the step never forms that gradient: with g zero outside the rows `ids`,
+    m <- b1 m (all rows), then m_r += (1 - b1) g_r (r in ids),
+    v <- b2 v (all rows), then v_r += (1 - b2) g_r^2 (r in ids),
+    w <- w - lr m_hat / (sqrt(v_hat) + eps) (all rows),
+  the float operations of optax's (1 - b1) g + b1 m, whose first product is
+  exactly 0 outside the batch. Against `optax.adam` on the densified
+  gradient: rows outside the batch agree bit for bit; on the batch's rows m
+  and v may differ in the last bit, as XLA fuses optax's a * b + c into one
+  rounding where the scatter-add rounds twice (tests/train/test_row_optim.py). The dense passes remain (every row
+  moves), but the dense gradient's zero fill, its scatter, its square and its
+  norm go: 10 of the 52 ms of the MMoE step of BENCHMARK.md were those.
+  State: m and v, 2 floats per entry, as optax.adam.
+
+The row-sparse ones (row_adagrad, lazy_adam) apply no weight decay to the tables (it would touch every row);
 `optimizer.weight_decay` acts on the other parameters only. Gradient
 clipping (`optimizer.grad_clip_norm`) acts on the global norm of the whole
 gradient, the tables' compact rows included, as `clip_by_global_norm`.
@@ -63,6 +79,11 @@ class RowAdagradState(NamedTuple):
 
 
 class LazyAdamState(NamedTuple):
+  mu: jax.Array  # float32[rows, d]
+  nu: jax.Array  # float32[rows, d]
+
+
+class DenseAdamState(NamedTuple):
   mu: jax.Array  # float32[rows, d]
   nu: jax.Array  # float32[rows, d]
 
@@ -139,10 +160,46 @@ def lazy_adam_update(table, state: LazyAdamState, ids, grads, *, count, lr,
                         state.nu.at[ids].set(nu, mode="drop")))
 
 
+def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
+                      b1: float, b2: float, eps: float):
+  """One exact dense Adam step from the row gradient (module docstring).
+
+  Args:
+    table: float[rows, d].
+    state: its DenseAdamState.
+    ids: int32[U], distinct except for the out-of-range id `rows` (dropped);
+      None: `grads` is the dense gradient [rows, d].
+    grads: float[U, d]; the table's gradient is zero outside `ids`.
+    count: int32, the number of updates done before this one (t = count + 1).
+    lr: the learning rate (a scalar).
+    b1, b2, eps: Adam's.
+  Returns:
+    (table, state): every row updated, as `optax.adam` on the dense gradient.
+  """
+  if ids is None:  # a dense gradient (`row_grads.all_rows`): optax's formula
+    mu = (1 - b1) * grads + b1 * state.mu
+    nu = (1 - b2) * grads ** 2 + b2 * state.nu
+  else:  # optax: (1 - b1) g + b1 m, whose first product is 0 outside `ids`.
+    # b1 m is decayed in place (m has no other reader); reading m's rows
+    # for a `set` instead made XLA copy the 16.6 MB m and v every step.
+    mu = (b1 * state.mu).at[ids].add((1 - b1) * grads, mode="drop")
+    nu = (b2 * state.nu).at[ids].add((1 - b2) * grads ** 2, mode="drop")
+  t = count + 1
+  mu_hat = mu / (1 - b1 ** t).astype(mu.dtype)
+  nu_hat = nu / (1 - b2 ** t).astype(nu.dtype)
+  update = mu_hat / (jnp.sqrt(nu_hat) + eps) * -lr
+  return table + update.astype(table.dtype), DenseAdamState(mu, nu)
+
+
 class RowOptimizer(NamedTuple):
   init: Callable[[jax.Array], Any]  # table -> row state
   # (table, state, ids, grads, count) -> (table, state)
   update: Callable[..., Any]
+  # True: the update moves rows outside `ids` too (a dense optimizer fed by
+  # row gradients); it then also accepts a dense gradient as the RowGrad of
+  # every row (`row_grads.all_rows`, ids None).
+  moves_all_rows: bool = False
+  name: str = ""
 
 
 def row_adagrad(learning_rate, eps: float = 1e-8,
@@ -154,7 +211,8 @@ def row_adagrad(learning_rate, eps: float = 1e-8,
     return row_adagrad_update(table, state, ids, grads, lr=schedule(count),
                               eps=eps)
   return RowOptimizer(
-      lambda t: row_adagrad_init(t, initial_accumulator_value), update)
+      lambda t: row_adagrad_init(t, initial_accumulator_value), update,
+      name="row_adagrad")
 
 
 def lazy_adam(learning_rate, b1: float = 0.9, b2: float = 0.999,
@@ -165,7 +223,22 @@ def lazy_adam(learning_rate, b1: float = 0.9, b2: float = 0.999,
   def update(table, state, ids, grads, count):
     return lazy_adam_update(table, state, ids, grads, count=count,
                             lr=schedule(count), b1=b1, b2=b2, eps=eps)
-  return RowOptimizer(lazy_adam_init, update)
+  return RowOptimizer(lazy_adam_init, update, name="lazy_adam")
+
+
+def dense_adam(learning_rate, b1: float = 0.9, b2: float = 0.999,
+               eps: float = 1e-8) -> RowOptimizer:
+  """Exact dense Adam from row gradients; `learning_rate` a float or an
+  optax schedule."""
+  schedule = _as_schedule(learning_rate)
+
+  def init(table):
+    return DenseAdamState(jnp.zeros_like(table), jnp.zeros_like(table))
+
+  def update(table, state, ids, grads, count):
+    return dense_adam_update(table, state, ids, grads, count=count,
+                             lr=schedule(count), b1=b1, b2=b2, eps=eps)
+  return RowOptimizer(init, update, moves_all_rows=True, name="dense_adam")
 
 
 def _as_schedule(learning_rate):
@@ -174,6 +247,7 @@ def _as_schedule(learning_rate):
 
 # name -> (schedule, optimizer config block) -> RowOptimizer
 ROW_OPTIMIZERS = {
+    "adam": lambda lr, cfg: dense_adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
     "row_adagrad": lambda lr, cfg: row_adagrad(lr, eps=cfg.eps),
     "lazy_adam": lambda lr, cfg: lazy_adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
 }
@@ -185,7 +259,8 @@ class SplitState(NamedTuple):
   count: jax.Array  # int32, updates done (the row optimizers' global step)
   # float32: sum over the tables of ||table||^2, kept up to date from the
   # rows each update changes, so the `param_norm` metric never reads a
-  # whole table (exact up to float32 rounding accumulated over updates).
+  # whole table (exact up to float32 rounding accumulated over updates);
+  # recomputed from the whole tables when the optimizer moves every row.
   table_sq_norm: jax.Array
 
 
@@ -247,7 +322,14 @@ class SplitOptimizer:
     updates, dense_state = self.dense.update(grads, state.dense, rest)
     rest = optax.apply_updates(rest, updates)
     new_rows, table_sq = {}, state.table_sq_norm
+    if self.rows.moves_all_rows:
+      table_sq = jnp.zeros((), jnp.float32)
     for path, r in row_grads.items():
+      if self.rows.moves_all_rows:
+        tables[path], new_rows[path] = self.rows.update(
+            tables[path], row_states[path], r.ids, r.grads, state.count)
+        table_sq = table_sq + jnp.sum(jnp.square(tables[path]))
+        continue
       old = _rows(tables[path], r.ids)  # the same gather as in the update
       tables[path], new_rows[path] = self.rows.update(
           tables[path], row_states[path], r.ids, r.grads, state.count)

@@ -67,7 +67,9 @@ def make_optimizer(cfg, total_steps: int):
 
   With `cfg.embedding` naming a row-sparse optimizer (`row_optim`), a
   `row_optim.SplitOptimizer`: that optimizer for the embedding tables (same
-  schedule), `cfg.name` for the other params.
+  schedule), `cfg.name` for the other params. "dense" with `cfg.name`
+  "adam" is also a SplitOptimizer, whose tables get `row_optim.dense_adam`:
+  optax.adam's update, bit for bit, computed without a dense table gradient.
 
   Args:
     cfg: the `optimizer` config block (name, learning_rate, schedule,
@@ -78,9 +80,11 @@ def make_optimizer(cfg, total_steps: int):
   schedule = registry.lookup(SCHEDULES, cfg.schedule, "schedule")(cfg, total_steps)
   tx = registry.lookup(OPTIMIZERS, cfg.name, "optimizer")(schedule, cfg)
   embedding = cfg.get("embedding", "dense")
+  if embedding == "dense" and cfg.name == "adam":
+    embedding = "adam"  # the same dense Adam, fed by row gradients
   if embedding != "dense":
     rows = registry.lookup(
-        dict(row_optim.ROW_OPTIMIZERS, dense=None), embedding,
+        {**row_optim.ROW_OPTIMIZERS, "dense": None}, embedding,
         "embedding optimizer")(schedule, cfg)
     return row_optim.SplitOptimizer(tx, rows, float(cfg.grad_clip_norm))
   if cfg.grad_clip_norm:

@@ -48,6 +48,7 @@ from mtkd_jax import weighting
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.distill import terms as distill_terms
 from mtkd_jax.models import embedding
+from mtkd_jax.train import collectives
 from mtkd_jax.train import row_grads as row_grads_lib
 from mtkd_jax.train import row_optim
 from mtkd_jax.train import state as state_lib
@@ -100,7 +101,8 @@ class StepConfig:
                row_grads: bool = False, compute_dtype=None):
     self.model, self.tx, self.tasks, self.terms = model, tx, tuple(tasks), tuple(terms)
     # Table gradients as rows (row_grads.py); a row-sparse optimizer needs them.
-    self.row_grads = row_grads or isinstance(tx, row_optim.SplitOptimizer)
+    self.row_grads = row_grads or (isinstance(tx, row_optim.SplitOptimizer)
+                                   and not tx.rows.moves_all_rows)
     self.distill = distill  # a distill.terms.DistillSpec or None
     self.compute_dtype = compute_dtype  # None: the params' own (float32)
     fixed = {t.name: t.weight * distill_terms.hard_term_scale(distill, t.name, alpha)
@@ -170,20 +172,23 @@ def _model_inputs(batch, dtype):
 
 
 def _use_row_grads(config, tx, method, params) -> bool:
-  """`train.embedding_grads` resolved ("auto": rows iff the tables have a
-  row-sparse optimizer), with the combinations that cannot work refused."""
+  """`train.embedding_grads` resolved, with the combinations that cannot
+  work refused. "auto": rows iff the tables have a `SplitOptimizer` (a
+  row-sparse one, or dense Adam fed by rows) and are 2-D."""
   choice = config.train.get("embedding_grads", "auto")
   if choice not in ("auto", "dense", "rows"):
     raise errors.ConfigError(f"train.embedding_grads must be 'auto', 'dense' "
                              f"or 'rows', got {choice!r}.")
-  sparse_opt = isinstance(tx, row_optim.SplitOptimizer)
+  split_opt = isinstance(tx, row_optim.SplitOptimizer)
+  # A row-sparse optimizer (not a dense one fed by rows) needs row gradients.
+  sparse_opt = split_opt and not tx.rows.moves_all_rows
   if sparse_opt and choice == "dense":
     raise errors.ConfigError(
         "A row-sparse optimizer.embedding needs the table gradients as rows: "
         "set train.embedding_grads to 'rows' or 'auto'.")
-  rows = choice == "rows" or sparse_opt
-  if rows and any(str(p[-1]).startswith(embedding.TABLE_PREFIXES) and x.ndim != 2
-                  for p, x in traverse_util.flatten_dict(params).items()):
+  stacked = any(str(p[-1]).startswith(embedding.TABLE_PREFIXES) and x.ndim != 2
+                for p, x in traverse_util.flatten_dict(params).items())
+  if stacked and (choice == "rows" or sparse_opt):
     raise errors.ConfigError(
         "Row gradients need 2-D embedding tables; this model stacks them (e.g. "
         "DML peers under nn.vmap): use train.embedding_grads='dense' and "
@@ -193,7 +198,9 @@ def _use_row_grads(config, tx, method, params) -> bool:
         f"Weighting method {config.weighting.name!r} steps along a running "
         "average of past gradients, which moves table rows outside the batch: "
         "it needs optimizer.embedding='dense'.")
-  return rows
+  if choice == "auto":
+    return split_opt and not stacked
+  return choice == "rows"
 
 
 def init_weighting(step_cfg, weighting_config, params):
@@ -301,7 +308,7 @@ def _per_term_grads(params, batch, rng, denom, cfg: StepConfig, targets,
   else:
     per_term = jax.tree.map(lambda *g: jnp.stack(g),
                             *[vjp_fn(ct) for ct in eye])
-  grads = lax.psum(per_term[0], AXIS)
+  grads = collectives.psum(per_term[0], AXIS)
   if rows is None:
     return local, grads, None
   compact = rows.compact(sites, per_term[1], lead_ndim=1)
@@ -407,7 +414,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   step_rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng = jax.random.fold_in(step_rng, lax.axis_index(AXIS))
   method_rng = jax.random.fold_in(step_rng, 0x5EED)  # same on every device
-  denom = jnp.maximum(lax.psum(jnp.sum(batch["weights"]), AXIS), 1.0)
+  denom = jnp.maximum(collectives.psum(jnp.sum(batch["weights"]), AXIS), 1.0)
   num_terms = len(cfg.terms)
   method = cfg.method
   targets = _teacher_targets(teacher_params, batch, cfg)
@@ -427,7 +434,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
 
     def objective(*xs):
       local, sites = fn(*xs)
-      global_terms = lax.psum(lax.stop_gradient(local), AXIS)
+      global_terms = collectives.psum(lax.stop_gradient(local), AXIS)
       combination, wstate, diag = update_weighting(global_terms, None)
       coeffs = lax.stop_gradient(combination.coeffs)
       return jnp.dot(coeffs, local), (global_terms, wstate, diag, sites)
@@ -436,7 +443,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
         objective, argnums=tuple(range(len(primals))), has_aux=True)(*primals)
     if rows is not None:
       row_grads = rows.compact(sites, grads[1])
-    grads = lax.psum(grads[0], AXIS)
+    grads = collectives.psum(grads[0], AXIS)
   elif cfg.rep_grad:
     perturbations = _zero_perturbations(state.params, batch, cfg)
     fn, primals = _terms_fn(rows, batch, dropout_rng, denom, cfg, targets)
@@ -445,8 +452,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
                                    *primals, perturbations, has_aux=True)
     eye = jnp.eye(num_terms, dtype=local.dtype)
     rep_grads = jax.vmap(lambda ct: vjp_fn(ct)[-1])(eye)  # towers only (DCE)
-    global_terms = lax.psum(local, AXIS)
-    gram = lax.psum(gram_matrix(rep_grads, num_terms), AXIS)
+    global_terms = collectives.psum(local, AXIS)
+    gram = collectives.psum(gram_matrix(rep_grads, num_terms), AXIS)
     combination, wstate, diag = update_weighting(
         global_terms, weighting_base.TaskGrads(gram))
     coeffs = lax.stop_gradient(combination.coeffs)
@@ -459,7 +466,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
           grads, unweighted)
     if rows is not None:  # tables are shared: the weighted rows
       row_grads = rows.compact(sites, all_grads[1])
-    grads = lax.psum(grads, AXIS)
+    grads = collectives.psum(grads, AXIS)
   else:
     local, per_term, row_ids = _per_term_grads(
         state.params, batch, dropout_rng, denom, cfg, targets, rows)
@@ -468,7 +475,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
           p: row_grads_lib.RowGrad(ids, _get_path(per_term, p))
           for p, ids in row_ids.items()}), per_term)
       row_ids = None
-    global_terms = lax.psum(local, AXIS)
+    global_terms = collectives.psum(local, AXIS)
     shared = _shared_only(per_term, cfg)
     flat = None
     if method.needs_full_grads:
@@ -485,9 +492,13 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
 
   if isinstance(cfg.tx, row_optim.SplitOptimizer):
     if row_grads is None:
-      raise ValueError("A row-sparse embedding optimizer needs the row path "
-                       "(StepConfig.row_grads) and a method without a flat "
-                       "gradient direction.")
+      if not cfg.tx.rows.moves_all_rows:
+        raise ValueError("A row-sparse embedding optimizer needs the row path "
+                         "(StepConfig.row_grads) and a method without a flat "
+                         "gradient direction.")
+      tables, grads = row_grads_lib.split(
+          grads, row_optim.table_paths(state.params))
+      row_grads = {p: row_grads_lib.all_rows(g) for p, g in tables.items()}
     params, opt_state, norms = cfg.tx.apply(state.params, state.opt_state,
                                             grads, row_grads)
   else:
@@ -514,7 +525,7 @@ def gradient_diagnostics(state: state_lib.TrainState, batch,
   Run every N steps for any method (it costs T backward passes):
   "grad_norm/<term>" and "grad_cos/<a>/<b>" (negative = conflict).
   """
-  denom = jnp.maximum(lax.psum(jnp.sum(batch["weights"]), AXIS), 1.0)
+  denom = jnp.maximum(collectives.psum(jnp.sum(batch["weights"]), AXIS), 1.0)
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                            lax.axis_index(AXIS))
   targets = _teacher_targets(teacher_params, batch, cfg)

@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mtkd_jax import config_defaults
@@ -64,9 +65,9 @@ def make_config(method="ew", grads="auto", optimizer="sgd", embedding="dense",
   return cfg
 
 
-def build(cfg):
+def build(cfg, tx=None):
   model = models.build_model(SPEC, cfg.model)
-  tx = state_lib.make_optimizer(cfg.optimizer, 10)
+  tx = tx or state_lib.make_optimizer(cfg.optimizer, 10)
   state = state_lib.create_train_state(model, tx, make_batch(), seed=0)
   step_cfg = step_lib.make_step_config(cfg, model, tx, SPEC, state.params,
                                        make_batch())
@@ -75,8 +76,8 @@ def build(cfg):
   return step_cfg, state
 
 
-def run(cfg, mode="jit", devices=1, steps=2, fn=step_lib.train_step):
-  step_cfg, state = build(cfg)
+def run(cfg, mode="jit", devices=1, steps=2, fn=step_lib.train_step, tx=None):
+  step_cfg, state = build(cfg, tx)
   mesh = parallel.make_mesh(devices)
   compiled = parallel.compile_step(functools.partial(fn, cfg=step_cfg), mode,
                                    mesh, out_batched=False,
@@ -106,18 +107,31 @@ def assert_same(ref, got, keys=KEYS, rtol=2e-5, atol=1e-7):
                ref_params, params)
 
 
-def test_unique_slots_matches_numpy():
+@pytest.mark.parametrize("method", ["sort", "map", "auto"])
+def test_unique_slots_matches_numpy(method):
   rng = np.random.default_rng(0)
   fill = 40
   ids = rng.integers(0, 41, 200).astype(np.int32)  # 40 = ignored
-  uniq, slot = jax.jit(row_grads.unique_slots, static_argnums=(1, 2))(
-      jnp.asarray(ids), 40, fill)
-  expected = np.unique(ids[ids < fill])
-  np.testing.assert_array_equal(uniq[:len(expected)], expected)
-  assert (np.asarray(uniq[len(expected):]) == fill).all()
+  uniq, slot = jax.jit(row_grads.unique_slots, static_argnums=(1, 2, 3))(
+      jnp.asarray(ids), 40, fill, method)
   real = ids < fill
-  np.testing.assert_array_equal(np.asarray(uniq)[np.asarray(slot)[real]],
-                                ids[real])
+  uniq, slot = np.asarray(uniq), np.asarray(slot)
+  if method == "sort":
+    expected = np.unique(ids[real])
+  else:  # each value once, in order of first occurrence
+    _, first = np.unique(ids[real], return_index=True)
+    expected = ids[real][np.sort(first)]
+  np.testing.assert_array_equal(uniq[:len(expected)], expected)
+  assert (uniq[len(expected):] == fill).all()
+  np.testing.assert_array_equal(uniq[slot[real]], ids[real])
+
+
+def test_unique_slots_auto_picks_the_map_for_small_tables():
+  ids = jnp.asarray([5, 3, 5, 9, 3], jnp.int32)
+  small, _ = row_grads.unique_slots(ids, 5, 10)  # 10 rows <= 64 * 5 ids
+  big, _ = row_grads.unique_slots(ids, 5, 10_000)
+  np.testing.assert_array_equal(small, [5, 3, 9, 10, 10])  # first occurrence
+  np.testing.assert_array_equal(big, [3, 5, 9, 10_000, 10_000])  # sorted
 
 
 def test_default_config_keeps_the_dense_path():
@@ -127,6 +141,38 @@ def test_default_config_keeps_the_dense_path():
   step_cfg, state = build(make_config(embedding="lazy_adam"))
   assert step_cfg.row_grads
   assert isinstance(state.opt_state, row_optim.SplitState)
+
+
+def test_default_adam_takes_row_gradients():
+  """optimizer.name="adam", optimizer.embedding="dense" (the defaults):
+  dense Adam fed by row gradients, on the row path under "auto"."""
+  step_cfg, state = build(make_config(optimizer="adam"))
+  assert step_cfg.row_grads and step_cfg.tx.rows.moves_all_rows
+  assert isinstance(state.opt_state.rows["embedding"]["sparse_table_d4"],
+                    row_optim.DenseAdamState)
+  step_cfg, _ = build(make_config(optimizer="adam", grads="dense"))
+  assert not step_cfg.row_grads  # allowed: it takes dense gradients too
+
+
+@functools.lru_cache(maxsize=None)
+def optax_adam_reference(method="ew"):
+  """Plain optax.adam on every param, dense table gradients."""
+  return run(make_config(method, "dense", "adam"), tx=optax.adam(0.1))
+
+
+@pytest.mark.parametrize("method,grads,mode,devices", [
+    ("ew", "auto", "jit", 1), ("ew", "auto", "jit", 8),
+    ("ew", "auto", "pmap", 8), ("ew", "dense", "jit", 1),
+    ("dbmtl", "auto", "jit", 1)])
+def test_default_adam_equals_optax_adam(method, grads, mode, devices):
+  """The default Adam (row-fed on the tables) against plain optax.adam;
+  DB-MTL's flat gradients take the dense-gradient branch. (DB-MTL on one
+  device: its direction divides by small norms, and Adam then magnifies
+  the devices' float summation noise past the tolerance.)"""
+  keys = ("loss", "loss/ctr", "loss/rating", "grad_norm", "param_norm")
+  assert_same(optax_adam_reference(method),
+              run(make_config(method, grads, "adam"), mode, devices), keys,
+              rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -210,7 +256,7 @@ def test_compact_rows_densify_to_the_table_gradient():
     np.testing.assert_allclose(dense, expected[name], rtol=1e-5, atol=1e-8)
     rows = dense.shape[0]
     assert sorted(ids[ids < rows].tolist()) == sorted(touched[name])
-    assert (ids[len(touched[name]):] == rows).all()  # sorted, then fill
+    assert (ids[len(touched[name]):] == rows).all()  # distinct, then fill
 
 
 @pytest.mark.parametrize("embedding", ["lazy_adam", "row_adagrad"])

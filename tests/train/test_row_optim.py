@@ -2,7 +2,7 @@
 
 Row-wise Adagrad against a numpy implementation of FBGEMM's
 EXACT_ROWWISE_ADAGRAD; lazy Adam against optax.adam when every row is
-touched at every step, and against a numpy reference of its lazy rule
+touched at every step, dense Adam fed by rows against optax.adam (bit for bit off the batch's rows), and against a numpy reference of its lazy rule
 otherwise; untouched rows and their state never change; padding slots (the
 out-of-range id) are dropped; the state checkpoints with the TrainState.
 """
@@ -99,6 +99,43 @@ def test_lazy_adam_touches_only_its_rows():
     untouched = np.setdiff1d(np.arange(ROWS), ids)
     for got, old in zip((t, state.mu, state.nu), before):
       np.testing.assert_array_equal(np.asarray(got)[untouched], old[untouched])
+
+
+def test_dense_adam_equals_optax_adam():
+  """Row-fed dense Adam (the default for optimizer.name="adam") against
+  optax.adam on the densified gradient, with a schedule, step by step from
+  the same state: fed the dense gradient (ids None) the table, m and v
+  agree bit for bit; fed rows, bit for bit outside the batch and to the
+  last bit on its rows; over 6 steps every row moves."""
+  lr = optax.linear_schedule(0.05, 0.01, 4)
+  rng = np.random.default_rng(5)
+  table = jnp.asarray(rng.normal(size=(ROWS, DIM)).astype(np.float32))
+  tx = optax.adam(lr)
+  ref_update = jax.jit(lambda g, s, p: (lambda u, s: (optax.apply_updates(p, u), s))(
+      *tx.update(g, s, p)))
+  opt = row_optim.dense_adam(lr)
+  assert opt.moves_all_rows
+  update = jax.jit(opt.update)
+  ref, ref_state = table, tx.init(table)
+  for step, (ids, grads) in enumerate(touched_steps(seed=6, steps=6)):
+    dense = np.zeros((ROWS, DIM), np.float32)
+    dense[ids[ids < ROWS]] = grads[ids < ROWS]
+    state = row_optim.DenseAdamState(ref_state[0].mu, ref_state[0].nu)
+    from_rows = update(ref, state, ids, grads, jnp.int32(step))
+    from_dense = update(ref, state, None, jnp.asarray(dense), jnp.int32(step))
+    before = np.asarray(ref)
+    ref, ref_state = ref_update(jnp.asarray(dense), ref_state, ref)
+    want = (ref, ref_state[0].mu, ref_state[0].nu)
+    untouched = np.setdiff1d(np.arange(ROWS), ids)
+    for got_rows, got_dense, w in zip((from_rows[0],) + tuple(from_rows[1]),
+                                      (from_dense[0],) + tuple(from_dense[1]),
+                                      want):
+      np.testing.assert_array_equal(got_dense, w)
+      np.testing.assert_allclose(got_rows, w, rtol=3e-7, atol=0)
+      np.testing.assert_array_equal(np.asarray(got_rows)[untouched],
+                                    np.asarray(w)[untouched])
+    if step:  # rows outside the batch move too (their m decays, not to 0)
+      assert (np.asarray(ref)[untouched] != before[untouched]).any()
 
 
 def test_split_state_checkpoints_with_the_train_state(tmp_path):
