@@ -286,6 +286,10 @@ def run_worker(cfg):
   columns_lib.validate_columns(spec, train, "train")
   columns_lib.validate_columns(spec, test, "test")
   n_train = columns_lib.num_rows(train)
+  # Where train/loop.py hands freed memory back to the OS (host_memory.py):
+  # after loading the data, after init, after the first step.
+  release = host_memory.release_freed_memory if reuse else lambda: None
+  release()
   rec["rss_after_data_load_mib"] = round(peak_rss_mib(), 1)
   rss_peaks = {"data": rec["rss_after_data_load_mib"]}
   rec["rss_peak_after_mib"] = rss_peaks  # filled in phase by phase
@@ -321,6 +325,7 @@ def run_worker(cfg):
   rec["table_optimizer"] = tx.rows.name if hasattr(tx, "rows") else "optax"
   state = parallel.replicate(init_state, mesh)
   jax.block_until_ready(state)
+  release()
   rec["init_s"] = round(time.perf_counter() - t0, 3)
   rss_peaks["init"] = round(peak_rss_mib(), 1)
   params = init_state.params
@@ -356,6 +361,7 @@ def run_worker(cfg):
   rec["first_step_s"] = round(t1 - t0, 3)
   rec["first_step_backend_compile_s"] = round(
       sum(s for _, s, _ in compile_log.events[n_compiles:]), 3)
+  release()
   rss_peaks["first_step"] = round(peak_rss_mib(), 1)
   if cfg["epoch"]:
     step_metrics = [metrics]

@@ -7,7 +7,10 @@ freed heap tops to the OS), so each step's multi-megabyte temporaries
 anew: on the BENCHMARK.md MMoE step that was 12-15 of ~78 ms (a zero fill
 of a 16.6 MB gradient took 11 ms instead of ~1). Keeping freed memory in
 the heap for reuse removes it; peak RSS (the high-water mark) is what it
-was, as the same buffers are live at the peak either way.
+was, as the same buffers are live at the peak either way, provided the
+memory freed by one-off work (data loading, XLA compilation: ~200 MB for
+the MMoE step) is handed back to the OS once it is done
+(`release_freed_memory`), so later phases do not stack on it.
 """
 import ctypes
 import sys
@@ -32,4 +35,18 @@ def reuse_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and
                 libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
   except (OSError, AttributeError):  # not glibc (e.g. musl)
+    return False
+
+
+def release_freed_memory() -> bool:
+  """Returns the heap's free memory to the OS (`malloc_trim(0)`).
+
+  Call after one-off work whose freed memory should not stay resident: data
+  loading, the first (compiling) train step. A no-op off Linux/glibc.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+  except (OSError, AttributeError):
     return False

@@ -100,6 +100,7 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
   if config.train.get("reuse_host_memory", True):
     host_memory.reuse_freed_memory()
   splits = data_lib.load_dataset(config.data)
+  host_memory.release_freed_memory()  # the loaders' temporaries
   spec = splits.spec.with_task_overrides(config.tasks.to_dict())
   for task in spec.tasks:  # fail on a bad loss name now, not inside jit
     losses.get_loss(task.loss)
@@ -174,6 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mode = tcfg.parallel
   teacher_args = (distill.teacher_params,) if distill.online else ()
   state = parallel.replicate(init_state, mesh)
+  host_memory.release_freed_memory()  # init's compilations
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{sum(x.size for x in jax.tree.leaves(init_state.params)):,}")
 
@@ -231,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         jax.block_until_ready(metrics)
         logging.info("First step (compile + run): %.2f s.",
                      time.perf_counter() - t0)
+        host_memory.release_freed_memory()  # the compiler's memory
       else:
         is_diag = diagnostics_every and (step + 1) % diagnostics_every == 0
         if is_diag:
