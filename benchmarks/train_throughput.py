@@ -287,7 +287,8 @@ def run_worker(cfg):
   columns_lib.validate_columns(spec, test, "test")
   n_train = columns_lib.num_rows(train)
   # Where train/loop.py hands freed memory back to the OS (host_memory.py):
-  # after loading the data, after init, after the first step.
+  # after loading the data, after init, after the first step, after an
+  # evaluation (and here after the extra AOT compile).
   release = host_memory.release_freed_memory if reuse else lambda: None
   release()
   rec["rss_after_data_load_mib"] = round(peak_rss_mib(), 1)
@@ -397,6 +398,7 @@ def run_worker(cfg):
       rec[f"bayes_auc_{t}"] = metrics_lib.auc(
           test[f"labels/{t}"], true_prob[t], test["weights"])
   del batches
+  release()  # as train/loop.py after an evaluation
 
   # ---- lowering + compile of a fresh copy of the step (AOT) ---------------
   fresh = make_train_fn()
@@ -413,6 +415,7 @@ def run_worker(cfg):
     rec.update(compile_s=rec["first_step_backend_compile_s"],
                compile_method="backend compile during the first call")
   del fresh, first_batch
+  release()
   rss_peaks["aot_compile"] = round(peak_rss_mib(), 1)
 
   # ---- train throughput: step alone, on pre-transferred batches ---------

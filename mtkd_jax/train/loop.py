@@ -262,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_time, last_step = now, step
       if is_eval:
         val = run_eval(state.params, "validation")
+        host_memory.release_freed_memory()  # the eval step's compilation
         writer.write(step, "validation", val)
         if tcfg.select_metric not in val:
           raise errors.ConfigError(
