@@ -17,6 +17,7 @@ included) with the tables' row gradients (`train.embedding_grads`);
 """
 import argparse
 import functools
+import gc
 import json
 import sys
 import time
@@ -113,7 +114,11 @@ def main(argv=None):
   import dataclasses
   from mtkd_jax import weighting
   from mtkd_jax.data import specs
+  from mtkd_jax.train import host_memory
   # pylint: enable=g-import-not-at-top
+  host_memory.reuse_freed_memory()  # as train/loop.py (train.reuse_host_memory)
+  import jax  # pylint: disable=g-import-not-at-top
+  jax_clear_caches = jax.clear_caches
   tt.ensure_data(args.data, args.generator)
   d = tt.load_data(args.data)
   train, _, _ = tt.split_columns(d, 4096 if args.quick else 0)
@@ -161,6 +166,10 @@ def main(argv=None):
                "wall_s": round(time.perf_counter() - t0, 1)}
         print(json.dumps(rec), flush=True)
         del fn, state, batches
+        # The next method starts from a clean heap, as a fresh run would.
+        gc.collect()
+        jax_clear_caches()
+        host_memory.release_freed_memory()
 
 
 if __name__ == "__main__":
