@@ -1,0 +1,174 @@
+r"""Where a step's time goes: per-op times from a `jax.profiler` trace.
+
+  python -m benchmarks.profile_step --model mmoe              # train step
+  python -m benchmarks.profile_step --model ple --eval        # eval step, batch 4096
+  python -m benchmarks.profile_step --model mmoe --top 40 --steps 20
+
+Builds the BENCHMARK.md workload exactly as `benchmarks.train_throughput`
+does (same model shapes, optimizer, allocator settings, device batches),
+times `--steps` steps, then traces `--trace-steps` more with XLA's per-thunk
+trace events (`--xla_cpu_enable_xprof_traceme`, set here before JAX starts)
+and prints JSON lines: one summary (step ms untraced and traced), then the
+`--top` XLA ops by total time per step over all threads (each with its HLO
+op name's JAX source, e.g. ".../experts/bd,ndh->bnh/dot_general", read from
+the compiled module), then the ops of one traced step in time order with
+their thread (`--timeline`; the window runs from one start of the step's
+costliest op to the next). Tracing adds overhead; compare ops within a
+trace, and take step times from the untraced figure.
+"""
+import argparse
+import collections
+import functools
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--model", default="mmoe")
+  p.add_argument("--eval", action="store_true", help="profile the eval step")
+  p.add_argument("--data", default=None, help="default: train_throughput's")
+  p.add_argument("--steps", type=int, default=50, help="untimed warm-up and "
+                 "timed steps each")
+  p.add_argument("--trace-steps", type=int, default=10)
+  p.add_argument("--top", type=int, default=25)
+  p.add_argument("--timeline", action="store_true",
+                 help="also print one traced step's ops in time order")
+  p.add_argument("--embedding-grads", default="auto",
+                 choices=("auto", "dense", "rows"))
+  p.add_argument("--no-reuse-host-memory", action="store_true")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  flag = "--xla_cpu_enable_xprof_traceme=true"
+  if flag not in os.environ.get("XLA_FLAGS", ""):  # before jax initialises
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax._src import profiler as jax_profiler
+  from benchmarks import train_throughput as tt
+  from mtkd_jax import config_defaults
+  from mtkd_jax import models
+  from mtkd_jax.data import pipeline
+  from mtkd_jax.train import host_memory
+  from mtkd_jax.train import loop
+  from mtkd_jax.train import parallel
+  from mtkd_jax.train import state as state_lib
+  from mtkd_jax.train import step as step_lib
+  # pylint: enable=g-import-not-at-top
+  if not args.no_reuse_host_memory:
+    host_memory.reuse_freed_memory()
+  data_path = args.data or tt.DEFAULT_DATA
+  tt.ensure_data(data_path, tt.DEFAULT_GENERATOR)
+  d = tt.load_data(data_path)
+  spec = tt.make_spec(d["vocab_sizes"], d["dense"].shape[1])
+  train, test, _ = tt.split_columns(d)
+  del d
+  config = config_defaults.default_config()
+  config.model.name = args.model
+  config.model.num_experts, config.model.expert_hidden = 8, (256, 128)
+  config.model.bottom_hidden, config.model.tower_hidden = (256, 128), (64,)
+  config.model.num_levels = 1
+  config.model.num_shared_experts, config.model.num_specific_experts = 4, 2
+  config.model.dropout = 0.0
+  config.train.embedding_grads = args.embedding_grads
+  model = models.build_model(spec, config.model)
+  mesh = parallel.make_mesh(1)
+  bs = 4096 if args.eval else 1024
+  tx = state_lib.make_optimizer(config.optimizer, 205)
+  example = next(pipeline.eval_batches(train, 1024))
+  state = state_lib.create_train_state(model, tx, example, tt.MODEL_SEED)
+  step_cfg = loop.make_step_config(config, model, tx, spec, state.params,
+                                   example)
+  state = state.replace(weighting_state=loop.init_weighting(
+      step_cfg, config.weighting, state.params))
+  state = parallel.replicate(state, mesh)
+  put = functools.partial(parallel.shard_batch, mode="jit", mesh=mesh)
+  if args.eval:
+    fn = parallel.compile_step(
+        functools.partial(step_lib.eval_step, model=model), "jit", mesh,
+        out_batched=True, donate_state=False)
+    batches = [put(b) for b in list(pipeline.eval_batches(test, bs))[:10]]
+    params = state.params
+    run = lambda i: fn(params, batches[i % len(batches)])
+    lowered = lambda: fn.lower(params, batches[0])
+  else:
+    fn = parallel.compile_step(
+        functools.partial(step_lib.train_step, cfg=step_cfg), "jit", mesh,
+        out_batched=False, donate_state=True)
+    source = pipeline.train_batches(train, bs, seed=tt.SHUFFLE_SEED)
+    batches = [put(next(source)) for _ in range(tt.NUM_DEVICE_BATCHES)]
+    holder = {"state": state}
+
+    def run(i):
+      holder["state"], metrics = fn(holder["state"], batches[i % len(batches)])
+      return metrics
+    lowered = lambda: fn.lower(holder["state"], batches[0])
+  host_memory.release_freed_memory()
+
+  def steps(n):
+    out = [run(i) for i in range(n)]
+    jax.block_until_ready(out)
+
+  steps(args.steps)
+  t0 = time.perf_counter()
+  steps(args.steps)
+  step_ms = (time.perf_counter() - t0) / args.steps * 1e3
+  trace_dir = tempfile.mkdtemp(prefix="mtkd_profile_")
+  jax.profiler.start_trace(trace_dir)
+  t0 = time.perf_counter()
+  steps(args.trace_steps)
+  traced_ms = (time.perf_counter() - t0) / args.trace_steps * 1e3
+  jax.profiler.stop_trace()
+  path = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0]
+  events = []
+  for plane in jax_profiler.ProfileData.from_file(path).planes:
+    for line in plane.lines:
+      for ev in line.events:
+        events.append((ev.start_ns, ev.duration_ns, line.name, ev.name))
+  skip = re.compile(r"Execute|block_until_ready|trace|PjitFunction|"
+                    r"Threadpool|^end: ")
+  ops = [e for e in events
+         if not skip.search(e[3]) and not e[3].startswith("$")  # python
+         and "python" not in e[2]]
+  total = collections.Counter()
+  count = collections.Counter()
+  for _, dur, _, name in ops:
+    total[name] += dur
+    count[name] += 1
+  hlo = lowered().compile().as_text()
+  source = dict(re.findall(r"%([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo))
+  n = args.trace_steps
+  print(json.dumps({"kind": "summary", "model": args.model,
+                    "step": "eval" if args.eval else "train", "batch": bs,
+                    "step_ms": round(step_ms, 2),
+                    "traced_step_ms": round(traced_ms, 2),
+                    "ops_ms_per_step_all_threads": round(
+                        sum(total.values()) / n / 1e6, 2)}))
+  for name, dur in total.most_common(args.top):
+    print(json.dumps({"kind": "op", "op": name,
+                      "ms_per_step": round(dur / n / 1e6, 3),
+                      "calls_per_step": round(count[name] / n, 2),
+                      "source": source.get(name, "")}))
+  if args.timeline:  # one step: between two starts of its costliest op
+    once = [k for k, _ in total.most_common() if count[k] == n]
+    starts = sorted(e[0] for e in ops if once and e[3] == once[0])
+    if len(starts) > 2:
+      lo, hi = starts[len(starts) // 2], starts[len(starts) // 2 + 1]
+      for start, dur, thread, name in sorted(ops):
+        if lo <= start < hi and dur > 100_000:
+          print(json.dumps({"kind": "timeline", "t_ms": round((start - lo) / 1e6, 2),
+                            "ms": round(dur / 1e6, 2), "thread": thread,
+                            "op": name}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
