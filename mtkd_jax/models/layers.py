@@ -25,9 +25,12 @@ class MLP(nn.Module):
 class StackedMLP(nn.Module):
   """`num` independent MLPs of equal shape, evaluated together.
 
-  Weights are stacked on a leading axis ([num, fan_in, width]). How the
-  products run (the fastest forms on XLA:CPU, measured on the MMoE expert
-  block of BENCHMARK.md, 8 experts [256, 128] over a 429-d input, 2 cores):
+  Weights are stacked on the middle axis ([fan_in, num, width]; member n's
+  kernel is `kernel[:, n]`), so the shared first layer's [D, num * width]
+  matrix is a free reshape (stacked on the leading axis it was a transposed
+  copy each step, ~1 ms, and one more for its gradient). How the products
+  run (the fastest forms on XLA:CPU, measured on the MMoE expert block of
+  BENCHMARK.md, 8 experts [256, 128] over a 429-d input, 2 cores):
     * training, members sharing their input (`x`: [B, D]): the first layer
       is ONE wide product x @ [D, num * width]; layers whose input is per
       member (`x`: [B, num, D]) run one plain [B, D] @ [D, width] product
@@ -55,7 +58,7 @@ class StackedMLP(nn.Module):
     fan_in = x.shape[-1]
     for i, width in enumerate(self.hidden):
       kernel = self.param(f"kernel_{i}", _stacked_init(default_kernel_init),
-                          (self.num, fan_in, width))
+                          (fan_in, self.num, width))
       bias = self.param(f"bias_{i}", nn.initializers.zeros, (self.num, width))
       activate = i < len(self.hidden) - 1 or self.final_activation
       layers_.append((kernel, bias, activate))
@@ -65,17 +68,17 @@ class StackedMLP(nn.Module):
       for n in range(self.num):
         h = x
         for kernel, bias, activate in layers_:
-          h = h @ kernel[n] + bias[n]
+          h = h @ kernel[:, n] + bias[n]
           h = nn.relu(h) if activate else h
         outputs.append(h)
       return jnp.stack(outputs, axis=1)
     for kernel, bias, activate in layers_:
-      num, fan_in, width = kernel.shape
+      fan_in, num, width = kernel.shape
       if x.ndim == 2:  # shared input: one [B, D] @ [D, num * width] product
-        wide = kernel.transpose(1, 0, 2).reshape(fan_in, num * width)
-        x = (x @ wide).reshape(x.shape[0], num, width)
+        x = (x @ kernel.reshape(fan_in, num * width)).reshape(
+            x.shape[0], num, width)
       else:
-        x = jnp.stack([x[:, n] @ kernel[n] for n in range(num)], axis=1)
+        x = jnp.stack([x[:, n] @ kernel[:, n] for n in range(num)], axis=1)
       x = x + bias
       if activate:
         x = nn.relu(x)
@@ -85,8 +88,12 @@ class StackedMLP(nn.Module):
 
 
 def _stacked_init(init):
-  """Applies a [fan_in, fan_out] initializer to each slice of [num, in, out]."""
+  """Applies a [fan_in, fan_out] initializer to each member n of a
+  [fan_in, num, fan_out] kernel (the values of `init` on [num, fan_in,
+  fan_out] with one key per member, moved to the middle axis)."""
   def stacked(key, shape, dtype=jnp.float32):
-    keys = jax.random.split(key, shape[0])
-    return jax.vmap(lambda k: init(k, shape[1:], dtype))(keys)
+    fan_in, num, fan_out = shape
+    keys = jax.random.split(key, num)
+    per_member = jax.vmap(lambda k: init(k, (fan_in, fan_out), dtype))(keys)
+    return per_member.transpose(1, 0, 2)
   return stacked

@@ -79,7 +79,7 @@ def embed(spec, params, batch):
 def stacked_mlp(p, x, k, n_layers, final_activation=True):
   """Reference: slot k of a StackedMLP with params p, on x [B, D]."""
   for i in range(n_layers):
-    x = x @ p[f"kernel_{i}"][k] + p[f"bias_{i}"][k]
+    x = x @ p[f"kernel_{i}"][:, k] + p[f"bias_{i}"][k]
     if i < n_layers - 1 or final_activation:
       x = jax.nn.relu(x)
   return x
@@ -160,13 +160,19 @@ def test_cgc_with_shared_experts_only_is_mmoe():
   d = mp["gates"]["kernel"].shape[0]
   pp = {"embedding": mp["embedding"], "towers": mp["towers"],
         "level_1": {"experts": mp["experts"], "task_gates": {
-            "kernel_0": mp["gates"]["kernel"].reshape(d, 2, 3).transpose(1, 0, 2),
+            "kernel_0": mp["gates"]["kernel"].reshape(d, 2, 3),
             "bias_0": mp["gates"]["bias"].reshape(2, 3)}}}
   assert jax.tree.structure(pp) == jax.tree.structure(init(ple, batch))
   (mo, ma), (po, pa) = apply(mmoe, mp, batch), apply(ple, pp, batch)
   for task in SPEC.task_names:
     np.testing.assert_allclose(po[task], mo[task], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(pa["gates"], ma["gates"], rtol=1e-5, atol=1e-7)
+
+
+def member(leaf, index):
+  """Members `index` of a StackedMLP leaf: kernels [fan_in, num, width]
+  stack them on axis 1, biases [num, width] on axis 0."""
+  return leaf[:, index] if leaf.ndim == 3 else leaf[index]
 
 
 def test_ple_specific_experts_get_no_gradient_from_other_tasks():
@@ -181,10 +187,12 @@ def test_ple_specific_experts_get_no_gradient_from_other_tasks():
   for task, other in (("ctr", "cvr"), ("cvr", "ctr")):
     g = grads[other]["level_1"]["experts"]
     for name, leaf in g.items():
-      assert np.all(np.asarray(leaf[spec_of[task]]) == 0), (task, other, name)
-      assert nonzero(leaf[spec_of[other]]) and nonzero(leaf[shared]), name
-    assert is_zero(jax.tree.map(lambda x, t=task: x[SPEC.task_names.index(t)],
-                                grads[other]["towers"]))
+      assert np.all(np.asarray(member(leaf, spec_of[task])) == 0), (task, other, name)
+      assert (nonzero(member(leaf, spec_of[other])) and
+              nonzero(member(leaf, shared))), name
+    assert is_zero(jax.tree.map(
+        lambda x, t=task: member(x, SPEC.task_names.index(t)),
+        grads[other]["towers"]))
 
 
 def test_ple_two_levels_progressive_sharing():
@@ -202,8 +210,8 @@ def test_ple_two_levels_progressive_sharing():
   np.testing.assert_allclose(aux["gates"].sum(-1), 1.0, rtol=1e-6)
   assert all(np.isfinite(v).all() for v in outputs.values())
   g = task_grads(model, params, batch)["cvr"]
-  assert is_zero(jax.tree.map(lambda x: x[0], g["level_2"]["experts"]))  # ctr's
-  assert nonzero(g["level_1"]["experts"]["kernel_0"][0])  # via shared gate
+  assert is_zero(jax.tree.map(lambda x: member(x, 0), g["level_2"]["experts"]))  # ctr's
+  assert nonzero(g["level_1"]["experts"]["kernel_0"][:, 0])  # via shared gate
 
 
 # --------------------------------------------------------------------------
@@ -354,15 +362,15 @@ def test_esmm_towers_share_one_embedding():
   model = build("esmm", spec=FUNNEL)
   params = init(model, batch)
   assert set(params) == {"embedding", "towers"}
-  assert params["towers"]["kernel_0"].shape[0] == 2  # ctr and cvr towers
+  assert params["towers"]["kernel_0"].shape[1] == 2  # ctr and cvr towers
   grads = task_grads(model, params, batch)
   g_ctr, g_ctcvr = grads["ctr"], grads["ctcvr"]
   assert nonzero(g_ctr["embedding"]["sparse_table_d4"])
   assert nonzero(g_ctcvr["embedding"]["sparse_table_d4"])
   # pCTR ignores the CVR tower; pCTCVR uses both towers.
-  assert is_zero(jax.tree.map(lambda x: x[1], g_ctr["towers"]))
-  assert nonzero(g_ctcvr["towers"]["kernel_0"][0])
-  assert nonzero(g_ctcvr["towers"]["kernel_0"][1])
+  assert is_zero(jax.tree.map(lambda x: member(x, 1), g_ctr["towers"]))
+  assert nonzero(g_ctcvr["towers"]["kernel_0"][:, 0])
+  assert nonzero(g_ctcvr["towers"]["kernel_0"][:, 1])
 
 
 def test_esmm_needs_the_configured_funnel_tasks():
@@ -430,9 +438,9 @@ def test_aitm_matches_paper_equations():
   w = jax.nn.softmax((h1 * h2).sum(-1) / np.sqrt(5), axis=-1)
   z2 = (w[..., None] * h3).sum(1)
   hd = params["heads"]
-  np.testing.assert_allclose(outputs["ctr"], (q[0] @ hd["kernel_0"][0] + hd["bias_0"][0])[:, 0],
+  np.testing.assert_allclose(outputs["ctr"], (q[0] @ hd["kernel_0"][:, 0] + hd["bias_0"][0])[:, 0],
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(outputs["ctcvr"], (z2 @ hd["kernel_0"][1] + hd["bias_0"][1])[:, 0],
+  np.testing.assert_allclose(outputs["ctcvr"], (z2 @ hd["kernel_0"][:, 1] + hd["bias_0"][1])[:, 0],
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(aux["attention"][:, 0], w, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(aux["attention"].sum(-1), 1.0, rtol=1e-6)
@@ -446,11 +454,11 @@ def test_aitm_earlier_tasks_ignore_later_tasks_parameters():
   g = grads["click"]
   for name in ("transfer_1", "transfer_2", "attention_2", "attention_3"):
     assert is_zero(g[name]), name
-  assert is_zero(jax.tree.map(lambda x: x[1:], g["towers"]))
-  assert is_zero(jax.tree.map(lambda x: x[1:], g["heads"]))
+  assert is_zero(jax.tree.map(lambda x: member(x, slice(1, None)), g["towers"]))
+  assert is_zero(jax.tree.map(lambda x: member(x, slice(1, None)), g["heads"]))
   g = grads["cart"]
   assert is_zero(g["transfer_2"]) and is_zero(g["attention_3"])
-  assert nonzero(g["towers"]["kernel_0"][0])  # information from the click tower
+  assert nonzero(g["towers"]["kernel_0"][:, 0])  # information from the click tower
   assert nonzero(g["transfer_1"]["kernel"])
 
 
@@ -474,7 +482,7 @@ def test_cross_stitch_at_identity_is_independent_networks():
     np.testing.assert_allclose(outputs[task], y, rtol=1e-5, atol=1e-6)
   g = task_grads(model, params, batch)["cvr"]
   for l in range(2):  # ctr's column gets nothing from cvr ...
-    assert is_zero(jax.tree.map(lambda v: v[0], g[f"column_{l}"]))
+    assert is_zero(jax.tree.map(lambda v: member(v, 0), g[f"column_{l}"]))
   # ... but alpha can learn to share: d y_cvr / d alpha_{cvr, ctr} != 0.
   assert nonzero(g["cross_stitch_1"][1, 0])
 
@@ -497,7 +505,7 @@ def test_cross_stitch_balanced_units_mix_the_columns():
     y = stacked_mlp(params["towers"], h[t], t, 2, False)[:, 0]
     np.testing.assert_allclose(outputs[task], y, rtol=1e-5, atol=1e-6)
   g = task_grads(model, params, batch)["cvr"]
-  assert nonzero(g["column_0"]["kernel_0"][0])  # cvr's loss reaches ctr's column
+  assert nonzero(g["column_0"]["kernel_0"][:, 0])  # cvr's loss reaches ctr's column
   assert multicolumn.cross_stitch_init("balanced", 3)[0].tolist() == pytest.approx(
       [0.9, 0.05, 0.05])
   with pytest.raises(errors.ConfigError, match="identity, balanced"):

@@ -66,7 +66,7 @@ def test_stacked_mlp_equals_loop_of_mlps(train):
     for k in range(3):
       h = x
       for i in range(2):
-        h = jax.nn.relu(h @ p[f"kernel_{i}"][k] + p[f"bias_{i}"][k])
+        h = jax.nn.relu(h @ p[f"kernel_{i}"][:, k] + p[f"bias_{i}"][k])
       outs.append(h)
     return jnp.stack(outs, axis=1)
 
@@ -85,7 +85,7 @@ def test_stacked_mlp_equals_loop_of_mlps(train):
   out = stacked.apply({"params": params}, xs, train=train)
   h = xs[:, 1]
   for i in range(2):
-    h = jax.nn.relu(h @ params[f"kernel_{i}"][1] + params[f"bias_{i}"][1])
+    h = jax.nn.relu(h @ params[f"kernel_{i}"][:, 1] + params[f"bias_{i}"][1])
   np.testing.assert_allclose(out[:, 1], h, rtol=1e-5, atol=1e-6)
 
 
@@ -108,15 +108,15 @@ def test_mmoe_matches_paper_equations():
   x = embedding.FeatureEmbedding(SPEC).apply(
       {"params": params["embedding"]}, batch)
   e = params["experts"]
-  experts = [jax.nn.relu(jax.nn.relu(x @ e["kernel_0"][k] + e["bias_0"][k])
-                         @ e["kernel_1"][k] + e["bias_1"][k]) for k in range(3)]
+  experts = [jax.nn.relu(jax.nn.relu(x @ e["kernel_0"][:, k] + e["bias_0"][k])
+                         @ e["kernel_1"][:, k] + e["bias_1"][k]) for k in range(3)]
   gate_logits = x @ params["gates"]["kernel"] + params["gates"]["bias"]
   tw = params["towers"]
   for t, task in enumerate(SPEC.task_names):
     g = jax.nn.softmax(gate_logits[:, t * 3:(t + 1) * 3], axis=-1)
     mixed = sum(g[:, k:k + 1] * experts[k] for k in range(3))
-    h = jax.nn.relu(mixed @ tw["kernel_0"][t] + tw["bias_0"][t])
-    y = (h @ tw["kernel_1"][t] + tw["bias_1"][t])[:, 0]
+    h = jax.nn.relu(mixed @ tw["kernel_0"][:, t] + tw["bias_0"][t])
+    y = (h @ tw["kernel_1"][:, t] + tw["bias_1"][t])[:, 0]
     np.testing.assert_allclose(outputs[task], y, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux["gates"][:, t], g, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(aux["gates"].sum(-1), 1.0, rtol=1e-6)
@@ -146,7 +146,7 @@ def test_shared_bottom_towers_see_the_same_representation():
   np.testing.assert_allclose(aux["task_inputs"][:, 0], aux["task_inputs"][:, 1])
   # The ctr output does not depend on the rating tower's weights.
   params2 = jax.tree.map(lambda x: x, params)
-  params2["towers"]["kernel_1"] = params["towers"]["kernel_1"].at[1].add(5.0)
+  params2["towers"]["kernel_1"] = params["towers"]["kernel_1"].at[:, 1].add(5.0)
   out2, _ = model.apply({"params": params2}, batch)
   np.testing.assert_allclose(outputs["ctr"], out2["ctr"])
   assert not np.allclose(outputs["rating"], out2["rating"])
