@@ -54,7 +54,6 @@ def main(argv=None):
   import jax
   from jax._src import profiler as jax_profiler
   from benchmarks import train_throughput as tt
-  from mtkd_jax import config_defaults
   from mtkd_jax import models
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import host_memory
@@ -71,13 +70,7 @@ def main(argv=None):
   spec = tt.make_spec(d["vocab_sizes"], d["dense"].shape[1])
   train, test, _ = tt.split_columns(d)
   del d
-  config = config_defaults.default_config()
-  config.model.name = args.model
-  config.model.num_experts, config.model.expert_hidden = 8, (256, 128)
-  config.model.bottom_hidden, config.model.tower_hidden = (256, 128), (64,)
-  config.model.num_levels = 1
-  config.model.num_shared_experts, config.model.num_specific_experts = 4, 2
-  config.model.dropout = 0.0
+  config = tt.benchmark_config(args.model)
   config.train.embedding_grads = args.embedding_grads
   model = models.build_model(spec, config.model)
   mesh = parallel.make_mesh(1)

@@ -129,6 +129,24 @@ def make_spec(vocab_sizes, num_dense):
       tasks=tuple(specs.TaskSpec(t, "binary", "bce", 1.0) for t in TASKS))
 
 
+def benchmark_config(model_name):
+  """The default config with BENCHMARK.md's model shapes for `model_name`:
+  8 experts / a bottom of [256, 128], towers [64], PLE with one CGC level
+  of 4 shared + 2 task-specific experts, no dropout."""
+  from mtkd_jax import config_defaults  # pylint: disable=g-import-not-at-top
+  config = config_defaults.default_config()
+  config.model.name = model_name
+  config.model.num_experts = 8
+  config.model.expert_hidden = (256, 128)
+  config.model.bottom_hidden = (256, 128)
+  config.model.tower_hidden = (64,)
+  config.model.num_levels = 1
+  config.model.num_shared_experts = 4
+  config.model.num_specific_experts = 2
+  config.model.dropout = 0.0
+  return config
+
+
 def split_columns(d, max_train_rows=0):
   """(train, test, test_true_prob) columns in the batch layout of specs.py.
 
@@ -255,7 +273,6 @@ def run_worker(cfg):
   """Benchmarks one model (`cfg["model"]`); returns its JSON record."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from mtkd_jax import config_defaults
   from mtkd_jax import metrics as metrics_lib
   from mtkd_jax import models
   from mtkd_jax.data import columns as columns_lib
@@ -295,16 +312,7 @@ def run_worker(cfg):
   rss_peaks = {"data": rec["rss_after_data_load_mib"]}
   rec["rss_peak_after_mib"] = rss_peaks  # filled in phase by phase
 
-  config = config_defaults.default_config()
-  config.model.name = name
-  config.model.num_experts = 8
-  config.model.expert_hidden = (256, 128)
-  config.model.bottom_hidden = (256, 128)
-  config.model.tower_hidden = (64,)
-  config.model.num_levels = 1  # PLE: one CGC level, 4 shared + 2 per task
-  config.model.num_shared_experts = 4
-  config.model.num_specific_experts = 2
-  config.model.dropout = 0.0
+  config = benchmark_config(name)
   config.weighting.name = cfg["weighting"]
   config.train.embedding_grads = cfg["embedding_grads"]
   model = models.build_model(spec, config.model)  # unknown names raise

@@ -118,7 +118,6 @@ def main(argv=None):
   # pylint: enable=g-import-not-at-top
   host_memory.reuse_freed_memory()  # as train/loop.py (train.reuse_host_memory)
   import jax  # pylint: disable=g-import-not-at-top
-  jax_clear_caches = jax.clear_caches
   tt.ensure_data(args.data, args.generator)
   d = tt.load_data(args.data)
   train, _, _ = tt.split_columns(d, 4096 if args.quick else 0)
@@ -168,7 +167,7 @@ def main(argv=None):
         del fn, state, batches
         # The next method starts from a clean heap, as a fresh run would.
         gc.collect()
-        jax_clear_caches()
+        jax.clear_caches()
         host_memory.release_freed_memory()
 
 

@@ -321,20 +321,19 @@ class SplitOptimizer:
     tables, rest = row_grads_lib.split(params, tuple(row_grads))
     updates, dense_state = self.dense.update(grads, state.dense, rest)
     rest = optax.apply_updates(rest, updates)
-    new_rows, table_sq = {}, state.table_sq_norm
-    if self.rows.moves_all_rows:
-      table_sq = jnp.zeros((), jnp.float32)
+    all_rows = self.rows.moves_all_rows  # then re-sum the whole tables
+    new_rows = {}
+    table_sq = jnp.zeros((), jnp.float32) if all_rows else state.table_sq_norm
     for path, r in row_grads.items():
-      if self.rows.moves_all_rows:
-        tables[path], new_rows[path] = self.rows.update(
-            tables[path], row_states[path], r.ids, r.grads, state.count)
-        table_sq = table_sq + jnp.sum(jnp.square(tables[path]))
-        continue
-      old = _rows(tables[path], r.ids)  # the same gather as in the update
+      if not all_rows:
+        old = _rows(tables[path], r.ids)  # the same gather as in the update
       tables[path], new_rows[path] = self.rows.update(
           tables[path], row_states[path], r.ids, r.grads, state.count)
-      new = _rows(tables[path], r.ids)
-      table_sq = table_sq + jnp.sum((new - old) * (new + old))
+      if all_rows:
+        table_sq = table_sq + jnp.sum(jnp.square(tables[path]))
+      else:
+        new = _rows(tables[path], r.ids)
+        table_sq = table_sq + jnp.sum((new - old) * (new + old))
     new_state = SplitState(dense_state, traverse_util.unflatten_dict(new_rows),
                            state.count + 1, table_sq)
     rest_sq = sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(rest)),
