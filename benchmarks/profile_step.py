@@ -42,11 +42,13 @@ def parse_args(argv=None):
   p.add_argument("--embedding-grads", default="auto",
                  choices=("auto", "dense", "rows"))
   p.add_argument("--no-reuse-host-memory", action="store_true")
-  return p.parse_args(argv)
+  p.add_argument("--hlo", default=None, help="also write the compiled HLO "
+                 "module's text here (to read an op's operands and fusion)")
+  return p.parse_known_args(argv)
 
 
 def main(argv=None):
-  args = parse_args(argv)
+  args, _ = parse_args(argv)
   flag = "--xla_cpu_enable_xprof_traceme=true"
   if flag not in os.environ.get("XLA_FLAGS", ""):  # before jax initialises
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
@@ -137,6 +139,9 @@ def main(argv=None):
     total[name] += dur
     count[name] += 1
   hlo = lowered().compile().as_text()
+  if args.hlo:
+    with open(args.hlo, "w") as f:
+      f.write(hlo)
   source = dict(re.findall(r"%([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo))
   n = args.trace_steps
   print(json.dumps({"kind": "summary", "model": args.model,

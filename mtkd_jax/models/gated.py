@@ -57,7 +57,7 @@ class OMoE(nn.Module):
                                 self.dropout, name="experts")(x, train=train)
     experts = self.perturb("shared", experts)  # for rep-grad weighting
     gate = nn.softmax(nn.Dense(self.num_experts, name="gate")(x), axis=-1)
-    mixed = jnp.einsum("be,beh->bh", gate, experts)  # [B, H]
+    mixed = layers.mix_experts(gate[:, None], experts)[:, 0]  # [B, H]
     task_inputs = jnp.broadcast_to(mixed[:, None],
                                    (mixed.shape[0], num_tasks, mixed.shape[-1]))
     logits = _towers(self.spec, self.tower_hidden, self.dropout)(
@@ -139,13 +139,13 @@ class CGCLevel(nn.Module):
     # of BENCHMARK.md (the mixing is exact: the added terms are 0 * expert).
     spread = jax.nn.one_hot(ple_expert_index(t, m_k, m_s), t * m_k + m_s,
                             dtype=gates.dtype)  # [T, m_k + m_s, N]
-    task_outputs = jnp.einsum("btn,bnh->bth",
-                              jnp.einsum("bte,ten->btn", gates, spread), experts)
+    task_outputs = layers.mix_experts(
+        jnp.einsum("bte,ten->btn", gates, spread), experts)
     shared_output = None
     if self.has_shared_gate:
       shared_gate = nn.softmax(
           nn.Dense(t * m_k + m_s, name="shared_gate")(shared_input), axis=-1)
-      shared_output = jnp.einsum("be,beh->bh", shared_gate, experts)
+      shared_output = layers.mix_experts(shared_gate[:, None], experts)[:, 0]
     return task_outputs, shared_output, gates, experts
 
 
@@ -291,7 +291,7 @@ class DSelectK(nn.Module):
                  name="selector_weights")(x).reshape(-1, num_tasks, k)
     selectors = single_expert_selectors(z, self.gamma, n)  # [B, T, k, n]
     gates = jnp.einsum("btk,btke->bte", nn.softmax(w, axis=-1), selectors)
-    mixed = jnp.einsum("bte,beh->bth", gates, experts)
+    mixed = layers.mix_experts(gates, experts)
     logits = _towers(self.spec, self.tower_hidden, self.dropout)(
         mixed, train=train)
     aux_losses = {}

@@ -88,10 +88,12 @@ class MMoE(nn.Module):
     experts = self.perturb("shared", experts)  # for rep-grad weighting
     gate_logits = nn.Dense(num_tasks * self.num_experts, name="gates")(x)
     gates = nn.softmax(gate_logits.reshape(-1, num_tasks, self.num_experts), axis=-1)
-    mixed = jnp.einsum("bte,beh->bth", gates, experts)
+    mixed = layers.mix_experts(gates, experts)
+    mixed = self.perturb(layers.MIXTURE_SITE, mixed)  # E reaches the towers
     towers = layers.StackedMLP(num_tasks, tuple(self.tower_hidden) + (head_width(self.spec),),
                                self.dropout, final_activation=False,
                                name="towers")
     logits = towers(mixed, train=train)
-    aux = {"shared": experts, "task_inputs": mixed, "gates": gates}
+    aux = {"shared": experts, "task_inputs": mixed, "gates": gates,
+           layers.MIXTURE_GATES: gates}  # only through this mixture
     return _task_outputs(self.spec, logits), aux

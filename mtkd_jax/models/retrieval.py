@@ -164,7 +164,7 @@ class TwoTowerMTL(nn.Module):
       gate_logits = nn.Dense(len(ranking) * self.num_experts, name="gates")(x)
       gates = nn.softmax(gate_logits.reshape(-1, len(ranking),
                                              self.num_experts), axis=-1)
-      mixed = jnp.einsum("bte,beh->bth", gates, experts)
+      mixed = layers.mix_experts(gates, experts)
       logits = layers.StackedMLP(
           len(ranking), tuple(self.tower_hidden) + (mtl.head_width(sub),),
           self.dropout, final_activation=False, name="towers")(mixed,

@@ -48,6 +48,7 @@ from mtkd_jax import weighting
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.distill import terms as distill_terms
 from mtkd_jax.models import embedding
+from mtkd_jax.models import layers
 from mtkd_jax.train import collectives
 from mtkd_jax.train import row_grads as row_grads_lib
 from mtkd_jax.train import row_optim
@@ -214,13 +215,15 @@ def init_weighting(step_cfg, weighting_config, params):
 
 
 def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig,
-                 targets=None, rows=None):
+                 targets=None, rows=None, with_gates=False):
   """float[T]: this device's shares of the global term means L'_t.
 
   `targets`: the teachers' outputs on `batch` (distill.terms.teacher_targets)
   when the step has distillation terms that read them.
   `rows`: the zero `LOOKUP_ROWS` perturbations (row-gradient path); then
   returns (terms, {table path: (ids of each lookup site, ...)}).
+  `with_gates`: returns (terms or the pair above, the model's
+  aux[layers.MIXTURE_GATES] or None), for `_rep_gram`.
   """
   dtype = cfg.compute_dtype  # mixed precision: a cast copy of the params
   variables = {"params": cast_floats(params, dtype)}
@@ -243,9 +246,12 @@ def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig,
   for name, values in per_example.items():
     sums[name] = jnp.sum(batch["weights"] * values)
   terms = jnp.stack([sums[n] for n in cfg.terms]) / denom * cfg.fixed_weights
-  if rows is None:
-    return terms
-  return terms, row_grads_lib.flatten_sites(lookups.get(embedding.LOOKUP_IDS, {}))
+  if rows is not None:
+    terms = terms, row_grads_lib.flatten_sites(
+        lookups.get(embedding.LOOKUP_IDS, {}))
+  if with_gates:
+    return terms, aux.get(layers.MIXTURE_GATES)
+  return terms
 
 
 class _RowPath:
@@ -268,19 +274,28 @@ class _RowPath:
             for p, r in row_grads.items()}
 
 
-def _terms_fn(rows: Optional[_RowPath], batch, rng, denom, cfg, targets):
+def _terms_fn(rows: Optional[_RowPath], batch, rng, denom, cfg, targets,
+              with_gates=False):
   """f(*primals, z=None) -> (local terms, lookup sites or None), and the
   primals: (params,) on the dense path; (non-table params, zero rows) on
-  the row path (cotangent [0] is always the params part)."""
+  the row path (cotangent [0] is always the params part). `with_gates`:
+  the aux is (lookup sites or None, the model's mixture gates or None)."""
   def dense(params, z=None):
-    return _local_terms(params, z, batch, rng, denom, cfg, targets), None
+    out = _local_terms(params, z, batch, rng, denom, cfg, targets,
+                       with_gates=with_gates)
+    return (out[0], (None, out[1])) if with_gates else (out, None)
 
   if rows is None:
     return dense, None
 
   def fn(rest, row_zeros, z=None):
-    return _local_terms(row_grads_lib.merge(rows.tables, rest), z, batch, rng,
-                        denom, cfg, targets, rows=row_zeros)
+    out = _local_terms(row_grads_lib.merge(rows.tables, rest), z, batch, rng,
+                       denom, cfg, targets, rows=row_zeros,
+                       with_gates=with_gates)
+    if with_gates:
+      (terms, sites), gates = out
+      return terms, (sites, gates)
+    return out
   return fn, (rows.rest, rows.zeros)
 
 
@@ -340,18 +355,53 @@ def _zero_perturbations(params, batch, cfg: StepConfig):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[PERTURBATIONS])
 
 
-def gram_matrix(per_term, num_terms: int) -> jax.Array:
+def _rep_gram(vjp_fn, perturbations, gates, num_terms: int, dtype,
+              distilled: bool):
+  """This device's Gram matrix of the per-term gradients w.r.t. the shared
+  representation (the `"shared"` perturbation).
+
+  Where the model mixes that representation E [B, E, H] only through
+  `layers.mix_experts` and exposes the mixture (perturbation
+  `layers.MIXTURE_SITE`, gates aux[layers.MIXTURE_GATES] = A [B, T, E]),
+  term s's gradient w.r.t. E is R_s[b] = A[b]^T C_s[b], C_s = dL_s/d(mixture)
+  [B, T, H], so <R_s, R_r> = sum_b sum_{t,u} (A A^T)[b, t, u]
+  <C_s[b, t], C_r[b, u]>: computed from the [T, B, T, H] mixture gradients
+  (the towers' backward only), without forming the [T, B, E, H] ones (MMoE
+  of BENCHMARK.md at T = 4: 16 MB written and read again for their Gram,
+  ~5 ms of a 50 ms step). Otherwise the Gram of the materialised gradients.
+  """
+  eye = jnp.eye(num_terms, dtype=dtype)
+  if (gates is not None and layers.MIXTURE_SITE in perturbations
+      and not distilled):  # a hint or logit term may read E itself
+    mix_grads = jax.vmap(lambda ct: vjp_fn(ct)[-1][layers.MIXTURE_SITE])(eye)
+    gates = gates.astype(jnp.float32)
+    mix_grads = mix_grads.astype(jnp.float32)  # [S, B, T, H]
+    metric = jnp.einsum("bte,bue->btu", gates, gates,
+                        precision=lax.Precision.HIGHEST)  # [B, T, T]
+    num_mixed = metric.shape[1]
+    # N_s[b, u] = sum_t metric[b, t, u] C_s[b, t]: a sum of T products.
+    weighted = sum(metric[None, :, t, :, None] * mix_grads[:, :, t, None, :]
+                   for t in range(num_mixed))
+    return gram_matrix({"l": weighted}, num_terms, {"r": mix_grads})
+  rep_grads = jax.vmap(lambda ct: vjp_fn(ct)[-1])(eye)  # towers only (DCE)
+  rep_grads = {k: v for k, v in rep_grads.items() if k != layers.MIXTURE_SITE}
+  return gram_matrix(rep_grads, num_terms)
+
+
+def gram_matrix(per_term, num_terms: int, other=None) -> jax.Array:
   """G_ij = <g_i, g_j> over every leaf of a pytree of [T, ...] arrays.
 
   A model with no shared parameters (e.g. single-task) gives zeros.
   """
   gram = jnp.zeros((num_terms, num_terms), jnp.float32)
-  for x in jax.tree.leaves(per_term):
+  others = jax.tree.leaves(per_term if other is None else other)
+  for x, y in zip(jax.tree.leaves(per_term), others):
     # One [T, N] x [N, T] matrix product per leaf: XLA:CPU runs the
     # multi-axis einsum "i...,j...->ij" several times slower (13 vs 2.6 ms
     # on a [4, 1024, 8, 128] representation gradient).
     flat = x.reshape(num_terms, -1).astype(jnp.float32)
-    gram = gram + jnp.dot(flat, flat.T, precision=lax.Precision.HIGHEST)
+    flat_y = flat if y is x else y.reshape(num_terms, -1).astype(jnp.float32)
+    gram = gram + jnp.dot(flat, flat_y.T, precision=lax.Precision.HIGHEST)
   return gram
 
 
@@ -446,14 +496,16 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
     grads = collectives.psum(grads[0], AXIS)
   elif cfg.rep_grad:
     perturbations = _zero_perturbations(state.params, batch, cfg)
-    fn, primals = _terms_fn(rows, batch, dropout_rng, denom, cfg, targets)
+    fn, primals = _terms_fn(rows, batch, dropout_rng, denom, cfg, targets,
+                            with_gates=True)
     primals = primals or (state.params,)
-    local, vjp_fn, sites = jax.vjp(lambda *xs: fn(*xs[:-1], z=xs[-1]),
-                                   *primals, perturbations, has_aux=True)
-    eye = jnp.eye(num_terms, dtype=local.dtype)
-    rep_grads = jax.vmap(lambda ct: vjp_fn(ct)[-1])(eye)  # towers only (DCE)
+    local, vjp_fn, (sites, gates) = jax.vjp(
+        lambda *xs: fn(*xs[:-1], z=xs[-1]), *primals, perturbations,
+        has_aux=True)
     global_terms = collectives.psum(local, AXIS)
-    gram = collectives.psum(gram_matrix(rep_grads, num_terms), AXIS)
+    gram = collectives.psum(
+        _rep_gram(vjp_fn, perturbations, gates, num_terms, local.dtype,
+                  cfg.distill is not None), AXIS)
     combination, wstate, diag = update_weighting(
         global_terms, weighting_base.TaskGrads(gram))
     coeffs = lax.stop_gradient(combination.coeffs)

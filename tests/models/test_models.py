@@ -88,6 +88,52 @@ def test_stacked_mlp_equals_loop_of_mlps(train):
     h = jax.nn.relu(h @ params[f"kernel_{i}"][:, 1] + params[f"bias_{i}"][1])
   np.testing.assert_allclose(out[:, 1], h, rtol=1e-5, atol=1e-6)
 
+  def per_slot_loop(p, xs):
+    outs = []
+    for k in range(3):
+      h = xs[:, k]
+      for i in range(2):
+        h = jax.nn.relu(h @ p[f"kernel_{i}"][:, k] + p[f"bias_{i}"][k])
+      outs.append(h)
+    return jnp.stack(outs, axis=1)
+
+  grads = [jax.grad(lambda p, x: jnp.sum(w * f(p, x)), argnums=(0, 1))(params, xs)
+           for f in (fused, per_slot_loop)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6), *grads)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 3, 20])
+def test_mix_experts_equals_einsum(num_tasks):
+  """Its value, gradients (also vmapped over one-hot task cotangents, as
+  rep-grad weighting takes them) and second derivatives are the einsum's;
+  T = 20 takes the einsum backward branch."""
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  gates = jax.nn.softmax(jax.random.normal(k1, (6, num_tasks, 5)), axis=-1)
+  experts = jax.random.normal(k2, (6, 5, 4))
+  w = jax.random.normal(k3, (num_tasks, 4))
+  reference = lambda g, e: jnp.einsum("bte,beh->bth", g, e)
+  tol = dict(rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(layers.mix_experts(gates, experts),
+                             reference(gates, experts), **tol)
+
+  def per_task(mix, g, e):
+    return jnp.sum(jnp.tanh(mix(g, e)) * w, axis=(0, 2))
+
+  for argnums in (0, 1):
+    def rep_grads(mix):
+      _, vjp = jax.vjp(lambda *a: per_task(mix, *a), gates, experts)
+      return jax.vmap(lambda c: vjp(c)[argnums])(jnp.eye(num_tasks))
+    np.testing.assert_allclose(rep_grads(layers.mix_experts),
+                               rep_grads(reference), **tol)
+
+  def grad_norm(mix, g):  # GradNorm-style: d/dg of a gradient's norm
+    de = jax.grad(lambda e: jnp.sum(per_task(mix, g, e)))(experts)
+    return jnp.sum(de ** 2)
+  np.testing.assert_allclose(
+      jax.grad(lambda g: grad_norm(layers.mix_experts, g))(gates),
+      jax.grad(lambda g: grad_norm(reference, g))(gates), **tol)
+
 
 def _model(name, **overrides):
   cfg = config_defaults.default_config().model
@@ -167,3 +213,42 @@ def test_dropout_only_in_training():
 def test_unknown_model_lists_valid_names():
   with pytest.raises(ValueError, match="Unknown model 'mmeo'; valid names: .*mmoe, omoe, ple, shared_bottom"):
     _model("mmeo")
+
+
+@pytest.mark.parametrize("num_tasks", [2, 3])
+def test_mmoe_factored_rep_gram_equals_representation_gradients(num_tasks):
+  """Rep-grad weighting's Gram for MMoE, formed from the mixture gradients
+  and the gates (train/step.py `_rep_gram`), equals the Gram of the
+  explicit per-task Jacobians w.r.t. the experts' output, and so does its
+  general path (the materialised gradients)."""
+  from mtkd_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  tasks = tuple(specs.TaskSpec(f"t{k}", "binary", "bce") for k in range(num_tasks))
+  spec = SPEC.__class__(**{**SPEC.__dict__, "tasks": tasks})
+  cfg = config_defaults.default_config().model
+  cfg.name, cfg.num_experts, cfg.expert_hidden = "mmoe", 3, (8, 4)
+  cfg.tower_hidden = (5,)
+  model = models.build_model(spec, cfg)
+  batch = toy_batch()
+  params = model.init(jax.random.PRNGKey(0), batch)["params"]
+  zeros = jax.tree.map(jnp.zeros_like, model.apply(
+      {"params": params}, batch, mutable=["perturbations"])[1]["perturbations"])
+  assert set(zeros) == {"shared", layers.MIXTURE_SITE}
+  w = jax.random.normal(jax.random.PRNGKey(5), (num_tasks, 6))
+
+  def per_task(z):
+    outputs, aux = model.apply({"params": params, "perturbations": z}, batch)
+    losses = jnp.stack([jnp.sum(jnp.tanh(outputs[t.name]) * w[k])
+                        for k, t in enumerate(tasks)])
+    return losses, aux[layers.MIXTURE_GATES]
+
+  jac = jax.jacrev(lambda s: per_task({**zeros, "shared": s})[0])(zeros["shared"])
+  flat = np.asarray(jac, np.float64).reshape(num_tasks, -1)
+  expected = flat @ flat.T
+  _, vjp_fn, gates = jax.vjp(per_task, zeros, has_aux=True)
+  factored = step_lib._rep_gram(vjp_fn, zeros, gates, num_tasks, jnp.float32,
+                                distilled=False)
+  general = step_lib._rep_gram(vjp_fn, zeros, None, num_tasks, jnp.float32,
+                               distilled=False)
+  assert np.abs(expected).max() > 1e-3  # not a vacuous comparison
+  np.testing.assert_allclose(factored, expected, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(general, expected, rtol=1e-4, atol=1e-7)
