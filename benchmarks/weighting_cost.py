@@ -13,7 +13,8 @@ mode, (1 + 2T) / 3 (one forward, T backward passes through the shared part).
 Targets (issue): param-mode gradient methods <= 1.1 x bound, rep-mode
 methods <= 1.2 x EW. `--embedding-grads rows` runs every method (EW
 included) with the tables' row gradients (`train.embedding_grads`);
-`--embedding-optimizer` sets `optimizer.embedding`.
+`--embedding-optimizer` sets `optimizer.embedding`. Each configuration
+runs in a fresh subprocess unless `--in-process`.
 """
 import argparse
 import functools
@@ -46,6 +47,11 @@ def parse_args(argv=None):
                  help="optimizer.embedding: dense, lazy_adam or row_adagrad")
   p.add_argument("--quick", action="store_true",
                  help="small model and data, 1 repeat (a smoke check)")
+  p.add_argument("--in-process", action="store_true",
+                 help="measure every method in this process (default: each "
+                 "method/mode/T in a fresh subprocess, as a training run "
+                 "starts; --quick implies this)")
+  p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
 
@@ -105,11 +111,61 @@ def time_method(fn, state, batches, args, idle):
   return tt.timed_repeats(lambda: None, body, args.repeats, args.max_repeats, idle)
 
 
+def _isolated(argv, args):
+  """Runs each (T, method, mode) as `--child T:method:mode` in a fresh
+  process and prints its line with the ratios to that T's EW. In one
+  process, a method measured after another ran on the heap the earlier one
+  left (PCGrad rep at T = 2: 62 ms after its param mode, 51 ms before it)."""
+  # pylint: disable=g-import-not-at-top
+  import subprocess
+  from mtkd_jax import weighting
+  # pylint: enable=g-import-not-at-top
+  methods = [m for m in args.methods.split(",") if m] or sorted(weighting.METHODS)
+  for num_tasks in [int(t) for t in args.tasks.split(",")]:
+    ew_ms = None
+    for method in ["ew"] + [m for m in methods if m != "ew"]:
+      kind = weighting.get_method(method)
+      for mode in args.modes.split(","):
+        if not _measured(kind, mode, args):
+          continue
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.weighting_cost", *argv,
+             "--child", f"{num_tasks}:{method}:{mode}"],
+            check=True, stdout=subprocess.PIPE, text=True).stdout
+        rec = json.loads(out.strip().splitlines()[-1])
+        if method == "ew":
+          ew_ms = rec["step_ms"]
+        bound = (1 + 2 * num_tasks) / 3
+        rec.update(ratio_to_ew=round(rec["step_ms"] / ew_ms, 3),
+                   arithmetic_bound=round(bound, 3),
+                   ratio_to_bound=round(rec["step_ms"] / ew_ms / bound, 3),
+                   isolated=True)
+        print(json.dumps(rec), flush=True)
+  return 0
+
+
+def _measured(kind, mode, args):
+  if mode == "rep" and (not kind.needs_grads or not kind.supports_rep_grad):
+    return False
+  # dbmtl's direction covers rows outside the batch
+  return not (args.embedding_optimizer != "dense" and mode == "param"
+              and kind.needs_full_grads)
+
+
 def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   if args.quick:
     args.steps, args.repeats, args.max_repeats, args.warmup = 3, 1, 1, 1
     args.idle_wait = 0.0
+    args.in_process = True
+  if not args.in_process and args.child is None:
+    return _isolated(argv, args)
+  child = None
+  if args.child is not None:
+    num_tasks, method, mode = args.child.split(":")
+    args.tasks, args.methods, args.modes = num_tasks, method, mode
+    child = method
   # pylint: disable=g-import-not-at-top
   import dataclasses
   from mtkd_jax import weighting
@@ -137,21 +193,19 @@ def main(argv=None):
     spec = dataclasses.replace(base_spec, tasks=tuple(
         specs.TaskSpec(n, "binary", "bce", 1.0) for n in names))
     ew_ms = None
-    for method in ["ew"] + [m for m in methods if m != "ew"]:
+    order = [child] if child else ["ew"] + [m for m in methods if m != "ew"]
+    for method in order:
       kind = weighting.get_method(method)
       for mode in args.modes.split(","):
-        if mode == "rep" and (not kind.needs_grads or not kind.supports_rep_grad):
+        if not _measured(kind, mode, args):
           continue
         t0 = time.perf_counter()
-        if (args.embedding_optimizer != "dense" and mode == "param"
-            and kind.needs_full_grads):
-          continue  # dbmtl's direction covers rows outside the batch
         fn, state, batches = build(spec, train, method, mode, args.quick,
                                    args.embedding_grads,
                                    args.embedding_optimizer)
         ms, clean, all_ms, other = time_method(fn, state, batches, args, idle)
-        if method == "ew":
-          ew_ms = ms
+        if method == "ew" or child:
+          ew_ms = ms  # a child's ratios are filled in by its parent
         bound = (1 + 2 * num_tasks) / 3
         rec = {"method": method, "mode": mode, "tasks": num_tasks,
                "embedding_grads": args.embedding_grads,
