@@ -36,7 +36,9 @@ def parse_args(argv=None):
   p.add_argument("--methods", default="", help="comma list; default all")
   p.add_argument("--modes", default="param,rep")
   p.add_argument("--steps", type=int, default=30)
-  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--warmup", type=int, default=10, help="untimed steps "
+                 "first (a fresh process's first steps run slower: PCGrad param "
+                 "T=2 measured 97 ms after 3, 82 ms after 10)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--max-repeats", type=int, default=5)
   p.add_argument("--idle-wait", type=float, default=30.0)
