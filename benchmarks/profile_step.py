@@ -3,6 +3,7 @@ r"""Where a step's time goes: per-op times from a `jax.profiler` trace.
   python -m benchmarks.profile_step --model mmoe              # train step
   python -m benchmarks.profile_step --model ple --eval        # eval step, batch 4096
   python -m benchmarks.profile_step --model mmoe --top 40 --steps 20
+  python -m benchmarks.profile_step --weighting pcgrad --weighting-mode rep --tasks 4
 
 Builds the BENCHMARK.md workload exactly as `benchmarks.train_throughput`
 does (same model shapes, optimizer, allocator settings, device batches),
@@ -42,13 +43,33 @@ def parse_args(argv=None):
   p.add_argument("--embedding-grads", default="auto",
                  choices=("auto", "dense", "rows"))
   p.add_argument("--no-reuse-host-memory", action="store_true")
+  p.add_argument("--weighting", default="ew", help="weighting.name (train)")
+  p.add_argument("--weighting-mode", default="param", choices=("param", "rep"))
+  p.add_argument("--tasks", type=int, default=2, help="T: ctr, cvr, then "
+                 "the same label columns again as extra terms (as "
+                 "benchmarks.weighting_cost)")
   p.add_argument("--hlo", default=None, help="also write the compiled HLO "
                  "module's text here (to read an op's operands and fusion)")
-  return p.parse_known_args(argv)
+  return p.parse_args(argv)
+
+
+def _repeated_tasks(spec, train, num_tasks):
+  """`spec` with T binary tasks named as benchmarks.weighting_cost names
+  them (ctr, cvr, ctr_1, cvr_1, ...), their label columns added to `train`."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.data import specs  # pylint: disable=g-import-not-at-top
+  base = [t.name for t in spec.tasks]
+  names = [f"{t}{'' if k == 0 else '_' + str(k)}"
+           for k in range((num_tasks + len(base) - 1) // len(base))
+           for t in base][:num_tasks]
+  for name in names:
+    train[f"labels/{name}"] = train[f"labels/{name.split('_')[0]}"]
+  return dataclasses.replace(spec, tasks=tuple(
+      specs.TaskSpec(n, "binary", "bce", 1.0) for n in names))
 
 
 def main(argv=None):
-  args, _ = parse_args(argv)
+  args = parse_args(argv)
   flag = "--xla_cpu_enable_xprof_traceme=true"
   if flag not in os.environ.get("XLA_FLAGS", ""):  # before jax initialises
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
@@ -72,8 +93,12 @@ def main(argv=None):
   spec = tt.make_spec(d["vocab_sizes"], d["dense"].shape[1])
   train, test, _ = tt.split_columns(d)
   del d
+  if args.tasks != len(spec.tasks):
+    spec = _repeated_tasks(spec, train, args.tasks)
   config = tt.benchmark_config(args.model)
   config.train.embedding_grads = args.embedding_grads
+  config.weighting.name = args.weighting
+  config.weighting.mode = args.weighting_mode
   model = models.build_model(spec, config.model)
   mesh = parallel.make_mesh(1)
   bs = 4096 if args.eval else 1024
@@ -146,6 +171,8 @@ def main(argv=None):
   n = args.trace_steps
   print(json.dumps({"kind": "summary", "model": args.model,
                     "step": "eval" if args.eval else "train", "batch": bs,
+                    "weighting": args.weighting, "mode": args.weighting_mode,
+                    "tasks": args.tasks,
                     "step_ms": round(step_ms, 2),
                     "traced_step_ms": round(traced_ms, 2),
                     "ops_ms_per_step_all_threads": round(
