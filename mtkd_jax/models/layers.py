@@ -103,9 +103,10 @@ def _stacked_init(init):
 
 
 # A model whose shared representation E reaches every loss only through
-# `mix_experts(gates, E)` may say so, for rep-grad weighting
-# (train/step.py `_rep_gram`): `self.perturb(MIXTURE_SITE, mixture)` on the
-# mixture and aux[MIXTURE_GATES] = gates.
+# `mixture = mix_experts(gates, E)`, and whose mixture slot t feeds task t's
+# output alone (spec order), may say so, for rep-grad weighting
+# (train/step.py `_rep_gram`): `self.perturb(MIXTURE_SITE, mixture)` and
+# aux[MIXTURE_GATES] = gates.
 MIXTURE_SITE = "shared_mixture"
 MIXTURE_GATES = "mixture_gates"
 

@@ -356,7 +356,7 @@ def _zero_perturbations(params, batch, cfg: StepConfig):
 
 
 def _rep_gram(vjp_fn, perturbations, gates, num_terms: int, dtype,
-              distilled: bool):
+              distilled: bool, slot_per_term: bool):
   """This device's Gram matrix of the per-term gradients w.r.t. the shared
   representation (the `"shared"` perturbation).
 
@@ -365,20 +365,31 @@ def _rep_gram(vjp_fn, perturbations, gates, num_terms: int, dtype,
   `layers.MIXTURE_SITE`, gates aux[layers.MIXTURE_GATES] = A [B, T, E]),
   term s's gradient w.r.t. E is R_s[b] = A[b]^T C_s[b], C_s = dL_s/d(mixture)
   [B, T, H], so <R_s, R_r> = sum_b sum_{t,u} (A A^T)[b, t, u]
-  <C_s[b, t], C_r[b, u]>: computed from the [T, B, T, H] mixture gradients
-  (the towers' backward only), without forming the [T, B, E, H] ones (MMoE
-  of BENCHMARK.md at T = 4: 16 MB written and read again for their Gram,
-  ~5 ms of a 50 ms step). Otherwise the Gram of the materialised gradients.
+  <C_s[b, t], C_r[b, u]>: computed from the mixture gradients (the towers'
+  backward only), without forming the [T, B, E, H] ones (MMoE of
+  BENCHMARK.md at T = 4: 16 MB written and read again for their Gram, ~5 ms
+  of a 50 ms step). When the terms are the tasks, in the mixture's slot
+  order (`slot_per_term`; such a model's slot t feeds task t's tower
+  alone), C_s is nonzero in slot s only: one VJP of the summed terms gives
+  every c_s = C_s[:, s] and G_sr = sum_b (A A^T)[b, s, r] <c_s[b], c_r[b]>
+  (no T-fold vmap of the towers' backward). Otherwise the Gram of the
+  materialised gradients.
   """
   eye = jnp.eye(num_terms, dtype=dtype)
   if (gates is not None and layers.MIXTURE_SITE in perturbations
       and not distilled):  # a hint or logit term may read E itself
-    mix_grads = jax.vmap(lambda ct: vjp_fn(ct)[-1][layers.MIXTURE_SITE])(eye)
     gates = gates.astype(jnp.float32)
-    mix_grads = mix_grads.astype(jnp.float32)  # [S, B, T, H]
     metric = jnp.einsum("bte,bue->btu", gates, gates,
                         precision=lax.Precision.HIGHEST)  # [B, T, T]
     num_mixed = metric.shape[1]
+    if slot_per_term and num_mixed == num_terms:
+      slots = vjp_fn(jnp.ones((num_terms,), dtype))[-1][layers.MIXTURE_SITE]
+      slots = slots.astype(jnp.float32)  # [B, T, H]: c_t = C_t[:, t]
+      inner = jnp.einsum("bth,buh->btu", slots, slots,
+                         precision=lax.Precision.HIGHEST)
+      return jnp.sum(metric * inner, axis=0)
+    mix_grads = jax.vmap(lambda ct: vjp_fn(ct)[-1][layers.MIXTURE_SITE])(eye)
+    mix_grads = mix_grads.astype(jnp.float32)  # [S, B, T, H]
     # N_s[b, u] = sum_t metric[b, t, u] C_s[b, t]: a sum of T products.
     weighted = sum(metric[None, :, t, :, None] * mix_grads[:, :, t, None, :]
                    for t in range(num_mixed))
@@ -505,7 +516,8 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
     global_terms = collectives.psum(local, AXIS)
     gram = collectives.psum(
         _rep_gram(vjp_fn, perturbations, gates, num_terms, local.dtype,
-                  cfg.distill is not None), AXIS)
+                  cfg.distill is not None,
+                  cfg.terms == tuple(t.name for t in cfg.tasks)), AXIS)
     combination, wstate, diag = update_weighting(
         global_terms, weighting_base.TaskGrads(gram))
     coeffs = lax.stop_gradient(combination.coeffs)

@@ -218,9 +218,10 @@ def test_unknown_model_lists_valid_names():
 @pytest.mark.parametrize("num_tasks", [2, 3])
 def test_mmoe_factored_rep_gram_equals_representation_gradients(num_tasks):
   """Rep-grad weighting's Gram for MMoE, formed from the mixture gradients
-  and the gates (train/step.py `_rep_gram`), equals the Gram of the
-  explicit per-task Jacobians w.r.t. the experts' output, and so does its
-  general path (the materialised gradients)."""
+  and the gates (train/step.py `_rep_gram`: one VJP when the terms are the
+  tasks, else one per term), equals the Gram of the explicit per-task
+  Jacobians w.r.t. the experts' output, and so does its general path (the
+  materialised gradients)."""
   from mtkd_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   tasks = tuple(specs.TaskSpec(f"t{k}", "binary", "bce") for k in range(num_tasks))
   spec = SPEC.__class__(**{**SPEC.__dict__, "tasks": tasks})
@@ -245,10 +246,9 @@ def test_mmoe_factored_rep_gram_equals_representation_gradients(num_tasks):
   flat = np.asarray(jac, np.float64).reshape(num_tasks, -1)
   expected = flat @ flat.T
   _, vjp_fn, gates = jax.vjp(per_task, zeros, has_aux=True)
-  factored = step_lib._rep_gram(vjp_fn, zeros, gates, num_tasks, jnp.float32,
-                                distilled=False)
-  general = step_lib._rep_gram(vjp_fn, zeros, None, num_tasks, jnp.float32,
-                               distilled=False)
   assert np.abs(expected).max() > 1e-3  # not a vacuous comparison
-  np.testing.assert_allclose(factored, expected, rtol=1e-4, atol=1e-7)
-  np.testing.assert_allclose(general, expected, rtol=1e-4, atol=1e-7)
+  for use_gates, slot_per_term in [(True, True), (True, False), (False, False)]:
+    got = step_lib._rep_gram(vjp_fn, zeros, gates if use_gates else None,
+                             num_tasks, jnp.float32, distilled=False,
+                             slot_per_term=slot_per_term)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
