@@ -52,7 +52,7 @@ def parse_args(argv=None):
   p.add_argument("--in-process", action="store_true",
                  help="measure every method in this process (default: each "
                  "method/mode/T in a fresh subprocess, as a training run "
-                 "starts; --quick implies this)")
+                 "starts)")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
@@ -160,7 +160,6 @@ def main(argv=None):
   if args.quick:
     args.steps, args.repeats, args.max_repeats, args.warmup = 3, 1, 1, 1
     args.idle_wait = 0.0
-    args.in_process = True
   if not args.in_process and args.child is None:
     return _isolated(argv, args)
   child = None

@@ -70,6 +70,35 @@ def test_quick_run_prints_a_complete_json_line(tmp_path):
   assert len(rec["data_sha256"]) == 64
 
 
+@pytest.mark.parametrize("in_process", [False, True])
+def test_weighting_cost_quick_lines(tmp_path, in_process):
+  """One line per method and mode (EW first), each method in its own
+  subprocess unless --in-process; ratios relative to that T's EW."""
+  data = tmp_path / "tiny.npz"
+  _write_tiny_data(data)
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.weighting_cost", "--quick",
+       "--tasks", "2", "--methods", "pcgrad", "--data", str(data)]
+      + (["--in-process"] if in_process else []),
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  recs = [json.loads(l) for l in proc.stdout.strip().splitlines()]
+  assert [(r["method"], r["mode"]) for r in recs] == [
+      ("ew", "param"), ("pcgrad", "param"), ("pcgrad", "rep")]
+  ew_ms = recs[0]["step_ms"]
+  for r in recs:
+    assert r["tasks"] == 2 and r["step_ms"] > 0
+    # step_ms is rounded to 0.01 ms (a quick step takes ~1 ms)
+    assert r["ratio_to_ew"] == pytest.approx(r["step_ms"] / ew_ms, rel=2e-2)
+    assert r["ratio_to_bound"] == pytest.approx(
+        r["step_ms"] / ew_ms / (5 / 3), rel=2e-2)
+    assert r.get("isolated", False) == (not in_process)
+
+
 # ------------------------------------------------------------ compare_peer
 
 
