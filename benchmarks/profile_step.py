@@ -53,21 +53,6 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def _repeated_tasks(spec, train, num_tasks):
-  """`spec` with T binary tasks named as benchmarks.weighting_cost names
-  them (ctr, cvr, ctr_1, cvr_1, ...), their label columns added to `train`."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from mtkd_jax.data import specs  # pylint: disable=g-import-not-at-top
-  base = [t.name for t in spec.tasks]
-  names = [f"{t}{'' if k == 0 else '_' + str(k)}"
-           for k in range((num_tasks + len(base) - 1) // len(base))
-           for t in base][:num_tasks]
-  for name in names:
-    train[f"labels/{name}"] = train[f"labels/{name.split('_')[0]}"]
-  return dataclasses.replace(spec, tasks=tuple(
-      specs.TaskSpec(n, "binary", "bce", 1.0) for n in names))
-
-
 def main(argv=None):
   args = parse_args(argv)
   flag = "--xla_cpu_enable_xprof_traceme=true"
@@ -77,6 +62,7 @@ def main(argv=None):
   import jax
   from jax._src import profiler as jax_profiler
   from benchmarks import train_throughput as tt
+  from benchmarks import weighting_cost
   from mtkd_jax import models
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import host_memory
@@ -94,7 +80,7 @@ def main(argv=None):
   train, test, _ = tt.split_columns(d)
   del d
   if args.tasks != len(spec.tasks):
-    spec = _repeated_tasks(spec, train, args.tasks)
+    spec = weighting_cost.repeated_tasks(spec, train, args.tasks)
   config = tt.benchmark_config(args.model)
   config.train.embedding_grads = args.embedding_grads
   config.weighting.name = args.weighting

@@ -57,20 +57,35 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+def repeated_tasks(spec, train, num_tasks):
+  """`spec` with T binary tasks, ctr, cvr, ctr_1, cvr_1, ...: its label
+  columns again as extra terms, added to `train`."""
+  # pylint: disable=g-import-not-at-top
+  import dataclasses
+  from mtkd_jax.data import specs
+  # pylint: enable=g-import-not-at-top
+  base = [t.name for t in spec.tasks]
+  names = [f"{t}{'' if k == 0 else '_' + str(k)}"
+           for k in range((num_tasks + len(base) - 1) // len(base))
+           for t in base][:num_tasks]
+  for name in names:
+    train[f"labels/{name}"] = train[f"labels/{name.split('_')[0]}"]
+  return dataclasses.replace(spec, tasks=tuple(
+      specs.TaskSpec(n, "binary", "bce", 1.0) for n in names))
+
+
 def build(spec, train, method, mode, quick, embedding_grads="auto",
           embedding_optimizer="dense"):
   """(train_fn, state, device batches) for one method/mode/T."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from mtkd_jax import config_defaults
   from mtkd_jax import models
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import parallel
   from mtkd_jax.train import state as state_lib
   from mtkd_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
-  config = config_defaults.default_config()
-  config.model.name = "mmoe"
+  config = tt.benchmark_config("mmoe")
   if quick:
     config.model.num_experts, config.model.expert_hidden = 2, (16,)
     config.model.tower_hidden = (8,)
@@ -170,7 +185,6 @@ def main(argv=None):
   # pylint: disable=g-import-not-at-top
   import dataclasses
   from mtkd_jax import weighting
-  from mtkd_jax.data import specs
   from mtkd_jax.train import host_memory
   # pylint: enable=g-import-not-at-top
   host_memory.reuse_freed_memory()  # as train/loop.py (train.reuse_host_memory)
@@ -187,12 +201,7 @@ def main(argv=None):
   methods = [m for m in args.methods.split(",") if m] or sorted(weighting.METHODS)
   idle = tt.IdleWaiter(args.idle_wait)
   for num_tasks in [int(t) for t in args.tasks.split(",")]:
-    names = [f"{t}{'' if k == 0 else '_' + str(k)}" for k in range((num_tasks + 1) // 2)
-             for t in tt.TASKS][:num_tasks]
-    for name in names:
-      train[f"labels/{name}"] = train[f"labels/{name.split('_')[0]}"]
-    spec = dataclasses.replace(base_spec, tasks=tuple(
-        specs.TaskSpec(n, "binary", "bce", 1.0) for n in names))
+    spec = repeated_tasks(base_spec, train, num_tasks)
     ew_ms = None
     order = [child] if child else ["ew"] + [m for m in methods if m != "ew"]
     for method in order:
