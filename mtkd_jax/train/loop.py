@@ -66,6 +66,21 @@ def step_events(step: int, total_steps: int, tcfg):
   return is_last, is_eval, is_ckpt, is_log
 
 
+def mean_metrics(step_metrics: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
+  """Each metric's mean over the steps that have it ("num_examples" left
+  out); the norm metrics' NaN (not computed that step,
+  `step.NORM_METRICS`) are skipped, and a norm no step computed is left out.
+  """
+  summary = {}
+  for k in set().union(*step_metrics) - {"num_examples"}:
+    values = [float(m[k]) for m in step_metrics if k in m]
+    if k in step_lib.NORM_METRICS:
+      values = [v for v in values if not math.isnan(v)]
+    if values:
+      summary[k] = float(np.mean(values))
+  return summary
+
+
 def check_finite(step_metrics: List[Dict[str, np.ndarray]], first_step: int,
                  task_names) -> None:
   """Raises NonFiniteLossError naming the first step and task with a bad loss."""
@@ -140,7 +155,8 @@ def prepare_training(config, workdir: str):
                                     opt_state=exp.tx.init(distill.init_params))
   step_cfg = step_lib.make_step_config(config, exp.model, exp.tx, exp.spec,
                                        init_state.params, exp.example_batch,
-                                       distill=distill.spec)
+                                       distill=distill.spec,
+                                       total_steps=exp.total_steps)
   init_state = init_state.replace(weighting_state=step_lib.init_weighting(
       step_cfg, config.weighting, init_state.params))
   return exp, distill, init_state, step_cfg
@@ -248,8 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         host = jax.device_get(buffer)
         check_finite(host, buffer_start, spec.task_names)
         now = time.perf_counter()
-        summary = {k: float(np.mean([m[k] for m in host if k in m]))
-                   for k in set().union(*host) if k != "num_examples"}
+        summary = mean_metrics(host)
         summary["examples_per_sec"] = (
             sum(float(m["num_examples"]) for m in host) / (now - last_time))
         summary["steps_per_sec"] = (step - last_step) / (now - last_time)

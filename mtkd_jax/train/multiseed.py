@@ -101,8 +101,7 @@ def _seed_slice(tree, i):
 
 def _summary(host, seed_index, now, last_time, steps):
   per_seed = [_seed_slice(m, seed_index) for m in host]
-  summary = {k: float(np.mean([m[k] for m in per_seed if k in m]))
-             for k in set().union(*per_seed) if k != "num_examples"}
+  summary = loop.mean_metrics(per_seed)
   elapsed = max(now - last_time, 1e-9)
   summary["examples_per_sec"] = (
       sum(float(m["num_examples"]) for m in per_seed) / elapsed)
@@ -162,7 +161,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
   mode = tcfg.parallel
   states = [state_lib.create_train_state(model, tx, example, s) for s in seeds]
   step_cfg = loop.make_step_config(config, model, tx, spec, states[0].params,
-                                   example)
+                                   example, total_steps=total_steps)
   states = [s.replace(weighting_state=loop.init_weighting(
       step_cfg, config.weighting, s.params)) for s in states]
   state = parallel.replicate(stack_trees(states), mesh)

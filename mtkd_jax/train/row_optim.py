@@ -260,7 +260,8 @@ class SplitState(NamedTuple):
   # float32: sum over the tables of ||table||^2, kept up to date from the
   # rows each update changes, so the `param_norm` metric never reads a
   # whole table (exact up to float32 rounding accumulated over updates);
-  # recomputed from the whole tables when the optimizer moves every row.
+  # when the optimizer moves every row, recomputed from the whole tables on
+  # the steps that report the metric (else left as it was).
   table_sq_norm: jax.Array
 
 
@@ -293,7 +294,7 @@ class SplitOptimizer:
                           jnp.zeros((), jnp.float32)))
 
   def apply(self, params, state: SplitState, grads,
-            row_grads: Dict[tuple, row_grads_lib.RowGrad]):
+            row_grads: Dict[tuple, row_grads_lib.RowGrad], with_norms=True):
     """One update.
 
     Args:
@@ -301,6 +302,8 @@ class SplitOptimizer:
       state: the SplitState.
       grads: the gradient of the non-table params (None at the tables).
       row_grads: {table path: RowGrad [U, d]}, one per table.
+      with_norms: True, or a traced bool: whether to compute the norm
+        metrics this step (`when`; NaN when not).
     Returns:
       (params, state, {"grad_norm": the global gradient norm before
       clipping, "param_norm": the global norm of the new params}).
@@ -309,9 +312,13 @@ class SplitOptimizer:
     if set(row_states) != set(row_grads):
       raise ValueError(f"Row gradients for tables {sorted(row_grads)} but "
                        f"optimizer state for {sorted(row_states)}.")
-    sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
-    sq = sq + sum(jnp.sum(jnp.square(r.grads)) for r in row_grads.values())
-    norm = jnp.sqrt(sq)
+
+    def grad_norm():
+      sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+      sq = sq + sum(jnp.sum(jnp.square(r.grads)) for r in row_grads.values())
+      return jnp.sqrt(sq)
+    # Clipping needs the norm every step; the metric only when asked.
+    norm = grad_norm() if self.clip_norm else when(with_norms, grad_norm)
     if self.clip_norm:
       scale = jnp.where(norm < self.clip_norm, 1.0,
                         self.clip_norm / jnp.maximum(norm, 1e-30))
@@ -329,18 +336,34 @@ class SplitOptimizer:
         old = _rows(tables[path], r.ids)  # the same gather as in the update
       tables[path], new_rows[path] = self.rows.update(
           tables[path], row_states[path], r.ids, r.grads, state.count)
-      if all_rows:
-        table_sq = table_sq + jnp.sum(jnp.square(tables[path]))
-      else:
+      if not all_rows:
         new = _rows(tables[path], r.ids)
         table_sq = table_sq + jnp.sum((new - old) * (new + old))
+    if all_rows:  # a pass over every table: only when the metric is wanted
+      table_sq = when(with_norms, lambda: sum(
+          (jnp.sum(jnp.square(t)) for t in tables.values()),
+          jnp.zeros((), jnp.float32)), otherwise=state.table_sq_norm)
     new_state = SplitState(dense_state, traverse_util.unflatten_dict(new_rows),
                            state.count + 1, table_sq)
-    rest_sq = sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(rest)),
-                  jnp.zeros((), jnp.float32))
-    param_norm = jnp.sqrt(rest_sq + jnp.maximum(table_sq, 0.0))
+
+    def param_norm():
+      rest_sq = sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(rest)),
+                    jnp.zeros((), jnp.float32))
+      return jnp.sqrt(rest_sq + jnp.maximum(table_sq, 0.0))
     return (row_grads_lib.merge(tables, rest), new_state,
-            {"grad_norm": norm, "param_norm": param_norm})
+            {"grad_norm": norm, "param_norm": when(with_norms, param_norm)})
+
+
+def when(pred, fn, otherwise=None):
+  """`fn()` if `pred` (a Python bool or a traced bool scalar), else
+  `otherwise` (default: a float32 NaN scalar, "not computed"). A traced
+  `pred` is a `lax.cond`: the work of `fn` runs only on the steps that
+  take it (under `vmap` both branches run and one is selected)."""
+  if otherwise is None:
+    otherwise = jnp.full((), jnp.nan, jnp.float32)
+  if isinstance(pred, bool):
+    return fn() if pred else otherwise
+  return jax.lax.cond(pred, fn, lambda: otherwise)
 
 
 @jax.jit

@@ -92,6 +92,11 @@ def is_task_specific(path, model: nn.Module) -> bool:
   return top in prefixes or top == distill_terms.HINT_PARAMS
 
 
+# Metrics computed on some updates only (StepConfig.norms_every), NaN on
+# the others: a mean over steps skips the NaN (loop.mean_metrics).
+NORM_METRICS = ("grad_norm", "param_norm")
+
+
 class StepConfig:
   """Static pieces of the step (bound with functools.partial)."""
 
@@ -99,8 +104,18 @@ class StepConfig:
                tasks: Sequence[specs_lib.TaskSpec], terms: Sequence[str],
                method: weighting_base.WeightingMethod, method_params=None,
                rep_grad: bool = False, distill=None, alpha: float = 0.0,
-               row_grads: bool = False, compute_dtype=None):
+               row_grads: bool = False, compute_dtype=None,
+               norm_periods: Sequence[int] = (1,), norm_last_step: int = 0):
     self.model, self.tx, self.tasks, self.terms = model, tx, tuple(tasks), tuple(terms)
+    # The "grad_norm" / "param_norm" metrics only on the updates whose number
+    # is a multiple of one of `norm_periods` or is `norm_last_step` (the
+    # loop's: every step whose metrics it reads, see `make_step_config`),
+    # NaN on the others. They cost a pass over every parameter and gradient
+    # (dense Adam's tables included): ~1 ms of the 47 ms MMoE step of
+    # BENCHMARK.md on 2 cores. Gradient clipping computes the gradient norm
+    # every step anyway.
+    self.norm_periods = tuple(int(p) for p in norm_periods if p)
+    self.norm_last_step = int(norm_last_step)
     # Table gradients as rows (row_grads.py); a row-sparse optimizer needs them.
     self.row_grads = row_grads or (isinstance(tx, row_optim.SplitOptimizer)
                                    and not tx.rows.moves_all_rows)
@@ -116,11 +131,14 @@ class StepConfig:
 
 
 def make_step_config(config, model, tx, spec, params, example_batch,
-                     distill=None):
+                     distill=None, total_steps: int = 0):
   """The step's static pieces: terms, weighting method, gradient mode.
 
   Args:
     distill: a `distill.terms.DistillSpec` (None: no distillation terms).
+    total_steps: the run's last update, whose norm metrics are computed too
+      (with the multiples of `train.log_every`, `eval_every` and
+      `checkpoint_every`: the steps at which the loop reads the metrics).
   """
   method = weighting.get_method(config.weighting.name)
   mode = config.weighting.mode
@@ -136,7 +154,11 @@ def make_step_config(config, model, tx, spec, params, example_batch,
                     config.weighting, rep_grad=mode == "rep", distill=distill,
                     alpha=config.distill.alpha if "distill" in config else 0.0,
                     row_grads=_use_row_grads(config, tx, method, params),
-                    compute_dtype=compute_dtype(config))
+                    compute_dtype=compute_dtype(config),
+                    norm_periods=(config.train.log_every,
+                                  config.train.get("eval_every", 0),
+                                  config.train.get("checkpoint_every", 0)),
+                    norm_last_step=total_steps)
 
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -459,6 +481,17 @@ def _get_path(tree, path):
   return tree
 
 
+def _norm_metrics_now(update, cfg: StepConfig):
+  """True, or a traced bool: whether update number `update` (1 = the
+  first) computes the norm metrics."""
+  if 1 in cfg.norm_periods:
+    return True
+  now = update == cfg.norm_last_step if cfg.norm_last_step else False
+  for period in cfg.norm_periods:
+    now = jnp.logical_or(now, update % period == 0)
+  return now
+
+
 def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
                teacher_params=None, *, cfg: StepConfig):
   """One optimizer update on the global batch; per-device code.
@@ -469,8 +502,9 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   Returns:
     (new_state, metrics): global scalars "loss" (sum_t L'_t, the fixed-
     weight total), "loss/<term>" (each term's global mean, before its fixed
-    weight), "grad_norm", "param_norm", "num_examples", and the weighting
-    method's diagnostics (e.g. "weight/<term>").
+    weight), "grad_norm", "param_norm" (NaN on the updates that
+    `cfg.norm_periods` / `cfg.norm_last_step` leave out), "num_examples",
+    and the weighting method's diagnostics (e.g. "weight/<term>").
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng = jax.random.fold_in(step_rng, lax.axis_index(AXIS))
@@ -554,6 +588,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
       row_grads = {p: row_grads_lib.RowGrad(ids, tables[p])
                    for p, ids in row_ids.items()}
 
+  with_norms = _norm_metrics_now(state.step + 1, cfg)
   if isinstance(cfg.tx, row_optim.SplitOptimizer):
     if row_grads is None:
       if not cfg.tx.rows.moves_all_rows:
@@ -564,14 +599,16 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
           grads, row_optim.table_paths(state.params))
       row_grads = {p: row_grads_lib.all_rows(g) for p, g in tables.items()}
     params, opt_state, norms = cfg.tx.apply(state.params, state.opt_state,
-                                            grads, row_grads)
+                                            grads, row_grads, with_norms)
   else:
     if row_grads is not None:  # dense optimizer: the dense table gradients
       grads = row_grads_lib.merge(rows.densify(row_grads), grads)
     updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    norms = {"grad_norm": optax.tree.norm(grads),
-             "param_norm": optax.tree.norm(params)}
+    norms = {"grad_norm": row_optim.when(
+                 with_norms, lambda: optax.tree.norm(grads)),
+             "param_norm": row_optim.when(
+                 with_norms, lambda: optax.tree.norm(params))}
   metrics = {"loss": jnp.sum(global_terms), **norms, "num_examples": denom}
   raw = global_terms / cfg.fixed_weights
   metrics.update({f"loss/{n}": raw[i] for i, n in enumerate(cfg.terms)})

@@ -20,6 +20,7 @@ from mtkd_jax import config_defaults
 from mtkd_jax import errors
 from mtkd_jax import models
 from mtkd_jax.data import specs
+from mtkd_jax.train import loop
 from mtkd_jax.train import parallel
 from mtkd_jax.train import row_grads
 from mtkd_jax.train import row_optim
@@ -62,6 +63,7 @@ def make_config(method="ew", grads="auto", optimizer="sgd", embedding="dense",
   cfg.optimizer.embedding, cfg.optimizer.grad_clip_norm = embedding, clip
   cfg.weighting.name, cfg.weighting.mode = method, "rep" if rep else "param"
   cfg.train.embedding_grads = grads
+  cfg.train.log_every = 1  # the norm metrics on every step, to compare
   return cfg
 
 
@@ -299,3 +301,55 @@ def test_clipping_counts_the_table_rows():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
                                                        atol=1e-7),
                ref_params, params)
+
+
+@pytest.mark.parametrize("optimizer,embedding", [
+    ("adam", "dense"),  # SplitOptimizer: dense Adam from row gradients
+    ("sgd", "dense"),  # plain optax
+    ("sgd", "lazy_adam")])  # a row-sparse optimizer (incremental table norm)
+def test_norm_metrics_only_every_log_every(optimizer, embedding):
+  """With train.log_every = 3 (eval and checkpoints rarer) the norm
+  metrics are computed on updates 3 and 6 only (NaN on the others) and
+  equal the every-step run's there; the updates themselves are the same,
+  and the loop's mean skips the NaN."""
+  every = make_config("ew", optimizer=optimizer, embedding=embedding)
+  sparse = make_config("ew", optimizer=optimizer, embedding=embedding)
+  sparse.train.log_every = 3
+  ref_params, ref_hist, _ = run(every, steps=6)
+  params, hist, step_cfg = run(sparse, steps=6)
+  assert 3 in step_cfg.norm_periods and 1 not in step_cfg.norm_periods
+  for step, (r, g) in enumerate(zip(ref_hist, hist), start=1):
+    np.testing.assert_allclose(g["loss"], r["loss"], rtol=1e-6)
+    for key in step_lib.NORM_METRICS:
+      if step % 3:
+        assert np.isnan(g[key]), (step, key)
+      else:
+        assert np.isfinite(r[key]) and r[key] > 0
+        np.testing.assert_allclose(g[key], r[key], rtol=1e-5, err_msg=key)
+  # (different programs: float rounding differs, Adam magnifies it a little)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               ref_params, params)
+  summary = loop.mean_metrics(hist[:3])
+  assert summary["grad_norm"] == pytest.approx(float(ref_hist[2]["grad_norm"]),
+                                               rel=1e-5)
+  assert summary["loss"] == pytest.approx(
+      np.mean([float(h["loss"]) for h in hist[:3]]))
+  assert "param_norm" not in loop.mean_metrics(hist[:2])  # none computed
+
+
+def test_norm_metrics_on_every_step_the_loop_reads():
+  """The loop reads the metrics at multiples of log_every, eval_every and
+  checkpoint_every, and at the last step: exactly the norm steps."""
+  cfg = make_config()
+  cfg.train.log_every, cfg.train.eval_every = 5, 10
+  cfg.train.checkpoint_every = 12
+  step_cfg, _ = build(cfg)
+  step_cfg = step_lib.make_step_config(cfg, step_cfg.model, step_cfg.tx, SPEC,
+                                       build(cfg)[1].params, make_batch(),
+                                       total_steps=38)
+  now = [u for u in range(1, 39)
+         if bool(step_lib._norm_metrics_now(u, step_cfg))]  # pylint: disable=protected-access
+  read = [u for u in range(1, 39)
+          if loop.step_events(u, 38, cfg.train)[3]]
+  assert now == read == [5, 10, 12, 15, 20, 24, 25, 30, 35, 36, 38]
