@@ -55,6 +55,10 @@ adam (what `optimizer.embedding="dense"` runs when `optimizer.name` is
   rounding where the scatter-add rounds twice (tests/train/test_row_optim.py). The dense passes remain (every row
   moves), but the dense gradient's zero fill, its scatter, its square and its
   norm go: 10 of the 52 ms of the MMoE step of BENCHMARK.md were those.
+  On CPU the update runs as one native pass over w, m and v
+  (`train/native/dense_adam.cc`, the same floats bit for bit): XLA makes
+  three passes, 3.6-4.6 ms per step for BENCHMARK.md's 16.6 MB table
+  against 1.3 ms (2.3 ms of the MMoE step).
   State: m and v, 2 floats per entry, as optax.adam.
 
 The row-sparse ones (row_adagrad, lazy_adam) apply no weight decay to the tables (it would touch every row);
@@ -71,6 +75,7 @@ import optax
 from flax import traverse_util
 
 from mtkd_jax.models import embedding
+from mtkd_jax.train import native as native_kernels
 from mtkd_jax.train import row_grads as row_grads_lib
 
 
@@ -161,7 +166,7 @@ def lazy_adam_update(table, state: LazyAdamState, ids, grads, *, count, lr,
 
 
 def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
-                      b1: float, b2: float, eps: float):
+                      b1: float, b2: float, eps: float, native=None):
   """One exact dense Adam step from the row gradient (module docstring).
 
   Args:
@@ -173,9 +178,22 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
     count: int32, the number of updates done before this one (t = count + 1).
     lr: the learning rate (a scalar).
     b1, b2, eps: Adam's.
+    native: None: the one-pass native kernel (`train/native`) when it can
+      run (float32 on CPU, kernel built); False: the XLA form; True: the
+      kernel or an error. Both give the same floats, bit for bit
+      (tests/train/test_row_optim.py).
   Returns:
     (table, state): every row updated, as `optax.adam` on the dense gradient.
   """
+  if ids is not None and _use_native_kernel(native, table, state, grads):
+    t = count + 1
+    scalars = jnp.stack([1 / (1 - b1 ** t).astype(jnp.float32),
+                         1 / (1 - b2 ** t).astype(jnp.float32),
+                         jnp.asarray(lr, jnp.float32)])
+    table, mu, nu = native_kernels.dense_adam(
+        table, state.mu, state.nu, ids.astype(jnp.int32), grads, scalars,
+        b1=b1, b2=b2, eps=eps)
+    return table, DenseAdamState(mu, nu)
   if ids is None:  # a dense gradient (`row_grads.all_rows`): optax's formula
     mu = (1 - b1) * grads + b1 * state.mu
     nu = (1 - b2) * grads ** 2 + b2 * state.nu
@@ -189,6 +207,19 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
   nu_hat = nu / (1 - b2 ** t).astype(nu.dtype)
   update = mu_hat / (jnp.sqrt(nu_hat) + eps) * -lr
   return table + update.astype(table.dtype), DenseAdamState(mu, nu)
+
+
+def _use_native_kernel(native, table, state, grads) -> bool:
+  if native is False:
+    return False
+  fits = (table.ndim == 2 and jax.default_backend() == "cpu" and all(
+      x.dtype == jnp.float32 for x in (table, state.mu, state.nu, grads)))
+  if native is None:
+    return fits and native_kernels.available()
+  if not (fits and native_kernels.available()):
+    raise ValueError("The native dense Adam kernel needs float32 [rows, d] "
+                     "tables on CPU and a C++ compiler (train/native).")
+  return True
 
 
 class RowOptimizer(NamedTuple):

@@ -1,0 +1,118 @@
+"""Native CPU kernels, called from jitted code through the XLA FFI.
+
+One kernel so far: `dense_adam.cc`, exact dense Adam for an embedding table
+from its row gradient in one pass over the table (see its header; the
+default table optimizer `row_optim.dense_adam` uses it on CPU).
+
+The source ships with the package and is compiled on first use with the
+machine's C++ compiler (`$CXX`, else `c++`; ~2 s) for this CPU
+(`-march=native`), into a cache directory (`$MTKD_JAX_CACHE_DIR`, else
+`$XDG_CACHE_HOME/mtkd_jax`, else `~/.cache/mtkd_jax`), keyed by the source,
+the compiler, the flags, jaxlib's version and the CPU's flags. Without a
+compiler, or with `MTKD_JAX_NATIVE=0`, `available()` is False and callers
+use their XLA form, which computes the same values (a warning says why).
+"""
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+import numpy as np
+
+DENSE_ADAM = "mtkd_dense_adam"  # the FFI target
+_SOURCE = pathlib.Path(__file__).with_name("dense_adam.cc")
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
+          "-shared", "-fPIC", "-std=c++17")
+
+
+def cache_dir() -> pathlib.Path:
+  if os.environ.get("MTKD_JAX_CACHE_DIR"):
+    return pathlib.Path(os.environ["MTKD_JAX_CACHE_DIR"])
+  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(base) / "mtkd_jax"
+
+
+def _cpu_flags() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next((l for l in f if l.startswith("flags")), "")
+  except OSError:
+    return ""
+
+
+def _build() -> pathlib.Path:
+  """Compiles the kernels (once per machine and version); the library path."""
+  compiler = shutil.which(os.environ.get("CXX", "c++"))
+  if compiler is None:
+    raise OSError("no C++ compiler ($CXX or c++) on the PATH")
+  version = subprocess.run([compiler, "--version"], capture_output=True,
+                           text=True, check=True).stdout
+  key = hashlib.sha256("\0".join([
+      _SOURCE.read_text(), compiler, version, " ".join(_FLAGS),
+      jaxlib.__version__, _cpu_flags()]).encode()).hexdigest()[:20]
+  out = cache_dir() / f"native-{key}" / "libmtkd_native.so"
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # Compile to a temporary name, then rename: concurrent builds are safe.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+  os.close(fd)
+  try:
+    proc = subprocess.run(
+        [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o",
+         tmp], capture_output=True, text=True)
+    if proc.returncode:
+      raise OSError(f"{compiler} failed on {_SOURCE.name}:\n{proc.stderr[-2000:]}")
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _register(path: str) -> None:  # once per library and process
+  lib = ctypes.cdll.LoadLibrary(path)
+  jax.ffi.register_ffi_target(DENSE_ADAM, jax.ffi.pycapsule(lib.MtkdDenseAdam),
+                              platform="cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+  """Whether the kernels are built and registered for the CPU platform."""
+  if os.environ.get("MTKD_JAX_NATIVE", "1") == "0":
+    return False
+  try:
+    _register(str(_build()))
+  except (OSError, subprocess.SubprocessError) as e:
+    logging.warning("mtkd_jax native kernels unavailable (%s); using the XLA "
+                    "forms, which compute the same values more slowly.", e)
+    return False
+  return True
+
+
+def dense_adam(table, mu, nu, ids, grads, scalars, *, b1, b2, eps):
+  """(table, mu, nu) after one exact dense Adam step (dense_adam.cc).
+
+  Args:
+    table, mu, nu: float32[rows, d].
+    ids: int32[U], distinct; ids outside [0, rows) are padding.
+    grads: float32[U, d], the gradient of rows `ids` (zero elsewhere).
+    scalars: float32[3]: 1 / (1 - b1^t), 1 / (1 - b2^t), the learning rate.
+    b1, b2, eps: Adam's (Python floats).
+  The outputs alias the table, mu and nu: in place when they are donated.
+  """
+  f32 = np.float32  # the kernel's attributes are float32
+  out = jax.ShapeDtypeStruct(table.shape, table.dtype)
+  return tuple(jax.ffi.ffi_call(
+      DENSE_ADAM, (out, out, out), input_output_aliases={0: 0, 1: 1, 2: 2},
+      vmap_method="sequential")(
+          table, mu, nu, ids, grads, scalars, b1=f32(b1), b2=f32(b2),
+          one_minus_b1=f32(1 - b1), one_minus_b2=f32(1 - b2), eps=f32(eps)))
