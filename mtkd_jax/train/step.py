@@ -92,8 +92,9 @@ def is_task_specific(path, model: nn.Module) -> bool:
   return top in prefixes or top == distill_terms.HINT_PARAMS
 
 
-# Metrics computed on some updates only (StepConfig.norms_every), NaN on
-# the others: a mean over steps skips the NaN (loop.mean_metrics).
+# Metrics computed on some updates only (StepConfig.norm_periods and
+# norm_last_step), NaN on the others: a mean over steps skips the NaN
+# (loop.mean_metrics).
 NORM_METRICS = ("grad_norm", "param_norm")
 
 
@@ -111,7 +112,7 @@ class StepConfig:
     # is a multiple of one of `norm_periods` or is `norm_last_step` (the
     # loop's: every step whose metrics it reads, see `make_step_config`),
     # NaN on the others. They cost a pass over every parameter and gradient
-    # (dense Adam's tables included): ~1 ms of the 47 ms MMoE step of
+    # (dense Adam's tables included): 0.8 ms of the 48 ms MMoE step of
     # BENCHMARK.md on 2 cores. Gradient clipping computes the gradient norm
     # every step anyway.
     self.norm_periods = tuple(int(p) for p in norm_periods if p)
