@@ -57,8 +57,9 @@ adam (what `optimizer.embedding="dense"` runs when `optimizer.name` is
   norm go: 10 of the 52 ms of the MMoE step of BENCHMARK.md were those.
   On CPU the update runs as one native pass over w, m and v
   (`train/native/dense_adam.cc`, the same floats bit for bit): XLA makes
-  three passes, 3.6-4.6 ms per step for BENCHMARK.md's 16.6 MB table
-  against 1.3 ms (2.3 ms of the MMoE step).
+  three passes, 3.9 ms of op time per step for BENCHMARK.md's 16.6 MB
+  table against 2.3 ms, and the MMoE step is 2.2 ms shorter
+  (`python -m benchmarks.step_ab --variants base,native=0`).
   State: m and v, 2 floats per entry, as optax.adam.
 
 The row-sparse ones (row_adagrad, lazy_adam) apply no weight decay to the tables (it would touch every row);

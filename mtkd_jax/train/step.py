@@ -112,8 +112,8 @@ class StepConfig:
     # is a multiple of one of `norm_periods` or is `norm_last_step` (the
     # loop's: every step whose metrics it reads, see `make_step_config`),
     # NaN on the others. They cost a pass over every parameter and gradient
-    # (dense Adam's tables included): 0.8 ms of the 48 ms MMoE step of
-    # BENCHMARK.md on 2 cores. Gradient clipping computes the gradient norm
+    # (dense Adam's tables included): 1.0 ms of the 47 ms MMoE step of
+    # BENCHMARK.md on 2 cores (benchmarks.step_ab). Gradient clipping computes the gradient norm
     # every step anyway.
     self.norm_periods = tuple(int(p) for p in norm_periods if p)
     self.norm_last_step = int(norm_last_step)

@@ -3,12 +3,13 @@
 // The XLA:CPU form of `row_optim.dense_adam_update` (b1 m and b2 v over the
 // whole table, the batch's rows scattered in, then the weight update) makes
 // three passes over three table-sized arrays: ~133 MB per step for the
-// 16.6 MB tables of BENCHMARK.md, 3.6-4.6 ms on 2 cores. This kernel reads
+// 16.6 MB tables of BENCHMARK.md, 3.9 ms of a traced step on 2 cores
+// (`MTKD_JAX_NATIVE=0 python -m benchmarks.profile_step`). This kernel reads
 // w, m and v once and writes them once, in place (the outputs alias the
 // inputs), with the same float operations in the same order and the same
 // roundings (no FMA contraction, except the one XLA makes: w + u * -lr):
 // w, m and v equal XLA's bit for bit (tests/train/test_row_optim.py).
-// ~1.3 ms against 3.6-4.6 ms.
+// 2.3 ms in the same trace; the step is 2.2 ms shorter (benchmarks.step_ab).
 //
 // Inputs: w, m, v float32[rows, d]; ids int32[U] (distinct; an id outside
 // [0, rows) is padding and is skipped); g float32[U, d] (row ids[k]'s

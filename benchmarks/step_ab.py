@@ -1,0 +1,153 @@
+r"""Paired step times: variants of one train step, alternated in one process.
+
+  python -m benchmarks.step_ab --model mmoe --variants base,log_every=1,native=0
+  python -m benchmarks.step_ab --variants base,native=0 --rounds 30 --block 10
+
+The machine's noise (slow episodes of a few seconds, docs/benchmarks.md) is
+larger than many single changes, so two processes timed one after the other
+compare badly. This compiles one train step per variant on the BENCHMARK.md
+workload (as `benchmarks.train_throughput` builds it), then times blocks of
+`--block` steps, variant after variant, for `--rounds` rounds (the order
+reversed every other round), and prints one JSON line per variant: the
+median, lower quartile and minimum block time (ms per step), and the median
+over rounds of its difference to the first variant's block of that round.
+
+A variant is `base` or comma-free `key=value` pairs joined by `+`:
+  * `log_every=N`: `train.log_every` (N = 1: the norm metrics every step);
+  * `native=0`: trace the step without the native kernels
+    (`mtkd_jax/train/native`; as `MTKD_JAX_NATIVE=0` for that variant only);
+  * any other key: a `train.*` config entry, e.g. `embedding_grads=dense`.
+"""
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--model", default="mmoe")
+  p.add_argument("--variants", default="base,log_every=1,native=0")
+  p.add_argument("--rounds", type=int, default=30)
+  p.add_argument("--block", type=int, default=10, help="steps per block")
+  p.add_argument("--warmup", type=int, default=20)
+  p.add_argument("--data", default=None)
+  return p.parse_args(argv)
+
+
+def parse_variant(text):
+  """{key: value} of a variant ("base": {})."""
+  if text == "base":
+    return {}
+  out = {}
+  for item in text.split("+"):
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"step_ab: bad variant {text!r}; want base or "
+                       "key=value[+key=value]")
+    out[key] = value
+  return out
+
+
+def summarise(times, base_times):
+  diffs = [a - b for a, b in zip(times, base_times)]
+  ordered = sorted(times)
+  return {"median_ms": round(statistics.median(times), 2),
+          "q25_ms": round(ordered[len(ordered) // 4], 2),
+          "min_ms": round(min(times), 2),
+          "median_diff_to_first_ms": round(statistics.median(diffs), 2)}
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from benchmarks import train_throughput as tt
+  from mtkd_jax import models
+  from mtkd_jax.data import pipeline
+  from mtkd_jax.train import host_memory
+  from mtkd_jax.train import loop
+  from mtkd_jax.train import native
+  from mtkd_jax.train import parallel
+  from mtkd_jax.train import state as state_lib
+  from mtkd_jax.train import step as step_lib
+  # pylint: enable=g-import-not-at-top
+  host_memory.reuse_freed_memory()  # as train/loop.py
+  data_path = args.data or tt.DEFAULT_DATA
+  tt.ensure_data(data_path, tt.DEFAULT_GENERATOR)
+  d = tt.load_data(data_path)
+  spec = tt.make_spec(d["vocab_sizes"], d["dense"].shape[1])
+  train, _, _ = tt.split_columns(d)
+  del d
+  mesh = parallel.make_mesh(1)
+  put = functools.partial(parallel.shard_batch, mode="jit", mesh=mesh)
+  source = pipeline.train_batches(train, 1024, seed=tt.SHUFFLE_SEED)
+  batches = [put(next(source)) for _ in range(tt.NUM_DEVICE_BATCHES)]
+  example = next(pipeline.eval_batches(train, 1024))
+
+  names = [v for v in args.variants.split(",") if v]
+  runs = {}
+  for name in names:
+    overrides = parse_variant(name)
+    config = tt.benchmark_config(args.model)
+    use_native = overrides.pop("native", "1") != "0"
+    for key, value in overrides.items():
+      if key not in config.train:
+        raise SystemExit(f"step_ab: unknown train config key {key!r}")
+      config.train[key] = type(config.train[key])(value)
+    model = models.build_model(spec, config.model)
+    tx = state_lib.make_optimizer(config.optimizer, 205)
+    state = state_lib.create_train_state(model, tx, example, tt.MODEL_SEED)
+    step_cfg = loop.make_step_config(config, model, tx, spec, state.params,
+                                     example)
+    state = parallel.replicate(state.replace(
+        weighting_state=loop.init_weighting(step_cfg, config.weighting,
+                                            state.params)), mesh)
+    fn = parallel.compile_step(
+        functools.partial(step_lib.train_step, cfg=step_cfg), "jit", mesh,
+        out_batched=False, donate_state=True)
+    saved = os.environ.get("MTKD_JAX_NATIVE")
+    if not use_native:  # the kernels' availability is read while tracing
+      os.environ["MTKD_JAX_NATIVE"] = "0"
+    native.available.cache_clear()
+    try:
+      compiled = fn.lower(state, batches[0]).compile()
+    finally:
+      if saved is None:
+        os.environ.pop("MTKD_JAX_NATIVE", None)
+      else:
+        os.environ["MTKD_JAX_NATIVE"] = saved
+      native.available.cache_clear()
+    runs[name] = {"fn": compiled, "state": state, "i": 0, "times": []}
+  host_memory.release_freed_memory()
+
+  def steps(run, n):
+    st, m = run["state"], None
+    for _ in range(n):
+      st, m = run["fn"](st, batches[run["i"] % len(batches)])
+      run["i"] += 1
+    jax.block_until_ready((st, m))
+    run["state"] = st
+
+  for run in runs.values():
+    steps(run, args.warmup)
+  for r in range(args.rounds):
+    for name in (names if r % 2 == 0 else names[::-1]):
+      t0 = time.perf_counter()
+      steps(runs[name], args.block)
+      runs[name]["times"].append(
+          (time.perf_counter() - t0) / args.block * 1e3)
+  base_times = runs[names[0]]["times"]
+  for name in names:
+    print(json.dumps({"model": args.model, "variant": name,
+                      "rounds": args.rounds, "block": args.block,
+                      **summarise(runs[name]["times"], base_times)}),
+          flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
