@@ -11,8 +11,8 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["mtkd_jax", "mtkd_jax.*",
                                                "experiments", "configs"]),
-    # The native kernels' source, compiled on first use (train/native).
-    package_data={"mtkd_jax.train.native": ["*.cc"]},
+    # The native kernels' source, compiled on first use (mtkd_jax/native).
+    package_data={"mtkd_jax.native": ["*.cc"]},
     install_requires=[
         "jax[cpu]>=0.10.2,<0.11",
         "flax==0.12.8",

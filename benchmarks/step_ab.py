@@ -15,7 +15,8 @@ over rounds of its difference to the first variant's block of that round.
 A variant is `base` or comma-free `key=value` pairs joined by `+`:
   * `log_every=N`: `train.log_every` (N = 1: the norm metrics every step);
   * `native=0`: trace the step without the native kernels
-    (`mtkd_jax/train/native`; as `MTKD_JAX_NATIVE=0` for that variant only);
+    (`mtkd_jax/native`; as `MTKD_JAX_NATIVE=0` for that variant only);
+    `native=dense_adam` keeps that kernel only (`MTKD_JAX_NATIVE`'s values);
   * any other key: a `train.*` config entry, e.g. `embedding_grads=dense`.
 """
 import argparse
@@ -70,7 +71,7 @@ def main(argv=None):
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import host_memory
   from mtkd_jax.train import loop
-  from mtkd_jax.train import native
+  from mtkd_jax import native
   from mtkd_jax.train import parallel
   from mtkd_jax.train import state as state_lib
   from mtkd_jax.train import step as step_lib
@@ -93,7 +94,7 @@ def main(argv=None):
   for name in names:
     overrides = parse_variant(name)
     config = tt.benchmark_config(args.model)
-    use_native = overrides.pop("native", "1") != "0"
+    use_native = overrides.pop("native", None)
     for key, value in overrides.items():
       if key not in config.train:
         raise SystemExit(f"step_ab: unknown train config key {key!r}")
@@ -110,8 +111,8 @@ def main(argv=None):
         functools.partial(step_lib.train_step, cfg=step_cfg), "jit", mesh,
         out_batched=False, donate_state=True)
     saved = os.environ.get("MTKD_JAX_NATIVE")
-    if not use_native:  # the kernels' availability is read while tracing
-      os.environ["MTKD_JAX_NATIVE"] = "0"
+    if use_native is not None:  # the kernels' use is read while tracing
+      os.environ["MTKD_JAX_NATIVE"] = use_native
     native.available.cache_clear()
     try:
       compiled = fn.lower(state, batches[0]).compile()

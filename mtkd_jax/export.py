@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from mtkd_jax import errors
+from mtkd_jax import native
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.train import model_stats
@@ -57,7 +58,8 @@ def export_model(model, params, example_batch: Mapping[str, np.ndarray]):
   def serve(batch):
     return model.apply({"params": params}, batch, train=False)[0]
 
-  return jax.export.export(jax.jit(serve))(specs), inputs
+  with native.off():  # the XLA forms: no kernel of this process in the module
+    return jax.export.export(jax.jit(serve))(specs), inputs
 
 
 def export_run(workdir: str, out_dir: str) -> Dict[str, str]:
@@ -111,7 +113,8 @@ def _maybe_saved_model(model, params, inputs, out_dir):
       {k: tf.TensorSpec((None,) + v.shape[1:], tf.as_dtype(v.dtype))
        for k, v in inputs.items()}])
   path = os.path.join(out_dir, "saved_model")
-  tf.saved_model.save(module, path)
+  with native.off():  # traced here: XLA forms only
+    tf.saved_model.save(module, path)
   return path
 
 

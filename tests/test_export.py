@@ -8,6 +8,7 @@ import pytest
 from configs import synthetic_mmoe
 from mtkd_jax import errors
 from mtkd_jax import export
+from mtkd_jax import native
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.train import loop
@@ -33,6 +34,9 @@ def test_export_scores_any_batch_like_the_in_process_model(run_dir, tmp_path):
   assert set(written) >= {"export", "signature"}
   exported, signature = export.load(out)
   assert set(signature["inputs"]) == {"sparse", "dense"}
+  # portable: the XLA forms, not this process's native kernels (whose
+  # custom call in-process apply does use on CPU)
+  assert native.GATHER_CONCAT not in exported.mlir_module()
   exp = loop.setup(config)
   params = teacher_lib.restore_params(workdir)
   rows = next(pipeline.eval_batches(exp.splits.test, 37))

@@ -16,9 +16,11 @@ computes without this feature.
 from typing import Dict, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtkd_jax import native
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.models import sequence as sequence_lib
 
@@ -46,6 +48,71 @@ def group_fields_by_dim(fields) -> Dict[int, Tuple[int, ...]]:
   for i, f in enumerate(fields):
     groups.setdefault(f.embed_dim, []).append(i)
   return {dim: tuple(idx) for dim, idx in sorted(groups.items())}
+
+
+def gather_concat(table, ids, dense, pert=None, *, use_native=None):
+  """The input layer's rows and dense features as one matrix.
+
+  `concat(take(table, ids, mode="clip").reshape(B, F * d) (+ pert), dense)`;
+  its gradients are take's (a scatter-add into the table), the identity to
+  `pert` and `dense`.
+
+  On CPU (float32) the forward pass is one native pass
+  (`mtkd_jax/native/embedding_gather.cc`): XLA's gather copies element by
+  element and its concatenate is a second pass over the result (2.3 + 0.8 ms
+  of the Shared-Bottom eval step of BENCHMARK.md at batch 4096). The values
+  are the same bit for bit (tests/models/test_embedding_gather.py).
+
+  Args:
+    table: float[rows, d].
+    ids: int32[B, F] row ids (out-of-range ids are clamped, as "clip").
+    dense: float[B, D], D >= 0.
+    pert: None, or float[B, F, d] added to the gathered rows (the row
+      gradients' perturbation).
+    use_native: None: the native kernel when it can run; False: XLA's form.
+  Returns:
+    float[B, F * d + D].
+  """
+  if use_native is None:
+    use_native = (jax.default_backend() == "cpu" and
+                  all(x.dtype == jnp.float32 for x in (table, dense)) and
+                  (pert is None or pert.dtype == jnp.float32) and
+                  native.use("gather_concat"))
+  if not use_native:
+    return _gather_concat_xla(table, ids, dense, pert)
+  return _gather_concat_native(table, ids.astype(jnp.int32), dense, pert)
+
+
+def _gather_concat_xla(table, ids, dense, pert):
+  rows = jnp.take(table, ids, axis=0, mode="clip")
+  if pert is not None:
+    rows = rows + pert
+  return jnp.concatenate([rows.reshape(rows.shape[0], -1), dense], axis=-1)
+
+
+@jax.custom_vjp
+def _gather_concat_native(table, ids, dense, pert):
+  return native.gather_concat(table, ids, dense, pert)
+
+
+def _gather_concat_fwd(table, ids, dense, pert):
+  # pert rides along only to say whether it was given (None or an array)
+  return _gather_concat_native(table, ids, dense, pert), (table, ids, pert)
+
+
+def _gather_concat_bwd(res, ct):
+  table, ids, pert = res
+  (batch, fields), d = ids.shape, table.shape[1]
+  ct_rows = ct[:, :fields * d].reshape(batch, fields, d)
+  # take's transpose: a scatter-add at the clamped ids. Unused (and dropped
+  # by XLA) when the step differentiates w.r.t. the rows, not the table.
+  d_table = jnp.zeros_like(table).at[jnp.clip(ids, 0, table.shape[0] - 1)].add(
+      ct_rows.astype(table.dtype))
+  return (d_table, np.zeros(ids.shape, jax.dtypes.float0), ct[:, fields * d:],
+          None if pert is None else ct_rows.astype(pert.dtype))
+
+
+_gather_concat_native.defvjp(_gather_concat_fwd, _gather_concat_bwd)
 
 
 class FeatureEmbedding(nn.Module):
@@ -82,12 +149,29 @@ class FeatureEmbedding(nn.Module):
     self.sow(LOOKUP_IDS, name, ids if valid is None else jnp.where(valid, ids, -1))
     return self.perturb(site_name(name, k), rows, collection=LOOKUP_ROWS)
 
+  def _lookup_concat(self, name: str, table, ids, tail):
+    """`_lookup(name, table, ids)` ([B, F, d]) as [B, F * d], joined with
+    `tail` ([B, D]): `gather_concat`, one pass on CPU."""
+    if self.is_initializing() or not self.is_mutable_collection(LOOKUP_IDS):
+      return gather_concat(table, ids, tail)
+    k = len(self.get_variable(LOOKUP_IDS, name, ()))
+    self.sow(LOOKUP_IDS, name, ids)
+    # What `_lookup`'s perturb adds to the rows: the LOOKUP_ROWS variable.
+    pert = self.perturb(site_name(name, k),
+                        jnp.zeros(ids.shape + table.shape[1:], table.dtype),
+                        collection=LOOKUP_ROWS)
+    return gather_concat(table, ids, tail, pert)
+
   @nn.compact
   def __call__(self, batch) -> jnp.ndarray:
     parts = []
     sparse = batch["sparse"]
     rows = {}  # sparse field -> (table name, table, row offset, ids [B])
-    for dim, idx in group_fields_by_dim(self.spec.sparse).items():
+    groups = list(group_fields_by_dim(self.spec.sparse).items())
+    # The dense features follow the last width group when no multi-hot
+    # field sits between them: gathered and joined in one pass.
+    fuse_dense = bool(self.spec.dense and groups and not self.spec.multi_hot)
+    for g, (dim, idx) in enumerate(groups):
       vocab = [self.spec.sparse[i].vocab_size for i in idx]
       offsets = np.concatenate([[0], np.cumsum(vocab)[:-1]]).astype(np.int32)
       name = f"sparse_table_d{dim}"
@@ -99,8 +183,11 @@ class FeatureEmbedding(nn.Module):
       ids = cols + offsets
       for j, (i, offset) in enumerate(zip(idx, offsets)):
         rows[self.spec.sparse[i].name] = (name, table, int(offset), ids[:, j])
-      emb = self._lookup(name, table, ids)  # [B, F_g, dim]
-      parts.append(emb.reshape(emb.shape[0], -1))
+      if fuse_dense and g == len(groups) - 1:
+        tail = batch["dense"].astype(jnp.float32)
+      else:
+        tail = jnp.zeros((ids.shape[0], 0), jnp.float32)
+      parts.append(self._lookup_concat(name, table, ids, tail))  # [B, F_g d + D]
     for field in self.spec.multi_hot:
       name = f"multi_hot_{field.name}"
       table = self.param(name, self.embed_init,
@@ -111,7 +198,7 @@ class FeatureEmbedding(nn.Module):
       emb = emb * mask[..., None]
       count = jnp.maximum(mask.sum(axis=1, keepdims=True), 1.0)
       parts.append(emb.sum(axis=1) / count)
-    if self.spec.dense:
+    if self.spec.dense and not fuse_dense:
       parts.append(batch["dense"].astype(jnp.float32))
     for field in self.spec.sequences:
       ids = batch[f"sequence/{field.name}"]  # [B, L], -1 pads

@@ -56,7 +56,7 @@ adam (what `optimizer.embedding="dense"` runs when `optimizer.name` is
   moves), but the dense gradient's zero fill, its scatter, its square and its
   norm go: 10 of the 52 ms of the MMoE step of BENCHMARK.md were those.
   On CPU the update runs as one native pass over w, m and v
-  (`train/native/dense_adam.cc`, the same floats bit for bit): XLA makes
+  (`mtkd_jax/native/dense_adam.cc`, the same floats bit for bit): XLA makes
   three passes, 3.9 ms of op time per step for BENCHMARK.md's 16.6 MB
   table against 2.3 ms, and the MMoE step is 2.2 ms shorter
   (`python -m benchmarks.step_ab --variants base,native=0`).
@@ -76,7 +76,7 @@ import optax
 from flax import traverse_util
 
 from mtkd_jax.models import embedding
-from mtkd_jax.train import native as native_kernels
+from mtkd_jax import native as native_kernels
 from mtkd_jax.train import row_grads as row_grads_lib
 
 
@@ -179,7 +179,7 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
     count: int32, the number of updates done before this one (t = count + 1).
     lr: the learning rate (a scalar).
     b1, b2, eps: Adam's.
-    native: None: the one-pass native kernel (`train/native`) when it can
+    native: None: the one-pass native kernel (`mtkd_jax/native`) when it can
       run (float32 on CPU, kernel built); False: the XLA form; True: the
       kernel or an error. Both give the same floats, bit for bit
       (tests/train/test_row_optim.py).
@@ -216,10 +216,10 @@ def _use_native_kernel(native, table, state, grads) -> bool:
   fits = (table.ndim == 2 and jax.default_backend() == "cpu" and all(
       x.dtype == jnp.float32 for x in (table, state.mu, state.nu, grads)))
   if native is None:
-    return fits and native_kernels.available()
-  if not (fits and native_kernels.available()):
+    return fits and native_kernels.use("dense_adam")
+  if not (fits and native_kernels.use("dense_adam")):
     raise ValueError("The native dense Adam kernel needs float32 [rows, d] "
-                     "tables on CPU and a C++ compiler (train/native).")
+                     "tables on CPU and a C++ compiler (mtkd_jax/native).")
   return True
 
 

@@ -22,7 +22,7 @@ import pytest
 from configs import synthetic_mmoe
 from mtkd_jax import train
 from mtkd_jax.train import checkpoint as checkpoint_lib
-from mtkd_jax.train import native
+from mtkd_jax import native
 from mtkd_jax.train import row_optim
 from mtkd_jax.train import state as state_lib
 
@@ -207,7 +207,7 @@ def _adam_case(seed, rows=1000, dim=16, size=300, steps=5):
 
 
 def test_native_dense_adam_is_the_xla_form():
-  """The one-pass kernel (train/native/dense_adam.cc) against the XLA form
+  """The one-pass kernel (mtkd_jax/native/dense_adam.cc) against the XLA form
   of the same update, step by step with a schedule: table, m and v equal
   bit for bit; padding slots are skipped."""
   assert native.available()  # CI has a C++ compiler
@@ -258,7 +258,7 @@ def test_native_dense_adam_under_vmap_and_with_duplicate_ids():
 def test_native_kernels_fall_back_to_xla(tmp_path, env):
   """Switched off, or with no compiler, `available()` is False (with a
   warning for the latter) and the default table optimizer still trains."""
-  code = ("from mtkd_jax.train import native, row_optim; import jax.numpy as jnp;"
+  code = ("from mtkd_jax import native; from mtkd_jax.train import row_optim; import jax.numpy as jnp;"
           "print(native.available());"
           "t = jnp.ones((4, 2)); s = row_optim.DenseAdamState(t * 0, t * 0);"
           "out = row_optim.dense_adam_update(t, s, jnp.array([1, 4], jnp.int32),"

@@ -1,8 +1,11 @@
 """Native CPU kernels, called from jitted code through the XLA FFI.
 
-One kernel so far: `dense_adam.cc`, exact dense Adam for an embedding table
-from its row gradient in one pass over the table (see its header; the
-default table optimizer `row_optim.dense_adam` uses it on CPU).
+Two kernels, each described in its source's header:
+  * `dense_adam.cc`: exact dense Adam for an embedding table from its row
+    gradient in one pass over the table (the default table optimizer
+    `train.row_optim.dense_adam` uses it on CPU);
+  * `embedding_gather.cc`: the input layer's row gather and concatenation
+    with the dense features in one pass (`models.embedding.gather_concat`).
 
 The source ships with the package and is compiled on first use with the
 machine's C++ compiler (`$CXX`, else `c++`; ~2 s) for this CPU
@@ -11,7 +14,12 @@ machine's C++ compiler (`$CXX`, else `c++`; ~2 s) for this CPU
 the compiler, the flags, jaxlib's version and the CPU's flags. Without a
 compiler, or with `MTKD_JAX_NATIVE=0`, `available()` is False and callers
 use their XLA form, which computes the same values (a warning says why).
+`MTKD_JAX_NATIVE=dense_adam` (names of `KERNELS`, joined by ":") keeps
+only those kernels: `use(name)` says whether a caller may run one. Code
+traced under `with off():` uses none (a model exported for serving must not
+call this process's kernels).
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -21,13 +29,18 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import jax
+import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-DENSE_ADAM = "mtkd_dense_adam"  # the FFI target
-_SOURCE = pathlib.Path(__file__).with_name("dense_adam.cc")
+KERNELS = ("dense_adam", "gather_concat")
+DENSE_ADAM = "mtkd_dense_adam"  # the FFI targets
+GATHER_CONCAT = "mtkd_gather_concat"
+_SOURCES = tuple(pathlib.Path(__file__).with_name(name)
+                 for name in ("dense_adam.cc", "embedding_gather.cc"))
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
           "-shared", "-fPIC", "-std=c++17")
 
@@ -55,7 +68,7 @@ def _build() -> pathlib.Path:
   version = subprocess.run([compiler, "--version"], capture_output=True,
                            text=True, check=True).stdout
   key = hashlib.sha256("\0".join([
-      _SOURCE.read_text(), compiler, version, " ".join(_FLAGS),
+      *(src.read_text() for src in _SOURCES), compiler, version, " ".join(_FLAGS),
       jaxlib.__version__, _cpu_flags()]).encode()).hexdigest()[:20]
   out = cache_dir() / f"native-{key}" / "libmtkd_native.so"
   if out.exists():
@@ -66,10 +79,11 @@ def _build() -> pathlib.Path:
   os.close(fd)
   try:
     proc = subprocess.run(
-        [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o",
-         tmp], capture_output=True, text=True)
+        [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}",
+         *map(str, _SOURCES), "-o", tmp], capture_output=True, text=True)
     if proc.returncode:
-      raise OSError(f"{compiler} failed on {_SOURCE.name}:\n{proc.stderr[-2000:]}")
+      raise OSError(f"{compiler} failed on the native kernels:\n"
+                    f"{proc.stderr[-2000:]}")
     os.replace(tmp, out)
   finally:
     if os.path.exists(tmp):
@@ -82,12 +96,55 @@ def _register(path: str) -> None:  # once per library and process
   lib = ctypes.cdll.LoadLibrary(path)
   jax.ffi.register_ffi_target(DENSE_ADAM, jax.ffi.pycapsule(lib.MtkdDenseAdam),
                               platform="cpu")
+  jax.ffi.register_ffi_target(GATHER_CONCAT,
+                              jax.ffi.pycapsule(lib.MtkdGatherConcat),
+                              platform="cpu")
+
+
+def _selected() -> tuple:
+  """The kernels `$MTKD_JAX_NATIVE` lets callers use."""
+  value = os.environ.get("MTKD_JAX_NATIVE", "1").strip()
+  if value in ("", "1"):
+    return KERNELS
+  if value == "0":
+    return ()
+  names = tuple(n for n in value.split(":") if n)
+  unknown = sorted(set(names) - set(KERNELS))
+  if unknown:
+    raise ValueError(f"MTKD_JAX_NATIVE: unknown kernel(s) {unknown}; use 0, "
+                     f"1 or names of {', '.join(KERNELS)} joined by ':'.")
+  return names
+
+
+_switched_off = threading.local()
+
+
+@contextlib.contextmanager
+def off():
+  """Within it (in this thread), `use` is False: callers trace XLA forms."""
+  depth = getattr(_switched_off, "depth", 0)
+  _switched_off.depth = depth + 1
+  try:
+    yield
+  finally:
+    _switched_off.depth = depth
+
+
+def use(kernel: str) -> bool:
+  """Whether callers may run `kernel` (selected, built and registered, and
+  not under `off()`)."""
+  if kernel not in KERNELS:
+    raise ValueError(f"unknown native kernel {kernel!r}; known: "
+                     f"{', '.join(KERNELS)}")
+  if getattr(_switched_off, "depth", 0):
+    return False
+  return kernel in _selected() and available()
 
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
   """Whether the kernels are built and registered for the CPU platform."""
-  if os.environ.get("MTKD_JAX_NATIVE", "1") == "0":
+  if not _selected():
     return False
   try:
     _register(str(_build()))
@@ -116,3 +173,25 @@ def dense_adam(table, mu, nu, ids, grads, scalars, *, b1, b2, eps):
       vmap_method="sequential")(
           table, mu, nu, ids, grads, scalars, b1=f32(b1), b2=f32(b2),
           one_minus_b1=f32(1 - b1), one_minus_b2=f32(1 - b2), eps=f32(eps)))
+
+
+def gather_concat(table, ids, dense, pert=None):
+  """`concat(take(table, ids, mode="clip") (+ pert), dense)`, rows flattened
+  (embedding_gather.cc; not differentiable: see
+  `models.embedding.gather_concat`).
+
+  Args:
+    table: float32[rows, d].
+    ids: int32[B, F].
+    dense: float32[B, D], D >= 0.
+    pert: None or float32[B, F, d], added to the gathered rows.
+  Returns:
+    float32[B, F * d + D].
+  """
+  batch, fields = ids.shape
+  if pert is None:
+    pert = jnp.zeros((0,), jnp.float32)
+  out = jax.ShapeDtypeStruct((batch, fields * table.shape[1] + dense.shape[1]),
+                             jnp.float32)
+  return jax.ffi.ffi_call(GATHER_CONCAT, out, vmap_method="sequential")(
+      table, ids, dense, pert)
