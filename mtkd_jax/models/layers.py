@@ -37,10 +37,12 @@ class StackedMLP(nn.Module):
       per member. The batched `einsum("bnd,ndh->bnh")` lowers to a batched
       dot plus transposes of the activations: 50 ms forward + backward at
       batch 1024, against 39 ms so.
-    * evaluation with a shared input: each member's whole MLP in turn, so
-      its activations stay in cache: 53 ms forward at batch 4096, against
-      77 ms for the wide first layer (whose [B, num * width] output spills
-      the cache) and 113 ms for the batched einsum.
+    * evaluation with a shared input and more than `_WIDE_EVAL_MAX`
+      first-layer units: each member's whole MLP in turn, so its
+      activations stay in cache: 53 ms forward at batch 4096, against 77 ms
+      for the wide first layer (whose [B, num * width] output spills the
+      cache) and 113 ms for the batched einsum. Narrower (towers): as in
+      training.
   All forms compute the same function: a Python loop over `num` separate
   `MLP`s (tests/models/test_models.py), up to float summation order.
 

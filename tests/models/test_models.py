@@ -53,12 +53,15 @@ def test_embedding_equals_per_field_lookup():
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_stacked_mlp_equals_loop_of_mlps(train):
-  """Both forms (train: one wide first layer, then per-member products;
-  eval: each member's MLP in turn) give a loop of separate MLPs' outputs
-  and gradients."""
+@pytest.mark.parametrize("width", [4, 400])
+def test_stacked_mlp_equals_loop_of_mlps(train, width):
+  """Every form (train, and eval of narrow members: one wide first layer,
+  then per-member products; eval of 3 x 400 > 1024 first-layer units: each
+  member's MLP in turn) gives a loop of separate MLPs' outputs and
+  gradients."""
+  assert 3 * 4 <= layers._WIDE_EVAL_MAX < 3 * 400  # pylint: disable=protected-access
   x = jax.random.normal(jax.random.PRNGKey(1), (5, 7))
-  stacked = layers.StackedMLP(3, (4, 2))
+  stacked = layers.StackedMLP(3, (width, 2))
   params = stacked.init(jax.random.PRNGKey(2), x, train=False)["params"]
 
   def loop(p, x):
