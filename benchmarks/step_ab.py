@@ -2,6 +2,7 @@ r"""Paired step times: variants of one train step, alternated in one process.
 
   python -m benchmarks.step_ab --model mmoe --variants base,log_every=1,native=0
   python -m benchmarks.step_ab --variants base,native=0 --rounds 30 --block 10
+  python -m benchmarks.step_ab --model ple --variants base,mix=stack --eval
 
 The machine's noise (slow episodes of a few seconds, docs/benchmarks.md) is
 larger than many single changes, so two processes timed one after the other
@@ -11,16 +12,21 @@ workload (as `benchmarks.train_throughput` builds it), then times blocks of
 reversed every other round), and prints one JSON line per variant: the
 median, lower quartile and minimum block time (ms per step), and the median
 over rounds of its difference to the first variant's block of that round.
+With `--eval`, each round also times `--eval-block` eval steps at batch
+4096 per variant (the inference workload), reported as `eval_*`.
 
 A variant is `base` or comma-free `key=value` pairs joined by `+`:
   * `log_every=N`: `train.log_every` (N = 1: the norm metrics every step);
   * `native=0`: trace the step without the native kernels
     (`mtkd_jax/native`; as `MTKD_JAX_NATIVE=0` for that variant only);
     `native=dense_adam` keeps that kernel only (`MTKD_JAX_NATIVE`'s values);
+  * `mix=stack`: MMoE / PLE mix their experts' stack, not the list
+    (`layers.mix_members(from_list=False)`, the earlier form);
   * any other key: a `train.*` config entry, e.g. `embedding_grads=dense`.
 """
 import argparse
 import functools
+import itertools
 import json
 import os
 import statistics
@@ -35,6 +41,10 @@ def parse_args(argv=None):
   p.add_argument("--rounds", type=int, default=30)
   p.add_argument("--block", type=int, default=10, help="steps per block")
   p.add_argument("--warmup", type=int, default=20)
+  p.add_argument("--eval", action="store_true",
+                 help="also time the eval step at batch 4096")
+  p.add_argument("--eval-block", type=int, default=4,
+                 help="eval steps per block")
   p.add_argument("--data", default=None)
   return p.parse_args(argv)
 
@@ -68,6 +78,7 @@ def main(argv=None):
   import jax
   from benchmarks import train_throughput as tt
   from mtkd_jax import models
+  from mtkd_jax.models import layers
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import host_memory
   from mtkd_jax.train import loop
@@ -81,13 +92,17 @@ def main(argv=None):
   tt.ensure_data(data_path, tt.DEFAULT_GENERATOR)
   d = tt.load_data(data_path)
   spec = tt.make_spec(d["vocab_sizes"], d["dense"].shape[1])
-  train, _, _ = tt.split_columns(d)
+  train, _, _ = tt.split_columns(d)  # eval batches: train rows, any will do
   del d
   mesh = parallel.make_mesh(1)
   put = functools.partial(parallel.shard_batch, mode="jit", mesh=mesh)
   source = pipeline.train_batches(train, 1024, seed=tt.SHUFFLE_SEED)
   batches = [put(next(source)) for _ in range(tt.NUM_DEVICE_BATCHES)]
   example = next(pipeline.eval_batches(train, 1024))
+  eval_batches = []
+  if args.eval:
+    eval_batches = [put(b) for b in
+                    itertools.islice(pipeline.eval_batches(train, 4096), 4)]
 
   names = [v for v in args.variants.split(",") if v]
   runs = {}
@@ -95,6 +110,9 @@ def main(argv=None):
     overrides = parse_variant(name)
     config = tt.benchmark_config(args.model)
     use_native = overrides.pop("native", None)
+    mix = overrides.pop("mix", "list")
+    if mix not in ("list", "stack"):
+      raise SystemExit(f"step_ab: mix must be list or stack, not {mix!r}")
     for key, value in overrides.items():
       if key not in config.train:
         raise SystemExit(f"step_ab: unknown train config key {key!r}")
@@ -110,19 +128,29 @@ def main(argv=None):
     fn = parallel.compile_step(
         functools.partial(step_lib.train_step, cfg=step_cfg), "jit", mesh,
         out_batched=False, donate_state=True)
-    saved = os.environ.get("MTKD_JAX_NATIVE")
+    eval_fn = parallel.compile_step(
+        functools.partial(step_lib.eval_step, model=model), "jit", mesh,
+        out_batched=True, donate_state=False)
+    saved = os.environ.get("MTKD_JAX_NATIVE"), layers.mix_members
     if use_native is not None:  # the kernels' use is read while tracing
       os.environ["MTKD_JAX_NATIVE"] = use_native
+    if mix == "stack":
+      layers.mix_members = functools.partial(layers.mix_members,
+                                             from_list=False)
     native.available.cache_clear()
     try:
       compiled = fn.lower(state, batches[0]).compile()
+      compiled_eval = (eval_fn.lower(state.params, eval_batches[0]).compile()
+                       if eval_batches else None)
     finally:
-      if saved is None:
+      if saved[0] is None:
         os.environ.pop("MTKD_JAX_NATIVE", None)
       else:
-        os.environ["MTKD_JAX_NATIVE"] = saved
+        os.environ["MTKD_JAX_NATIVE"] = saved[0]
+      layers.mix_members = saved[1]
       native.available.cache_clear()
-    runs[name] = {"fn": compiled, "state": state, "i": 0, "times": []}
+    runs[name] = {"fn": compiled, "eval": compiled_eval, "state": state,
+                  "i": 0, "times": [], "eval_times": []}
   host_memory.release_freed_memory()
 
   def steps(run, n):
@@ -133,20 +161,37 @@ def main(argv=None):
     jax.block_until_ready((st, m))
     run["state"] = st
 
+  def evals(run, n):
+    out = None
+    for i in range(n):
+      out = run["eval"](run["state"].params, eval_batches[i % len(eval_batches)])
+    jax.block_until_ready(out)
+
   for run in runs.values():
     steps(run, args.warmup)
+    if eval_batches:
+      evals(run, 2)
   for r in range(args.rounds):
     for name in (names if r % 2 == 0 else names[::-1]):
       t0 = time.perf_counter()
       steps(runs[name], args.block)
       runs[name]["times"].append(
           (time.perf_counter() - t0) / args.block * 1e3)
-  base_times = runs[names[0]]["times"]
+      if eval_batches:
+        t0 = time.perf_counter()
+        evals(runs[name], args.eval_block)
+        runs[name]["eval_times"].append(
+            (time.perf_counter() - t0) / args.eval_block * 1e3)
+  first = runs[names[0]]
   for name in names:
-    print(json.dumps({"model": args.model, "variant": name,
-                      "rounds": args.rounds, "block": args.block,
-                      **summarise(runs[name]["times"], base_times)}),
-          flush=True)
+    rec = {"model": args.model, "variant": name, "rounds": args.rounds,
+           "block": args.block,
+           **summarise(runs[name]["times"], first["times"])}
+    if eval_batches:
+      rec.update({f"eval_{k}": v for k, v in summarise(
+          runs[name]["eval_times"], first["eval_times"]).items()},
+                 eval_batch=4096, eval_block=args.eval_block)
+    print(json.dumps(rec), flush=True)
   return 0
 
 

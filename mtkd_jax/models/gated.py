@@ -126,21 +126,19 @@ class CGCLevel(nn.Module):
            jnp.broadcast_to(shared_input[:, None],
                             (shared_input.shape[0], m_s,
                              shared_input.shape[-1]))], axis=1)
-    experts = layers.StackedMLP(t * m_k + m_s, self.expert_hidden, self.dropout,
+    members = layers.StackedMLP(t * m_k + m_s, self.expert_hidden,
+                                self.dropout, as_list=True,
                                 name="experts")(expert_in, train=train)
-    experts = self.perturb("shared", experts)  # for rep-grad weighting
     gate_logits = layers.StackedMLP(t, (m_k + m_s,), final_activation=False,
                                     name="task_gates")(task_inputs, train=train)
     gates = nn.softmax(gate_logits, axis=-1)  # [B, T, m_k + m_s]
-    # Task t's gate spread over all N experts of the level (zeros on the
-    # other tasks' specific experts), then one "btn,bnh->bth" product, as
-    # MMoE's: gathering the selected experts into [B, T, m_k + m_s, H]
-    # for a [B, T]-batched product cost 3 ms of a 54 ms inference batch
-    # of BENCHMARK.md (the mixing is exact: the added terms are 0 * expert).
-    spread = jax.nn.one_hot(ple_expert_index(t, m_k, m_s), t * m_k + m_s,
-                            dtype=gates.dtype)  # [T, m_k + m_s, N]
-    task_outputs = layers.mix_experts(
-        jnp.einsum("bte,ten->btn", gates, spread), experts)
+    # Task t mixes only the experts its gate selects (mix_expert_list's
+    # index); `experts` is their stack [B, N, H] under perturb("shared").
+    # (A [B, T]-batched product over the selected experts gathered into
+    # [B, T, m_k + m_s, H] cost 3 ms of a 54 ms inference batch of
+    # BENCHMARK.md; the perturbed path spreads the gates over all N.)
+    task_outputs, experts = layers.mix_members(
+        self, gates, members, ple_expert_index(t, m_k, m_s).tolist())
     shared_output = None
     if self.has_shared_gate:
       shared_gate = nn.softmax(

@@ -1,9 +1,11 @@
 """MLP blocks, plain and stacked (several same-shaped MLPs run as one)."""
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 default_kernel_init = nn.initializers.lecun_normal()
 
@@ -47,12 +49,14 @@ class StackedMLP(nn.Module):
   `MLP`s (tests/models/test_models.py), up to float summation order.
 
   Returns:
-    float[B, num, hidden[-1]].
+    float[B, num, hidden[-1]]; with `as_list`, the num members' outputs
+    float[B, hidden[-1]] as a list (what `mix_expert_list` reads: no stack).
   """
   num: int
   hidden: Sequence[int]
   dropout: float = 0.0
   final_activation: bool = True
+  as_list: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -73,8 +77,8 @@ class StackedMLP(nn.Module):
           h = h @ kernel[:, n] + bias[n]
           h = nn.relu(h) if activate else h
         outputs.append(h)
-      return jnp.stack(outputs, axis=1)
-    for kernel, bias, activate in layers_:
+      return outputs if self.as_list else jnp.stack(outputs, axis=1)
+    for i, (kernel, bias, activate) in enumerate(layers_):
       fan_in, num, width = kernel.shape
       if x.ndim == 2:  # shared input: one [B, D] @ [D, num * width] product
         x = (x @ kernel.reshape(fan_in, num * width)).reshape(
@@ -82,14 +86,19 @@ class StackedMLP(nn.Module):
       else:  # split, not x[:, n]: its gradient is one concatenate, where
         # slicing's is num zero-padded copies of x summed (T = 4 towers under
         # rep-grad's vmap: 4 x 8 MB written)
-        x = jnp.stack([part[:, 0] @ kernel[:, n] for n, part in
-                       enumerate(jnp.split(x, num, axis=1))], axis=1)
+        parts = [part[:, 0] @ kernel[:, n] for n, part in
+                 enumerate(jnp.split(x, num, axis=1))]
+        if (self.as_list and i == len(layers_) - 1 and
+            (self.dropout == 0 or not train)):  # the members, unstacked
+          parts = [h + bias[n] for n, h in enumerate(parts)]
+          return [nn.relu(h) for h in parts] if activate else parts
+        x = jnp.stack(parts, axis=1)
       x = x + bias
       if activate:
         x = nn.relu(x)
         if self.dropout > 0:
           x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return x
+    return [x[:, n] for n in range(self.num)] if self.as_list else x
 
 
 # Evaluation with a shared input runs each member's MLP in turn above this
@@ -120,6 +129,59 @@ MIXTURE_SITE = "shared_mixture"
 MIXTURE_GATES = "mixture_gates"
 
 _MIX_UNROLL_MAX = 16  # mixtures summed term by term in the backward pass
+
+
+def mix_expert_list(gates, experts, index=None):
+  """`mix_experts` of the experts as a list, without stacking them.
+
+  Args:
+    gates: float[B, T, K].
+    experts: a list of E arrays float[B, H].
+    index: None (K = E, gate k weights expert k), or static ints [T][K]:
+      task t's gate entry k weights expert index[t][k].
+  Returns:
+    float[B, T, H]: sum_k gates[:, t, k] * experts[index[t][k]], summed in
+    k order.
+
+  Elementwise products and sums, which XLA fuses into one loop (and whose
+  gradients are such loops and row reductions): stacking StackedMLP's
+  members into [B, E, H] for the batched "bte,beh->bth" product cost a
+  copy of every expert output (1.0 + 1.0 ms of the PLE eval step of
+  BENCHMARK.md at batch 4096, stack and product).
+  """
+  num_tasks, k = gates.shape[1:]
+  if index is None:
+    if k != len(experts):
+      raise ValueError(f"gates weigh {k} experts, {len(experts)} given")
+    index = [range(k)] * num_tasks
+  mixtures = []
+  for t in range(num_tasks):
+    terms = [gates[:, t, j, None] * experts[e] for j, e in enumerate(index[t])]
+    mixtures.append(functools.reduce(lambda a, b: a + b, terms))
+  return jnp.stack(mixtures, axis=1)
+
+
+def mix_members(module: nn.Module, gates, members, index=None, *,
+                from_list: bool = True):
+  """(mixture, experts): the gated mixture of StackedMLP members (a list)
+  and their stack float[B, E, H] under `module.perturb("shared", .)`.
+
+  With rep-grad weighting perturbing "shared", the mixture reads the
+  perturbed stack (`mix_experts`); otherwise it reads the members
+  (`mix_expert_list`), and XLA drops the stack unless something else
+  reads it (aux["shared"]: feature-hint distillation). `from_list=False`
+  always mixes the stack (the earlier form; `benchmarks.step_ab`'s
+  `mix=stack` variant). Both are the same function up to float summation
+  order (tests/models/test_models.py).
+  """
+  experts = jnp.stack(members, axis=1)
+  perturbed = module.perturb("shared", experts)
+  if from_list and perturbed is experts:  # perturb is the identity here
+    return mix_expert_list(gates, members, index), experts
+  if index is not None:
+    gates = jnp.einsum("btk,tkn->btn", gates, jax.nn.one_hot(
+        np.asarray(index), len(members), dtype=gates.dtype))
+  return mix_experts(gates, perturbed), perturbed
 
 
 @jax.custom_vjp

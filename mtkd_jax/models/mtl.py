@@ -83,12 +83,12 @@ class MMoE(nn.Module):
   def __call__(self, batch, *, train: bool = False):
     num_tasks = len(self.spec.tasks)
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
-    experts = layers.StackedMLP(self.num_experts, self.expert_hidden,
-                                self.dropout, name="experts")(x, train=train)
-    experts = self.perturb("shared", experts)  # for rep-grad weighting
+    members = layers.StackedMLP(self.num_experts, self.expert_hidden,
+                                self.dropout, as_list=True,
+                                name="experts")(x, train=train)
     gate_logits = nn.Dense(num_tasks * self.num_experts, name="gates")(x)
     gates = nn.softmax(gate_logits.reshape(-1, num_tasks, self.num_experts), axis=-1)
-    mixed = layers.mix_experts(gates, experts)
+    mixed, experts = layers.mix_members(self, gates, members)
     mixed = self.perturb(layers.MIXTURE_SITE, mixed)  # E reaches the towers
     towers = layers.StackedMLP(num_tasks, tuple(self.tower_hidden) + (head_width(self.spec),),
                                self.dropout, final_activation=False,

@@ -1,4 +1,6 @@
 """Models: the fused (stacked) layers equal straightforward references."""
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,14 +56,19 @@ def test_embedding_equals_per_field_lookup():
 
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("width", [4, 400])
-def test_stacked_mlp_equals_loop_of_mlps(train, width):
+@pytest.mark.parametrize("as_list", [False, True])
+def test_stacked_mlp_equals_loop_of_mlps(train, width, as_list):
   """Every form (train, and eval of narrow members: one wide first layer,
   then per-member products; eval of 3 x 400 > 1024 first-layer units: each
-  member's MLP in turn) gives a loop of separate MLPs' outputs and
-  gradients."""
+  member's MLP in turn; the members stacked or as a list) gives a loop of
+  separate MLPs' outputs and gradients."""
   assert 3 * 4 <= layers._WIDE_EVAL_MAX < 3 * 400  # pylint: disable=protected-access
   x = jax.random.normal(jax.random.PRNGKey(1), (5, 7))
-  stacked = layers.StackedMLP(3, (width, 2))
+  module = layers.StackedMLP(3, (width, 2), as_list=as_list)
+  stacked = types.SimpleNamespace(  # the list's members stacked on axis 1
+      init=module.init,
+      apply=lambda *a, **k: (jnp.stack(module.apply(*a, **k), axis=1)
+                             if as_list else module.apply(*a, **k)))
   params = stacked.init(jax.random.PRNGKey(2), x, train=False)["params"]
 
   def loop(p, x):
@@ -136,6 +143,45 @@ def test_mix_experts_equals_einsum(num_tasks):
   np.testing.assert_allclose(
       jax.grad(lambda g: grad_norm(layers.mix_experts, g))(gates),
       jax.grad(lambda g: grad_norm(reference, g))(gates), **tol)
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_mix_expert_list_equals_einsum(indexed):
+  """The list form (no stack) is the einsum on the stacked experts, with
+  each task's gate spread over its selected experts when indexed; its
+  gradients (also vmapped over task cotangents) are the einsum's."""
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+  index = [[0, 1, 4], [2, 3, 4]] if indexed else None
+  gates = jax.nn.softmax(jax.random.normal(k1, (6, 2, 3 if indexed else 5)), -1)
+  members = list(jax.random.normal(k2, (5, 6, 4)))  # 5 experts [6, 4]
+  w = jax.random.normal(k3, (2, 4))
+
+  def reference(g, ms):
+    if indexed:  # task t's gate spread over the 5 experts, zeros elsewhere
+      g = jnp.einsum("btk,tkn->btn", g, jax.nn.one_hot(jnp.array(index), 5))
+    return jnp.einsum("bte,beh->bth", g, jnp.stack(ms, axis=1))
+
+  mix = lambda g, ms: layers.mix_expert_list(g, ms, index)
+  tol = dict(rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(mix(gates, members), reference(gates, members),
+                             **tol)
+  # by hand: task 1, example 0, when indexed: experts 2, 3 and 4
+  if indexed:
+    np.testing.assert_allclose(
+        mix(gates, members)[0, 1],
+        sum(gates[0, 1, j] * members[e][0] for j, e in enumerate(index[1])),
+        **tol)
+
+  def per_task(f, g, ms):
+    return jnp.sum(jnp.tanh(f(g, ms)) * w, axis=(0, 2))
+  for argnums in (0, 1):
+    def rep_grads(f):
+      _, vjp = jax.vjp(lambda *a: per_task(f, *a), gates, members)
+      return jax.vmap(lambda c: vjp(c)[argnums])(jnp.eye(2))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+                 rep_grads(mix), rep_grads(reference))
+  with pytest.raises(ValueError, match="weigh 3 experts, 5 given"):
+    layers.mix_expert_list(gates[..., :3], members)
 
 
 def _model(name, **overrides):
