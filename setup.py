@@ -32,6 +32,7 @@ setuptools.setup(
         "flatbuffers>=24",  # jax.export serialisation (experiments.export)
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4",
+                 "scikit-learn>=1.4,<2"],
     },
 )
