@@ -148,3 +148,23 @@ def test_mmoe_trains_the_same_with_the_native_gather(monkeypatch):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6),
                outputs, ref_outputs)
+
+
+def test_native_kernel_selection(monkeypatch):
+  """MTKD_JAX_NATIVE picks kernels by name; `off()` switches all off while
+  tracing (exports); unknown names list the known ones."""
+  monkeypatch.setenv("MTKD_JAX_NATIVE", "dense_adam")
+  assert native.use("dense_adam") and not native.use("gather_concat")
+  monkeypatch.setenv("MTKD_JAX_NATIVE", "gather_concat:dense_adam")
+  assert native.use("dense_adam") and native.use("gather_concat")
+  with native.off():
+    assert not native.use("dense_adam") and not native.use("gather_concat")
+    table, ids, dense, _ = make_inputs()
+    assert native.GATHER_CONCAT not in jax.jit(embedding.gather_concat).lower(
+        table, ids, dense).as_text()
+  assert native.use("gather_concat")
+  monkeypatch.setenv("MTKD_JAX_NATIVE", "dense_adam:gather")
+  with pytest.raises(ValueError, match="gather_concat"):
+    native.use("dense_adam")
+  with pytest.raises(ValueError, match="known: dense_adam, gather_concat"):
+    native.use("gather")
