@@ -127,6 +127,16 @@ class FeatureEmbedding(nn.Module):
   spec: specs_lib.DatasetSpec
   embed_init: nn.initializers.Initializer = DEFAULT_EMBED_INIT
 
+  def _record_site(self, name: str, ids, valid=None):
+    """In row-grad mode, records a lookup of table `name` at `ids` (-1 where
+    `valid` is False) and returns its `LOOKUP_ROWS` variable's name;
+    otherwise None."""
+    if self.is_initializing() or not self.is_mutable_collection(LOOKUP_IDS):
+      return None
+    k = len(self.get_variable(LOOKUP_IDS, name, ()))
+    self.sow(LOOKUP_IDS, name, ids if valid is None else jnp.where(valid, ids, -1))
+    return site_name(name, k)
+
   def _lookup(self, name: str, table, ids, valid=None):
     """`jnp.take(table, ids, axis=0)`; records the site in row-grad mode.
 
@@ -143,22 +153,19 @@ class FeatureEmbedding(nn.Module):
     # load (data/columns.py), and the fill's NaN select cost 1 ms per MMoE
     # step of BENCHMARK.md (26,624 rows of 16).
     rows = jnp.take(table, ids, axis=0, mode="clip")
-    if self.is_initializing() or not self.is_mutable_collection(LOOKUP_IDS):
+    site = self._record_site(name, ids, valid)
+    if site is None:
       return rows
-    k = len(self.get_variable(LOOKUP_IDS, name, ()))
-    self.sow(LOOKUP_IDS, name, ids if valid is None else jnp.where(valid, ids, -1))
-    return self.perturb(site_name(name, k), rows, collection=LOOKUP_ROWS)
+    return self.perturb(site, rows, collection=LOOKUP_ROWS)
 
   def _lookup_concat(self, name: str, table, ids, tail):
     """`_lookup(name, table, ids)` ([B, F, d]) as [B, F * d], joined with
     `tail` ([B, D]): `gather_concat`, one pass on CPU."""
-    if self.is_initializing() or not self.is_mutable_collection(LOOKUP_IDS):
+    site = self._record_site(name, ids)
+    if site is None:
       return gather_concat(table, ids, tail)
-    k = len(self.get_variable(LOOKUP_IDS, name, ()))
-    self.sow(LOOKUP_IDS, name, ids)
     # What `_lookup`'s perturb adds to the rows: the LOOKUP_ROWS variable.
-    pert = self.perturb(site_name(name, k),
-                        jnp.zeros(ids.shape + table.shape[1:], table.dtype),
+    pert = self.perturb(site, jnp.zeros(ids.shape + table.shape[1:], table.dtype),
                         collection=LOOKUP_ROWS)
     return gather_concat(table, ids, tail, pert)
 

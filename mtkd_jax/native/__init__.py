@@ -41,6 +41,7 @@ DENSE_ADAM = "mtkd_dense_adam"  # the FFI targets
 GATHER_CONCAT = "mtkd_gather_concat"
 _SOURCES = tuple(pathlib.Path(__file__).with_name(name)
                  for name in ("dense_adam.cc", "embedding_gather.cc"))
+_HEADERS = (pathlib.Path(__file__).with_name("run_chunks.h"),)
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
           "-shared", "-fPIC", "-std=c++17")
 
@@ -68,7 +69,7 @@ def _build() -> pathlib.Path:
   version = subprocess.run([compiler, "--version"], capture_output=True,
                            text=True, check=True).stdout
   key = hashlib.sha256("\0".join([
-      *(src.read_text() for src in _SOURCES), compiler, version, " ".join(_FLAGS),
+      *(src.read_text() for src in _SOURCES + _HEADERS), compiler, version, " ".join(_FLAGS),
       jaxlib.__version__, _cpu_flags()]).encode()).hexdigest()[:20]
   out = cache_dir() / f"native-{key}" / "libmtkd_native.so"
   if out.exists():

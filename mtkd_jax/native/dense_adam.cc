@@ -18,13 +18,11 @@
 // Attributes: b1, b2, one_minus_b1, one_minus_b2 (rounded from double, as
 // JAX rounds Python's 1 - b1), eps. Outputs: the new w, m, v.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "run_chunks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -64,9 +62,8 @@ struct Work {
   float *w, *m, *v;
   const float* g;
   std::vector<int32_t> slot;  // row -> its index in g, or -1
-  int64_t rows, d, chunk_rows, chunks;
+  int64_t rows, d, chunk_rows;
   Consts k;
-  std::atomic<int64_t> next{0}, done{0};
 
   void Chunk(int64_t c) {
     const int64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
@@ -81,15 +78,6 @@ struct Work {
     }
     if (r1 > run) DecayOnly(w + run * d, m + run * d, v + run * d,
                             (r1 - run) * d, k);
-  }
-
-  // Claims chunks until none is left. The caller and the pool's threads all
-  // run this, so the caller never waits for a task that has not started.
-  void Drain() {
-    for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
-      Chunk(c);
-      done.fetch_add(1, std::memory_order_release);
-    }
   }
 };
 
@@ -113,41 +101,36 @@ ffi::Error DenseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   if (g.element_count() != u * d || scalars.element_count() != 3) {
     return ffi::Error::InvalidArgument("g must be [U, d]; scalars [3]");
   }
-  auto work = std::make_shared<Work>();
+  Work work;
   const float* sc = scalars.typed_data();
-  work->k = Consts{b1, b2, one_minus_b1, one_minus_b2, sc[0], sc[1], sc[2], eps};
-  work->w = w_out->typed_data();
-  work->m = m_out->typed_data();
-  work->v = v_out->typed_data();
-  if (work->w != w.typed_data() || work->m != m.typed_data() ||
-      work->v != v.typed_data()) {  // not aliased: start from the inputs
-    std::copy_n(w.typed_data(), rows * d, work->w);
-    std::copy_n(m.typed_data(), rows * d, work->m);
-    std::copy_n(v.typed_data(), rows * d, work->v);
+  work.k = Consts{b1, b2, one_minus_b1, one_minus_b2, sc[0], sc[1], sc[2], eps};
+  work.w = w_out->typed_data();
+  work.m = m_out->typed_data();
+  work.v = v_out->typed_data();
+  if (work.w != w.typed_data() || work.m != m.typed_data() ||
+      work.v != v.typed_data()) {  // not aliased: start from the inputs
+    std::copy_n(w.typed_data(), rows * d, work.w);
+    std::copy_n(m.typed_data(), rows * d, work.m);
+    std::copy_n(v.typed_data(), rows * d, work.v);
   }
-  work->g = g.typed_data();
-  work->rows = rows;
-  work->d = d;
-  work->slot.assign(rows, -1);
+  work.g = g.typed_data();
+  work.rows = rows;
+  work.d = d;
+  work.slot.assign(rows, -1);
   const int32_t* id = ids.typed_data();
   for (int64_t k = 0; k < u; ++k) {
     const int32_t r = id[k];
     if (r < 0 || r >= rows) continue;  // padding
-    if (work->slot[r] >= 0) {
+    if (work.slot[r] >= 0) {
       return ffi::Error::InvalidArgument("dense_adam: duplicate row id");
     }
-    work->slot[r] = static_cast<int32_t>(k);
+    work.slot[r] = static_cast<int32_t>(k);
   }
   const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
-  work->chunks = std::max<int64_t>(1, std::min<int64_t>(8 * threads, rows));
-  work->chunk_rows = (rows + work->chunks - 1) / work->chunks;
-  for (int64_t t = 1; t < threads; ++t) {
-    pool.Schedule([work]() { work->Drain(); });
-  }
-  work->Drain();
-  while (work->done.load(std::memory_order_acquire) < work->chunks) {
-    std::this_thread::yield();  // chunks claimed by running pool threads
-  }
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>(8 * threads, rows));
+  work.chunk_rows = (rows + chunks - 1) / chunks;
+  mtkd_native::RunChunks(pool, chunks, [&work](int64_t c) { work.Chunk(c); });
   return ffi::Error::Success();
 }
 

@@ -9,7 +9,7 @@
 // of BENCHMARK.md (106,496 rows of 16 floats from a 260,000-row table;
 // `python -m benchmarks.profile_step --model shared_bottom --eval`). This
 // copies each row once, straight into its place in the model's input, on the
-// pool's threads.
+// pool's threads (run_chunks.h).
 //
 // Inputs: table float32[rows, d]; ids int32[B, F] (clamped to [0, rows), as
 // mode="clip"); dense float32[B, D] (D may be 0); pert float32[B, F, d] or
@@ -17,12 +17,10 @@
 // differentiate w.r.t. it; it holds zeros). Output float32[B, F * d + D].
 // Copies and one float add per element: the values equal XLA's bit for bit.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
+#include "run_chunks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -38,8 +36,7 @@ struct GatherWork {
   const float* dense;
   const float* pert;  // nullptr: none
   float* out;
-  int64_t rows, d, fields, dense_width, batch, chunks;
-  std::atomic<int64_t> next{0}, done{0};
+  int64_t rows, d, fields, dense_width, batch;
 
   const float* Row(int64_t k) const {
     const int64_t r = std::clamp<int64_t>(ids[k], 0, rows - 1);
@@ -71,15 +68,6 @@ struct GatherWork {
       }
     }
   }
-
-  // Claims chunks until none is left; the caller runs this too, so it never
-  // waits for a task that has not started (as dense_adam.cc).
-  void Drain() {
-    for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
-      Chunk(c);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
 };
 
 ffi::Error GatherConcatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> table,
@@ -97,36 +85,27 @@ ffi::Error GatherConcatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> table,
   if (td[0] < 1) {
     return ffi::Error::InvalidArgument("gather_concat: empty table");
   }
-  auto work = std::make_shared<GatherWork>();
-  work->rows = td[0];
-  work->d = td[1];
-  work->batch = id[0];
-  work->fields = id[1];
-  work->dense_width = dd[1];
-  const int64_t n_rows = work->batch * work->fields;
-  if (pert.element_count() != 0 && pert.element_count() != n_rows * work->d) {
+  GatherWork work;
+  work.rows = td[0];
+  work.d = td[1];
+  work.batch = id[0];
+  work.fields = id[1];
+  work.dense_width = dd[1];
+  const int64_t n_rows = work.batch * work.fields;
+  if (pert.element_count() != 0 && pert.element_count() != n_rows * work.d) {
     return ffi::Error::InvalidArgument("gather_concat: pert [B, F, d] or [0]");
   }
   if (out->element_count() !=
-      work->batch * (work->fields * work->d + work->dense_width)) {
+      work.batch * (work.fields * work.d + work.dense_width)) {
     return ffi::Error::InvalidArgument("gather_concat: out [B, F * d + D]");
   }
-  work->table = table.typed_data();
-  work->ids = ids.typed_data();
-  work->dense = dense.typed_data();
-  work->pert = pert.element_count() ? pert.typed_data() : nullptr;
-  work->out = out->typed_data();
-  work->chunks = (work->batch + kChunkExamples - 1) / kChunkExamples;
-  if (work->chunks == 0) return ffi::Error::Success();
-  const int64_t threads = std::min<int64_t>(
-      std::max<int64_t>(pool.num_threads(), 1), work->chunks);
-  for (int64_t t = 1; t < threads; ++t) {
-    pool.Schedule([work]() { work->Drain(); });
-  }
-  work->Drain();
-  while (work->done.load(std::memory_order_acquire) < work->chunks) {
-    std::this_thread::yield();  // chunks claimed by running pool threads
-  }
+  work.table = table.typed_data();
+  work.ids = ids.typed_data();
+  work.dense = dense.typed_data();
+  work.pert = pert.element_count() ? pert.typed_data() : nullptr;
+  work.out = out->typed_data();
+  const int64_t chunks = (work.batch + kChunkExamples - 1) / kChunkExamples;
+  mtkd_native::RunChunks(pool, chunks, [&work](int64_t c) { work.Chunk(c); });
   return ffi::Error::Success();
 }
 
