@@ -1,11 +1,15 @@
 """Native CPU kernels, called from jitted code through the XLA FFI.
 
-Two kernels, each described in its source's header:
+Four kernels, each described in its source's header:
   * `dense_adam.cc`: exact dense Adam for an embedding table from its row
     gradient in one pass over the table (the default table optimizer
-    `train.row_optim.dense_adam` uses it on CPU);
+    `train.row_optim.dense_adam` uses it on CPU), and, as the kernel
+    "adam", optax.adam on the other parameters in one call
+    (`train.row_optim.adam_update`);
   * `embedding_gather.cc`: the input layer's row gather and concatenation
-    with the dense features in one pass (`models.embedding.gather_concat`).
+    with the dense features in one pass (`models.embedding.gather_concat`);
+  * `compact_rows.cc`: a table's distinct touched rows and their summed
+    gradients (`train.row_grads.compact`).
 
 The source ships with the package and is compiled on first use with the
 machine's C++ compiler (`$CXX`, else `c++`; ~2 s) for this CPU
@@ -36,11 +40,14 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-KERNELS = ("dense_adam", "gather_concat")
+KERNELS = ("dense_adam", "gather_concat", "adam", "compact_rows")
 DENSE_ADAM = "mtkd_dense_adam"  # the FFI targets
+ADAM = "mtkd_adam"
 GATHER_CONCAT = "mtkd_gather_concat"
+COMPACT_ROWS = "mtkd_compact_rows"
 _SOURCES = tuple(pathlib.Path(__file__).with_name(name)
-                 for name in ("dense_adam.cc", "embedding_gather.cc"))
+                 for name in ("dense_adam.cc", "embedding_gather.cc",
+                              "compact_rows.cc"))
 _HEADERS = (pathlib.Path(__file__).with_name("run_chunks.h"),)
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
           "-shared", "-fPIC", "-std=c++17")
@@ -96,6 +103,11 @@ def _build() -> pathlib.Path:
 def _register(path: str) -> None:  # once per library and process
   lib = ctypes.cdll.LoadLibrary(path)
   jax.ffi.register_ffi_target(DENSE_ADAM, jax.ffi.pycapsule(lib.MtkdDenseAdam),
+                              platform="cpu")
+  jax.ffi.register_ffi_target(ADAM, jax.ffi.pycapsule(lib.MtkdAdam),
+                              platform="cpu")
+  jax.ffi.register_ffi_target(COMPACT_ROWS,
+                              jax.ffi.pycapsule(lib.MtkdCompactRows),
                               platform="cpu")
   jax.ffi.register_ffi_target(GATHER_CONCAT,
                               jax.ffi.pycapsule(lib.MtkdGatherConcat),
@@ -176,6 +188,30 @@ def dense_adam(table, mu, nu, ids, grads, scalars, *, b1, b2, eps):
           one_minus_b1=f32(1 - b1), one_minus_b2=f32(1 - b2), eps=f32(eps)))
 
 
+def adam(params, mu, nu, grads, scalars, *, b1, b2, eps):
+  """(params, mu, nu) after one optax.adam step on each array (dense_adam.cc's
+  `AdamImpl`), all in one call.
+
+  Args:
+    params, mu, nu, grads: lists of float32 arrays, entry i of each alike.
+    scalars: float32[3]: 1 / (1 - b1^t), 1 / (1 - b2^t), the learning rate.
+    b1, b2, eps: Adam's (Python floats).
+  The outputs alias params, mu and nu: in place when they are donated.
+  """
+  f32 = np.float32
+  args, outs, aliases = [scalars], [], {}
+  for i, arrays in enumerate(zip(params, mu, nu, grads)):
+    args.extend(arrays)
+    for j in range(3):
+      aliases[1 + 4 * i + j] = 3 * i + j
+      outs.append(jax.ShapeDtypeStruct(arrays[j].shape, arrays[j].dtype))
+  flat = jax.ffi.ffi_call(ADAM, outs, input_output_aliases=aliases,
+                          vmap_method="sequential")(
+      *args, b1=f32(b1), b2=f32(b2), one_minus_b1=f32(1 - b1),
+      one_minus_b2=f32(1 - b2), eps=f32(eps))
+  return list(flat[0::3]), list(flat[1::3]), list(flat[2::3])
+
+
 def gather_concat(table, ids, dense, pert=None):
   """`concat(take(table, ids, mode="clip") (+ pert), dense)`, rows flattened
   (embedding_gather.cc; not differentiable: see
@@ -196,3 +232,25 @@ def gather_concat(table, ids, dense, pert=None):
                              jnp.float32)
   return jax.ffi.ffi_call(GATHER_CONCAT, out, vmap_method="sequential")(
       table, ids, dense, pert)
+
+
+def compact_rows(all_ids, grads, offset, size: int, fill: int):
+  """(uniq int32[U], summed float32[L, U, d]) (compact_rows.cc).
+
+  Args:
+    all_ids: int32[N_all] in [0, fill]; `fill` marks a lookup of no row.
+    grads: float32[L, n, d], the gradients of lookups
+      all_ids[offset : offset + n].
+    offset: int32 scalar.
+    size: U, at least the number of distinct ids below `fill`.
+    fill: the table's row count.
+  Returns:
+    uniq: the distinct ids below `fill` in order of first occurrence, then
+      `fill`; summed[l, u]: the sum of grads[l, i] over the lookups i of row
+      uniq[u], added in order onto zeros.
+  """
+  lead, _, dim = grads.shape
+  outs = (jax.ShapeDtypeStruct((size,), jnp.int32),
+          jax.ShapeDtypeStruct((lead, size, dim), jnp.float32))
+  return jax.ffi.ffi_call(COMPACT_ROWS, outs, vmap_method="sequential")(
+      all_ids, grads, jnp.asarray(offset, jnp.int32), fill=np.int64(fill))

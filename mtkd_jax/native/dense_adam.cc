@@ -1,4 +1,6 @@
-// Exact dense Adam for an embedding table from its row gradient, in one pass.
+// Exact dense Adam for an embedding table from its row gradient, in one pass;
+// and (`MtkdAdam`, at the end) optax.adam on the model's other parameters,
+// every array in one call.
 //
 // The XLA:CPU form of `row_optim.dense_adam_update` (b1 m and b2 v over the
 // whole table, the batch's rows scattered in, then the weight update) makes
@@ -17,6 +19,17 @@
 // lr): XLA turns m / (1 - b1^t) into m * (1 / (1 - b1^t)), and so does this.
 // Attributes: b1, b2, one_minus_b1, one_minus_b2 (rounded from double, as
 // JAX rounds Python's 1 - b1), eps. Outputs: the new w, m, v.
+//
+// `MtkdAdam`: the other parameters' update (1.17 M floats in 10 arrays for
+// BENCHMARK.md's MMoE / PLE). XLA updates each array in its own fusion,
+// split in two halves over the pool: ~1.3 ms of op time in a traced PLE
+// step; this cuts every array into chunks claimed by the pool's threads
+// (0.6 ms; the step 0.3 ms shorter: `python -m benchmarks.step_ab --model
+// ple --variants base,native=dense_adam:gather_concat:compact_rows`). Its
+// floats are those XLA gives optax.adam where it fuses the update as
+// written (`DenseGrad`); XLA rewrites (m / c1) / (sqrt(v / c2) + eps) into
+// m / (c1 (sqrt(v / c2) + eps)) in some programs, so optax's own floats
+// vary with the program around it, by an ulp of the update.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -52,6 +65,23 @@ inline void WithGrad(float* __restrict w, float* __restrict m,
   for (int64_t i = 0; i < n; ++i) {
     const float mi = k.b1 * m[i] + k.ob1 * g[i];
     const float vi = k.b2 * v[i] + k.ob2 * (g[i] * g[i]);
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = std::fma((mi * k.r1) / (std::sqrt(vi * k.r2) + k.eps), -k.lr, w[i]);
+  }
+}
+
+// A dense gradient (the model's other parameters, `row_optim.adam_update`):
+// optax.adam's floats as XLA computes them. There XLA contracts
+// (1 - b1) g + b1 m and (1 - b2) g^2 + b2 v into one rounding each (an FMA
+// whose addend is b1 m, resp. b2 v), where the row form above rounds the
+// scatter-added product separately.
+inline void DenseGrad(float* __restrict w, float* __restrict m,
+                      float* __restrict v, const float* __restrict g,
+                      int64_t n, const Consts& k) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float mi = std::fma(k.ob1, g[i], k.b1 * m[i]);
+    const float vi = std::fma(k.ob2, g[i] * g[i], k.b2 * v[i]);
     m[i] = mi;
     v[i] = vi;
     w[i] = std::fma((mi * k.r1) / (std::sqrt(vi * k.r2) + k.eps), -k.lr, w[i]);
@@ -148,6 +178,80 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MtkdDenseAdam, DenseAdamImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("b1")
+                                  .Attr<float>("b2")
+                                  .Attr<float>("one_minus_b1")
+                                  .Attr<float>("one_minus_b2")
+                                  .Attr<float>("eps"));
+
+namespace {
+
+// Adam on L arrays with dense gradients in one call: args (w, m, v, g) per
+// array, rets (w, m, v) per array (aliasing the args), the same scalars and
+// attributes as above. The arrays are cut into chunks of at most kChunk
+// elements, claimed by the pool's threads.
+constexpr int64_t kChunk = 16384;
+
+ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                    ffi::RemainingArgs args, ffi::RemainingRets rets,
+                    float b1, float b2, float one_minus_b1,
+                    float one_minus_b2, float eps) {
+  if (args.size() % 4 != 0 || rets.size() * 4 != args.size() * 3 ||
+      scalars.element_count() != 3) {
+    return ffi::Error::InvalidArgument(
+        "adam: want (w, m, v, g) per array, (w, m, v) out, scalars [3]");
+  }
+  struct Slice {
+    float *w, *m, *v;
+    const float* g;
+    int64_t n;
+  };
+  std::vector<Slice> slices;
+  for (size_t a = 0; a < args.size() / 4; ++a) {
+    ffi::Buffer<ffi::F32> in[4] = {
+        args.get<ffi::Buffer<ffi::F32>>(4 * a).value(),
+        args.get<ffi::Buffer<ffi::F32>>(4 * a + 1).value(),
+        args.get<ffi::Buffer<ffi::F32>>(4 * a + 2).value(),
+        args.get<ffi::Buffer<ffi::F32>>(4 * a + 3).value()};
+    const int64_t n = in[0].element_count();
+    float* out[3];
+    for (int j = 0; j < 3; ++j) {
+      auto r = rets.get<ffi::Buffer<ffi::F32>>(3 * a + j);
+      if (!r.has_value() || in[j].element_count() != n ||
+          (*r)->element_count() != n) {
+        return ffi::Error::InvalidArgument("adam: w, m, v, g must be alike");
+      }
+      out[j] = (*r)->typed_data();
+      if (out[j] != in[j].typed_data()) {  // not aliased: start from the input
+        std::copy_n(in[j].typed_data(), n, out[j]);
+      }
+    }
+    if (in[3].element_count() != n) {
+      return ffi::Error::InvalidArgument("adam: w, m, v, g must be alike");
+    }
+    for (int64_t i = 0; i < n; i += kChunk) {
+      slices.push_back({out[0] + i, out[1] + i, out[2] + i,
+                        in[3].typed_data() + i, std::min(kChunk, n - i)});
+    }
+  }
+  const float* sc = scalars.typed_data();
+  const Consts k{b1, b2, one_minus_b1, one_minus_b2, sc[0], sc[1], sc[2], eps};
+  mtkd_native::RunChunks(pool, static_cast<int64_t>(slices.size()),
+                         [&slices, &k](int64_t c) {
+                           const Slice& s = slices[c];
+                           DenseGrad(s.w, s.m, s.v, s.g, s.n, k);
+                         });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MtkdAdam, AdamImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scalars
+                                  .RemainingArgs()
+                                  .RemainingRets()
                                   .Attr<float>("b1")
                                   .Attr<float>("b2")
                                   .Attr<float>("one_minus_b1")

@@ -19,6 +19,10 @@ unused slots). Every device holds the same RowGrad: the ids are all-gathered
 over the `data` axis, made unique at the static size U, and each device's
 row gradients are segment-summed into that layout and `psum`med.
 
+On CPU, `compact` finds the distinct rows and sums their gradients in one
+native pass (mtkd_jax/native/compact_rows.cc; the same values as the XLA
+form, bit for bit) where `unique_slots` would take its "map" method.
+
 Exactness. The dense gradient is `zeros.at[ids].add(grads, mode="drop")`
 (`densify`), and every row outside `ids` has zero gradient there. So inner
 products, norms and linear combinations computed on the compact layout equal
@@ -35,6 +39,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax import lax
 
+from mtkd_jax import native
 from mtkd_jax.models import embedding
 from mtkd_jax.train import collectives
 
@@ -174,14 +179,30 @@ def compact(sites: Dict[Path, tuple], row_grads, tables: Dict[Path, jax.Array],
     grads = jnp.concatenate(grads, axis=lead_ndim)
     all_ids = collectives.all_gather_tiled(ids, axis_name)
     size = min(all_ids.shape[0], num_rows)
-    uniq, slot = unique_slots(all_ids, size, num_rows)
     n = ids.shape[0]
-    slot = lax.dynamic_slice_in_dim(slot, lax.axis_index(axis_name) * n, n)
-    slot = jnp.where(ids < num_rows, slot, size)  # dropped below
-    summed = jnp.zeros(grads.shape[:lead_ndim] + (size, dim), grads.dtype)
-    summed = summed.at[..., slot, :].add(grads, mode="drop")
+    offset = lax.axis_index(axis_name) * n
+    if _use_native(all_ids, num_rows, grads):  # the same values, one pass
+      lead = grads.shape[:lead_ndim]
+      uniq, summed = native.compact_rows(
+          all_ids, grads.reshape((-1, n, dim)), offset, size, num_rows)
+      summed = summed.reshape(lead + (size, dim))
+    else:
+      uniq, slot = unique_slots(all_ids, size, num_rows)
+      slot = lax.dynamic_slice_in_dim(slot, offset, n)
+      slot = jnp.where(ids < num_rows, slot, size)  # dropped below
+      summed = jnp.zeros(grads.shape[:lead_ndim] + (size, dim), grads.dtype)
+      summed = summed.at[..., slot, :].add(grads, mode="drop")
     out[path] = RowGrad(uniq, collectives.psum(summed, axis_name))
   return out
+
+
+def _use_native(all_ids, num_rows: int, grads) -> bool:
+  """Whether `compact` runs the native kernel (mtkd_jax/native/
+  compact_rows.cc): where `unique_slots` takes its "map" method (ids in
+  order of first occurrence), for float32 gradients on CPU."""
+  return (num_rows <= MAP_ROWS_PER_ID * all_ids.shape[0] and
+          grads.dtype == jnp.float32 and jax.default_backend() == "cpu" and
+          native.use("compact_rows"))
 
 
 def all_rows(dense_grad: jax.Array) -> RowGrad:

@@ -62,6 +62,11 @@ adam (what `optimizer.embedding="dense"` runs when `optimizer.name` is
   (`python -m benchmarks.step_ab --variants base,native=0`).
   State: m and v, 2 floats per entry, as optax.adam.
 
+With optimizer.name "adam", `SplitOptimizer` updates the other parameters
+with `adam_update` (optax.adam's state, formula and floats; on CPU one call
+of the native kernel "adam" for all of them, where XLA runs one fusion per
+array: 0.3 ms of the PLE step of BENCHMARK.md).
+
 The row-sparse ones (row_adagrad, lazy_adam) apply no weight decay to the tables (it would touch every row);
 `optimizer.weight_decay` acts on the other parameters only. Gradient
 clipping (`optimizer.grad_clip_norm`) acts on the global norm of the whole
@@ -210,6 +215,61 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
   return table + update.astype(table.dtype), DenseAdamState(mu, nu)
 
 
+def adam_update(params, mu, nu, grads, *, count, lr, b1: float, b2: float,
+                eps: float, native=None):
+  """optax.adam's step on pytrees of arrays (None leaves skipped), bit for bit.
+
+  Args:
+    params, mu, nu, grads: pytrees of the same structure.
+    count: int32, the updates done before this one (t = count + 1).
+    lr: the learning rate (a scalar).
+    b1, b2, eps: Adam's.
+    native: None: every float32 leaf in one call of the native kernel
+      "adam" (`mtkd_jax/native/dense_adam.cc`) when it can run; False: the
+      XLA form (optax's formula, which XLA fuses per leaf); True: the kernel
+      or an error.
+  Returns:
+    (params, mu, nu). The same floats as `optax.apply_updates(params,
+    optax.adam(lr).update(grads, ...))` (tests/train/test_row_optim.py). XLA
+    updates the leaves one fusion at a time, each split in two halves over
+    the 2 threads of BENCHMARK.md's machine; the kernel cuts all leaves into
+    one pool of chunks (the MMoE / PLE experts' 1.17 M parameters).
+  """
+  leaves, tree = jax.tree.flatten(params)
+  mus, nus, gs = (tree.flatten_up_to(x) for x in (mu, nu, grads))
+  t = count + 1
+  fits = (jax.default_backend() == "cpu" and all(
+      x.dtype == jnp.float32 for x in leaves + mus + nus + gs))
+  if native is None:
+    native = fits and native_kernels.use("adam")
+  elif native and not (fits and native_kernels.use("adam")):
+    raise ValueError("The native Adam kernel needs float32 parameters on CPU "
+                     "and a C++ compiler (mtkd_jax/native).")
+  if native and leaves:
+    scalars = jnp.stack([1 / (1 - b1 ** t).astype(jnp.float32),
+                         1 / (1 - b2 ** t).astype(jnp.float32),
+                         jnp.asarray(lr, jnp.float32)])
+    new, mus, nus = native_kernels.adam(leaves, mus, nus, gs, scalars,
+                                        b1=b1, b2=b2, eps=eps)
+  else:
+    new, mus, nus = [], list(mus), list(nus)
+    for i, (p, g) in enumerate(zip(leaves, gs)):
+      mus[i] = (1 - b1) * g + b1 * mus[i]
+      nus[i] = (1 - b2) * g ** 2 + b2 * nus[i]
+      mu_hat = mus[i] / (1 - b1 ** t).astype(mus[i].dtype)
+      nu_hat = nus[i] / (1 - b2 ** t).astype(nus[i].dtype)
+      new.append(p + (mu_hat / (jnp.sqrt(nu_hat) + eps) * -lr).astype(p.dtype))
+  return tuple(tree.unflatten(x) for x in (new, mus, nus))
+
+
+class AdamConfig(NamedTuple):
+  """optax.adam(schedule, b1, b2, eps)'s settings, for `SplitOptimizer`."""
+  schedule: Callable[[jax.Array], jax.Array]
+  b1: float
+  b2: float
+  eps: float
+
+
 def _use_native_kernel(native, table, state, grads) -> bool:
   if native is False:
     return False
@@ -310,10 +370,14 @@ class SplitOptimizer:
     rows: the tables' RowOptimizer.
     clip_norm: > 0 clips the whole gradient (tables' rows included) to this
       global norm first, as `optax.clip_by_global_norm`.
+    adam: when `dense` is `optax.adam` with these settings, the other params
+      are updated by `adam_update` (its native kernel; optax's floats and
+      optax's state), else by `dense`.
   """
   dense: optax.GradientTransformation
   rows: RowOptimizer
   clip_norm: float = 0.0
+  adam: Any = None  # an AdamConfig or None
 
   def init(self, params) -> SplitState:
     tables, rest = row_grads_lib.split(params, table_paths(params))
@@ -358,8 +422,11 @@ class SplitOptimizer:
       row_grads = {p: r._replace(grads=r.grads * scale.astype(r.grads.dtype))
                    for p, r in row_grads.items()}
     tables, rest = row_grads_lib.split(params, tuple(row_grads))
-    updates, dense_state = self.dense.update(grads, state.dense, rest)
-    rest = optax.apply_updates(rest, updates)
+    if self.adam is not None and native_kernels.use("adam"):
+      rest, dense_state = _optax_adam_step(self.adam, rest, grads, state.dense)
+    else:
+      updates, dense_state = self.dense.update(grads, state.dense, rest)
+      rest = optax.apply_updates(rest, updates)
     all_rows = self.rows.moves_all_rows  # then re-sum the whole tables
     new_rows = {}
     table_sq = jnp.zeros((), jnp.float32) if all_rows else state.table_sq_norm
@@ -384,6 +451,24 @@ class SplitOptimizer:
       return jnp.sqrt(rest_sq + jnp.maximum(table_sq, 0.0))
     return (row_grads_lib.merge(tables, rest), new_state,
             {"grad_norm": norm, "param_norm": when(with_norms, param_norm)})
+
+
+def _optax_adam_step(cfg: AdamConfig, params, grads, state):
+  """(params, state) after `optax.adam(cfg.schedule, ...)`'s update, applied:
+  `adam_update` on optax's state (ScaleByAdamState, ScaleByScheduleState)."""
+  if not (isinstance(state, tuple) and len(state) == 2 and
+          isinstance(state[0], optax.ScaleByAdamState) and
+          isinstance(state[1], optax.ScaleByScheduleState)):
+    raise ValueError(f"SplitOptimizer.adam needs optax.adam(schedule)'s "
+                     f"state, got {type(state).__name__}")
+  adam_state, schedule_state = state
+  params, mu, nu = adam_update(
+      params, adam_state.mu, adam_state.nu, grads, count=adam_state.count,
+      lr=cfg.schedule(schedule_state.count), b1=cfg.b1, b2=cfg.b2,
+      eps=cfg.eps)
+  return params, (
+      optax.ScaleByAdamState(optax.safe_increment(adam_state.count), mu, nu),
+      optax.ScaleByScheduleState(optax.safe_increment(schedule_state.count)))
 
 
 def when(pred, fn, otherwise=None):

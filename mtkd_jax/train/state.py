@@ -86,7 +86,9 @@ def make_optimizer(cfg, total_steps: int):
     rows = registry.lookup(
         {**row_optim.ROW_OPTIMIZERS, "dense": None}, embedding,
         "embedding optimizer")(schedule, cfg)
-    return row_optim.SplitOptimizer(tx, rows, float(cfg.grad_clip_norm))
+    adam = (row_optim.AdamConfig(schedule, cfg.b1, cfg.b2, cfg.eps)
+            if cfg.name == "adam" else None)
+    return row_optim.SplitOptimizer(tx, rows, float(cfg.grad_clip_norm), adam)
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   return tx

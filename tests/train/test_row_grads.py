@@ -136,6 +136,51 @@ def test_unique_slots_auto_picks_the_map_for_small_tables():
   np.testing.assert_array_equal(big, [3, 5, 9, 10_000, 10_000])  # sorted
 
 
+def _xla_compact(all_ids, grads, offset, size, fill):
+  """row_grads.compact's XLA form for one table (unique_slots "map", then a
+  scatter-add of this device's lookups)."""
+  uniq, slot = row_grads.unique_slots(all_ids, size, fill, "map")
+  n = grads.shape[-2]
+  ids = jax.lax.dynamic_slice_in_dim(all_ids, offset, n)
+  slot = jnp.where(ids < fill, jax.lax.dynamic_slice_in_dim(slot, offset, n),
+                   size)
+  summed = jnp.zeros(grads.shape[:-2] + (size, grads.shape[-1]), grads.dtype)
+  return uniq, summed.at[..., slot, :].add(grads, mode="drop")
+
+
+def test_native_compact_rows_is_the_xla_form():
+  """The native kernel (mtkd_jax/native/compact_rows.cc) against the XLA
+  form bit for bit: repeated ids, `fill` (no row) entries, several leading
+  gradients (per-term), this device's slice of the gathered ids; errors
+  for an id outside [0, fill] and for more distinct ids than U."""
+  from mtkd_jax import native
+  assert native.use("compact_rows")
+  rng = np.random.default_rng(1)
+  fill, n_all, n, dim = 300, 400, 100, 5
+  all_ids = rng.zipf(1.3, n_all).astype(np.int64) % (fill + 1)
+  all_ids = jnp.asarray(all_ids, jnp.int32)  # some == fill: no row
+  grads = jnp.asarray(rng.normal(size=(3, n, dim)), jnp.float32)
+  size = min(n_all, fill)
+  for offset in (0, 200, 300):
+    got = jax.jit(native.compact_rows, static_argnums=(3, 4))(
+        all_ids, grads, offset, size, fill)
+    want = jax.jit(_xla_compact, static_argnums=(3, 4))(
+        all_ids, grads, offset, size, fill)
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(g, w)
+  distinct = len(set(np.asarray(all_ids).tolist()) - {fill})
+  assert 1 < distinct < size and np.asarray(got[1]).any()
+  with pytest.raises(Exception, match="more distinct ids than U"):
+    jax.block_until_ready(native.compact_rows(all_ids, grads, 0, distinct - 1,
+                                              fill))
+  with pytest.raises(Exception, match="outside"):
+    jax.block_until_ready(native.compact_rows(all_ids.at[3].set(fill + 1),
+                                              grads, 0, size, fill))
+  again = native.compact_rows(all_ids, grads, 0, size, fill)  # state reset
+  np.testing.assert_array_equal(again[0], want[0] if offset == 0 else
+                                _xla_compact(all_ids, grads, 0, size, fill)[0])
+
+
 def test_default_config_keeps_the_dense_path():
   step_cfg, state = build(make_config())
   assert not step_cfg.row_grads

@@ -7,6 +7,7 @@ otherwise; untouched rows and their state never change; padding slots (the
 out-of-range id) are dropped; the state checkpoints with the TrainState;
 the native one-pass dense Adam kernel is the XLA form bit for bit.
 """
+import functools
 import os
 import pathlib
 import shutil
@@ -251,6 +252,94 @@ def test_native_dense_adam_under_vmap_and_with_duplicate_ids():
   ids = ids.at[1].set(ids[0])
   with pytest.raises(Exception, match="duplicate row id"):
     jax.block_until_ready(jax.jit(update)(t0, state, ids, grads))
+
+
+def _fma(a, b, c):
+  """float32 fma(a, b, c) (a * b is exact in float64; one rounding to
+  float64, then to float32: agrees with a single rounding but in cases of
+  probability ~2^-29 per element)."""
+  return (np.float64(a) * np.float64(b) + np.float64(c)).astype(np.float32)
+
+
+def _adam_reference(w, m, v, g, count, lr, b1=0.9, b2=0.999, eps=1e-8):
+  """numpy float32: the native "adam" kernel's documented operations."""
+  f32 = np.float32
+  t = count + 1
+  r1, r2 = (np.asarray(jax.jit(lambda c, b=b: 1 / (1 - b ** c).astype(
+      jnp.float32))(jnp.int32(t))) for b in (b1, b2))
+  m = _fma(f32(1 - b1), g, f32(b1) * m)
+  v = _fma(f32(1 - b2), g * g, f32(b2) * v)
+  u = (m * r1) / (np.sqrt(v * r2) + f32(eps))
+  return _fma(u, -f32(lr), w), m, v
+
+
+def test_native_adam_is_optax_adam():
+  """The native "adam" kernel on the non-table params (SplitOptimizer's
+  path for optimizer.name="adam"), step by step with a schedule, against
+  optax.adam: the same state structure and counts; m and v bit for bit;
+  the params to float rounding (XLA itself rewrites optax's m_hat /
+  (sqrt(v_hat) + eps) as m / (c1 (sqrt(v_hat) + eps)) in some programs and
+  not in others), and bit for bit the kernel's documented floats (numpy).
+  Arrays larger than a chunk, small ones and None leaves."""
+  assert native.use("adam")
+  rng = np.random.default_rng(3)
+  params = {"experts": {"kernel_0": rng.normal(size=(40, 3, 300)),
+                        "bias_0": rng.normal(size=(3, 300))},
+            "gate": rng.normal(size=(7,)), "table": None}
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  lr = optax.linear_schedule(0.05, 0.01, 4)
+  tx = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+  cfg = row_optim.AdamConfig(lr, 0.9, 0.999, 1e-8)
+  ref_step = jax.jit(lambda p, s, g: (lambda u, s: (
+      optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
+  step = jax.jit(functools.partial(row_optim._optax_adam_step, cfg))
+  ref, ref_state = params, tx.init(params)
+  got, state = params, tx.init(params)
+  for k in range(5):
+    grads = jax.tree.map(lambda x: jnp.asarray(
+        rng.normal(size=x.shape), jnp.float32) * 0.1, params)
+    want = [_adam_reference(*map(np.asarray, leaves), k, lr(k)) for leaves in
+            zip(*(jax.tree.leaves(x) for x in (got, state[0].mu, state[0].nu,
+                                                grads)))]
+    ref, ref_state = ref_step(ref, ref_state, grads)
+    got, state = step(got, grads, state)
+    assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+    assert int(state[0].count) == int(state[1].count) == k + 1
+    jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(  # ~1 ulp of
+        a, b, rtol=2e-6, atol=1e-7), got, ref)  # lr * m_hat / sqrt(v_hat)
+    for (w, m, v), leaves in zip(want, zip(*(jax.tree.leaves(x) for x in (
+        got, state[0].mu, state[0].nu)))):
+      for a, b in zip((w, m, v), leaves):
+        np.testing.assert_array_equal(a, b)
+    ref, ref_state = got, state  # from the same state next step
+
+
+def test_native_adam_under_vmap_and_through_make_optimizer():
+  """Under vmap (multiseed training) each slice is its own update; the
+  optimizer of optimizer.name="adam" takes the kernel path and keeps
+  optax's state, so `tx.init` and checkpoints are unchanged."""
+  params = {"a": jnp.arange(20000, dtype=jnp.float32).reshape(100, 200) / 1e4,
+            "b": jnp.ones((3,), jnp.float32)}
+  grads = jax.tree.map(lambda x: jnp.cos(x) * 0.1, params)
+  cfg = synthetic_mmoe.get_config("smoke").optimizer
+  assert cfg.name == "adam"
+  tx = state_lib.make_optimizer(cfg, 10)
+  assert isinstance(tx, row_optim.SplitOptimizer) and tx.adam is not None
+  opt_state = tx.dense.init(params)
+  step = lambda p, g, s: row_optim._optax_adam_step(tx.adam, p, g, s)
+  one = [jax.jit(step)(jax.tree.map(lambda x: x * c, params), grads,
+                       opt_state) for c in (1.0, 2.0)]
+  stack = lambda *xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
+  both = jax.jit(jax.vmap(step))(
+      stack(*(jax.tree.map(lambda x: x * c, params) for c in (1.0, 2.0))),
+      stack(grads, grads), stack(opt_state, opt_state))
+  for k in range(2):
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[k], b),
+                 both, one[k])
+  with pytest.raises(ValueError, match="optax.adam"):
+    row_optim._optax_adam_step(tx.adam, params, grads,
+                               optax.sgd(0.1).init(params))
 
 
 @pytest.mark.parametrize("env", [{"MTKD_JAX_NATIVE": "0"},
