@@ -191,14 +191,12 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
   Returns:
     (table, state): every row updated, as `optax.adam` on the dense gradient.
   """
-  if ids is not None and _use_native_kernel(native, table, state, grads):
-    t = count + 1
-    scalars = jnp.stack([1 / (1 - b1 ** t).astype(jnp.float32),
-                         1 / (1 - b2 ** t).astype(jnp.float32),
-                         jnp.asarray(lr, jnp.float32)])
+  if ids is not None and _use_native_kernel(
+      native, "dense_adam", (table, state.mu, state.nu, grads),
+      table.ndim == 2, "float32 [rows, d] tables"):
     table, mu, nu = native_kernels.dense_adam(
-        table, state.mu, state.nu, ids.astype(jnp.int32), grads, scalars,
-        b1=b1, b2=b2, eps=eps)
+        table, state.mu, state.nu, ids.astype(jnp.int32), grads,
+        _adam_scalars(count, lr, b1, b2), b1=b1, b2=b2, eps=eps)
     return table, DenseAdamState(mu, nu)
   if ids is None:  # a dense gradient (`row_grads.all_rows`): optax's formula
     mu = (1 - b1) * grads + b1 * state.mu
@@ -237,28 +235,17 @@ def adam_update(params, mu, nu, grads, *, count, lr, b1: float, b2: float,
   """
   leaves, tree = jax.tree.flatten(params)
   mus, nus, gs = (tree.flatten_up_to(x) for x in (mu, nu, grads))
-  t = count + 1
-  fits = (jax.default_backend() == "cpu" and all(
-      x.dtype == jnp.float32 for x in leaves + mus + nus + gs))
-  if native is None:
-    native = fits and native_kernels.use("adam")
-  elif native and not (fits and native_kernels.use("adam")):
-    raise ValueError("The native Adam kernel needs float32 parameters on CPU "
-                     "and a C++ compiler (mtkd_jax/native).")
-  if native and leaves:
-    scalars = jnp.stack([1 / (1 - b1 ** t).astype(jnp.float32),
-                         1 / (1 - b2 ** t).astype(jnp.float32),
-                         jnp.asarray(lr, jnp.float32)])
-    new, mus, nus = native_kernels.adam(leaves, mus, nus, gs, scalars,
-                                        b1=b1, b2=b2, eps=eps)
-  else:
-    new, mus, nus = [], list(mus), list(nus)
-    for i, (p, g) in enumerate(zip(leaves, gs)):
-      mus[i] = (1 - b1) * g + b1 * mus[i]
-      nus[i] = (1 - b2) * g ** 2 + b2 * nus[i]
-      mu_hat = mus[i] / (1 - b1 ** t).astype(mus[i].dtype)
-      nu_hat = nus[i] / (1 - b2 ** t).astype(nus[i].dtype)
-      new.append(p + (mu_hat / (jnp.sqrt(nu_hat) + eps) * -lr).astype(p.dtype))
+  if leaves and _use_native_kernel(native, "adam", leaves + mus + nus + gs,
+                                   True, "float32 parameters"):
+    new, mus, nus = native_kernels.adam(
+        leaves, mus, nus, gs, _adam_scalars(count, lr, b1, b2),
+        b1=b1, b2=b2, eps=eps)
+  else:  # dense_adam_update's form for a dense gradient, leaf by leaf
+    new = [dense_adam_update(p, DenseAdamState(m, v), None, g, count=count,
+                             lr=lr, b1=b1, b2=b2, eps=eps, native=False)
+           for p, m, v, g in zip(leaves, mus, nus, gs)]
+    new, mus, nus = ([p for p, _ in new], [st.mu for _, st in new],
+                     [st.nu for _, st in new])
   return tuple(tree.unflatten(x) for x in (new, mus, nus))
 
 
@@ -270,16 +257,29 @@ class AdamConfig(NamedTuple):
   eps: float
 
 
-def _use_native_kernel(native, table, state, grads) -> bool:
+def _adam_scalars(count, lr, b1, b2):
+  """The Adam kernels' scalars: 1 / (1 - b1^t), 1 / (1 - b2^t), lr
+  (t = count + 1), as XLA computes optax's bias corrections."""
+  t = count + 1
+  return jnp.stack([1 / (1 - b1 ** t).astype(jnp.float32),
+                    1 / (1 - b2 ** t).astype(jnp.float32),
+                    jnp.asarray(lr, jnp.float32)])
+
+
+def _use_native_kernel(native, kernel: str, arrays, shape_ok: bool,
+                       needs: str) -> bool:
+  """Whether to run native `kernel` on `arrays`: `native` False: no; None:
+  when it can (float32 on CPU, `shape_ok`, the kernel built); True: yes, or
+  an error saying it needs `needs`."""
   if native is False:
     return False
-  fits = (table.ndim == 2 and jax.default_backend() == "cpu" and all(
-      x.dtype == jnp.float32 for x in (table, state.mu, state.nu, grads)))
+  fits = (shape_ok and jax.default_backend() == "cpu" and
+          all(x.dtype == jnp.float32 for x in arrays))
   if native is None:
-    return fits and native_kernels.use("dense_adam")
-  if not (fits and native_kernels.use("dense_adam")):
-    raise ValueError("The native dense Adam kernel needs float32 [rows, d] "
-                     "tables on CPU and a C++ compiler (mtkd_jax/native).")
+    return fits and native_kernels.use(kernel)
+  if not (fits and native_kernels.use(kernel)):
+    raise ValueError(f"The native {kernel} kernel needs {needs} on CPU and a "
+                     "C++ compiler (mtkd_jax/native).")
   return True
 
 
