@@ -18,12 +18,25 @@ machine's CPU (/proc/stat minus /proc/self/stat), and reports the median of
 the clean repeats. This parent process only sleeps in `wait()` while a side
 runs, so it does not count as load.
 
+Rounds: each pair runs `--rounds` times (3 in a full run), the two sides
+alternating (peer, ours, ours, peer, peer, ours for mmoe), each round in
+fresh processes. A side's figure is the median over rounds of its per-round
+medians; the ratio is the ratio of those. Why: this 2-core VM has slow
+states of seconds to minutes in which one process's step runs ~10% slower
+for the same work (docs/benchmarks.md, "Method"), so one process per side
+could put one side in a slow state and the other in a fast one. Our
+one-epoch quality run (AUC) is in the first round only; the peer's script
+always runs its epoch first. Peak RSS and the first step: the worst round.
+Clean repeats: the fewest of any round. Each round's ratios are kept in the
+line (`rounds`).
+
 Order: the side that runs first alternates from pair to pair (peer first for
-mmoe, ours first for ple, peer first for shared_bottom), so neither side
-always gets the first slot (warm page cache for the data file, a neighbour's
-job that starts or ends in the middle of the run). The two runs of a pair are
-adjacent, so a pair is measured minutes apart, not a whole run apart.
-`--order peer-first|ours-first` fixes the order instead.
+mmoe, ours first for ple, peer first for shared_bottom) and from round to
+round, so neither side always gets the first slot (warm page cache for the
+data file, a neighbour's job that starts or ends in the middle of the run).
+The runs of a pair are adjacent, so a pair is measured minutes apart, not a
+whole run apart. `--order peer-first|ours-first` fixes the first round's
+order (later rounds still alternate).
 
 Output: one JSON line per pair (`"kind": "pair"`: both sides' figures under
 common names, the ratios, and each target of issue #7 with its value and
@@ -37,6 +50,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,12 +77,12 @@ FIRST_STEP_LIMIT_S = 15.0
 # on both sides), so one episode could cover all three repeats of one side
 # (docs/benchmarks.md, "Method"). BENCHMARK.md fixes the batch, not the count.
 FULL = dict(warmup=20, steps=200, repeats=3, max_repeats=5, infer_batches=100,
-            idle_wait=60.0, epoch_steps=0)
+            idle_wait=60.0, epoch_steps=0, rounds=3)
 # Smoke: both sides truncate the quality epoch to `epoch_steps` steps (ours
 # through --max-train-rows, the peer's through PEER_SMOKE_EPOCH_STEPS), so
 # the AUCs of a smoke run mean nothing.
 QUICK = dict(warmup=2, steps=10, repeats=1, max_repeats=1, infer_batches=2,
-             idle_wait=0.0, epoch_steps=10)
+             idle_wait=0.0, epoch_steps=10, rounds=1)
 
 # The peer's field names (peer_bench.py worker records) -> ours.
 PEER_FIELDS = {
@@ -101,6 +115,49 @@ def normalise(rec, side):
 
 def _num(x):
   return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+RATES = ("train_examples_per_sec", "infer_examples_per_sec")
+WORST = ("peak_rss_mib", "rss_after_data_load_mib", "first_step_s",
+         "compile_s")
+
+
+def merge_rounds(recs):
+  """One side's normalised records of several rounds -> one record.
+
+  Rates: the median of the rounds' medians (each round's list of repeats
+  is kept, concatenated, under `*_all`). Clean repeats: the fewest of any
+  round. Peak RSS, first step, compile time: the worst round. Recompiles
+  and wall time: summed. Quality (AUC, logloss, epoch): the first round
+  that has it. Errors: every round's, joined.
+  """
+  if len(recs) == 1:
+    return dict(recs[0])
+  out = {}
+  for k in recs[0]:
+    vals = [r.get(k) for r in recs]
+    nums = [v for v in vals if _num(v)]
+    if k in RATES:
+      out[k] = statistics.median(nums) if nums else None
+    elif k.endswith("_clean_repeats"):
+      out[k] = min(v if _num(v) else 0 for v in vals)
+    elif k in WORST:
+      out[k] = max(nums) if nums else None
+    elif k == "rss_peak_after_mib":
+      rss = [r.get("peak_rss_mib") for r in recs]
+      best = max(range(len(recs)),
+                 key=lambda i: rss[i] if _num(rss[i]) else -1)
+      out[k] = vals[best]
+    elif k in ("recompiles_after_first_step", "wall_s"):
+      out[k] = sum(nums) if nums else None
+    elif k.endswith("_all") or k.endswith("_cpu_share"):
+      out[k] = [x for v in vals if isinstance(v, list) for x in v]
+    elif k == "error":
+      errs = [f"round {i + 1}: {v}" for i, v in enumerate(vals) if v]
+      out[k] = "; ".join(errs) if errs else None
+    else:
+      out[k] = next((v for v in vals if v is not None), None)
+  return out
 
 
 def ratio(a, b):
@@ -144,21 +201,38 @@ def compare(pair, peer_model, ours_rec, peer_rec, *, repeats, smoke,
   Args:
     pair: our model name (mmoe, ple, shared_bottom).
     peer_model: the peer's model name (rechub_mmoe, ...).
-    ours_rec: train_throughput's JSON record for `pair`.
-    peer_rec: peer_bench's worker record for `peer_model`.
-    repeats: clean repeats each side was asked for.
+    ours_rec: train_throughput's JSON record for `pair`, or a list of them,
+      one per round (`merge_rounds`).
+    peer_rec: peer_bench's worker record for `peer_model`, or a list of them
+      (as many as ours).
+    repeats: clean repeats each side was asked for (in every round).
     smoke: a --quick run (figures are not measurements).
     peer_sha: the peer's `data.content_sha256`, to check both read one file.
-    order: the sides in the order they ran.
+    order: the sides in the order they ran (per round: a list, ";"-joined).
   Returns:
     A JSON-serialisable dict; `targets_met` is True / False when every
     target could be evaluated, else None; `valid` says whether the run can
     be quoted (not a smoke run, every timed figure from >= `repeats` clean
     repeats on both sides, the same data, no errors).
   """
-  o, p = normalise(ours_rec, "ours"), normalise(peer_rec, "peer")
+  ours_recs = ours_rec if isinstance(ours_rec, list) else [ours_rec]
+  peer_recs = peer_rec if isinstance(peer_rec, list) else [peer_rec]
+  if len(ours_recs) != len(peer_recs):
+    raise ValueError(f"{len(ours_recs)} rounds of ours, {len(peer_recs)} of "
+                     "the peer's")
+  ours_n = [normalise(r, "ours") for r in ours_recs]
+  peer_n = [normalise(r, "peer") for r in peer_recs]
+  o, p = merge_rounds(ours_n), merge_rounds(peer_n)
+  orders = order if isinstance(order, list) else [order] * len(ours_n)
   line = {"kind": "pair", "pair": pair, "ours_model": pair,
-          "peer_model": peer_model, "smoke": bool(smoke), "order": order}
+          "peer_model": peer_model, "smoke": bool(smoke),
+          "order": ";".join(x for x in orders if x) or None,
+          "rounds": [{"order": orders[i], **{
+              f"{side}_{k}": r[k] for side, r in (("ours", oi), ("peer", pi))
+              for k in RATES}, **{
+                  f"{k.split('_')[0]}_ratio": ratio(oi[k], pi[k])
+                  for k in RATES}}
+                     for i, (oi, pi) in enumerate(zip(ours_n, peer_n))]}
   for k in ("train_examples_per_sec", "infer_examples_per_sec", "auc_ctr",
             "auc_cvr", "logloss_ctr", "logloss_cvr", "peak_rss_mib",
             "rss_after_data_load_mib", "params", "params_dense", "epoch_s",
@@ -188,7 +262,7 @@ def compare(pair, peer_model, ours_rec, peer_rec, *, repeats, smoke,
   line["all_clean"] = clean
   line["valid"] = (clean and not smoke and not line["errors"]
                    and line["same_data"] is not False)
-  line["raw"] = {"ours": ours_rec, "peer": peer_rec}
+  line["raw"] = {"ours": ours_rec, "peer": peer_rec}  # a list per round
   return line
 
 
@@ -223,8 +297,10 @@ def render_markdown(lines):
     m = run.get("machine", {})
     v = run.get("versions", {})
     settings = ", ".join(f"{k} {x}" for k, x in run.get("settings", {}).items())
-    order = "; ".join(f"{l['pair']}: {l['order'].replace(',', ' then ')}"
-                      for l in pairs if l.get("order"))
+    order = "; ".join(
+        f"{l['pair']}: " + ", ".join(o.replace(",", " then ")
+                                     for o in l["order"].split(";"))
+        for l in pairs if l.get("order"))
     out.append(
         f"Run {run.get('started_at', '?')} to {run.get('finished_at', '?')}; "
         f"{m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} CPUs "
@@ -282,6 +358,24 @@ def render_markdown(lines):
         f"| {_mark(t['first_step_s'], '{:.1f}')} "
         f"| {_mark(t['recompiles'], '{:d}')} "
         f"| {_mark(t['peak_rss'], '{:.2f}')} | {met} |")
+  n_rounds = max((len(l.get("rounds") or ()) for l in pairs), default=0)
+  if n_rounds > 1:
+    out.append("\nEach round (fresh processes; the side that ran first "
+               "alternates): train × / infer ×, ours' examples/s / the "
+               "peer's.\n")
+    out.append("| ours | " + " | ".join(
+        f"round {i + 1}" for i in range(n_rounds)) + " |")
+    out.append("|" + "---|" * (n_rounds + 1))
+    for l in pairs:
+      cells = [
+          f"{_f(r['train_ratio'], '{:.2f}')} / "
+          f"{_f(r['infer_ratio'], '{:.2f}')} "
+          f"(train {_f(r['ours_train_examples_per_sec'])} / "
+          f"{_f(r['peer_train_examples_per_sec'])}; infer "
+          f"{_f(r['ours_infer_examples_per_sec'])} / "
+          f"{_f(r['peer_infer_examples_per_sec'])})"
+          for r in l.get("rounds") or ()]
+      out.append(f"| {l['ours_model']} | " + " | ".join(cells) + " |")
   errors = [e for l in pairs for e in l["errors"]]
   if errors:
     out.append("\nErrors: " + "; ".join(errors))
@@ -346,12 +440,16 @@ def _common_flags(s):
           "--idle-wait", str(s["idle_wait"])]
 
 
-def ours_command(model, data, s, out, quick):
+def ours_command(model, data, s, out, quick, epoch=True):
+  """train_throughput's command; `epoch=False` (rounds after the first):
+  no quality epoch."""
   cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--models",
          model, "--data", data, "--out", out] + _common_flags(s)
   if quick:  # quick's pipeline settings (and no epoch unless asked below)
     cmd.append("--quick")
-  if s["epoch_steps"]:  # a truncated epoch over the first rows
+  if not epoch:
+    cmd.append("--no-epoch")
+  elif s["epoch_steps"]:  # a truncated epoch over the first rows
     cmd += ["--epoch", "--max-train-rows", str(s["epoch_steps"] * 1024)]
   return cmd
 
@@ -361,12 +459,12 @@ def peer_command(python, bench, model, data, s, out):
           "--out", out] + _common_flags(s)
 
 
-def run_ours(model, data, s, quick, tmp):
-  out = os.path.join(tmp, f"ours_{model}.jsonl")
+def run_ours(model, data, s, quick, tmp, round_index=0):
+  out = os.path.join(tmp, f"ours_{model}_{round_index}.jsonl")
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
       [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-  cmd = ours_command(model, data, s, out, quick)
+  cmd = ours_command(model, data, s, out, quick, epoch=round_index == 0)
   proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=sys.stderr,
                         check=False)
   if os.path.exists(out):
@@ -374,9 +472,9 @@ def run_ours(model, data, s, quick, tmp):
   return {"model": model, "error": f"train_throughput exit {proc.returncode}"}
 
 
-def run_peer(python, bench, model, data, s, tmp):
+def run_peer(python, bench, model, data, s, tmp, round_index=0):
   """Runs peer_bench.py for one model; (its record, its data summary)."""
-  out = os.path.join(tmp, f"peer_{model}.json")
+  out = os.path.join(tmp, f"peer_{model}_{round_index}.json")
   cmd = peer_command(python, bench, model, data, s, out)
   proc = subprocess.run(cmd, cwd=os.path.dirname(str(bench)),
                         env=_peer_env(s["epoch_steps"]), stdout=sys.stderr,
@@ -448,23 +546,29 @@ def run(args, settings):
     for i, name in enumerate(names):
       peer_first = (args.order == "peer-first" or
                     (args.order == "alternate" and i % 2 == 0))
-      sides = ("peer", "ours") if peer_first else ("ours", "peer")
-      recs, peer_data = {}, {}
-      for side in sides:
-        print(f"# {_now()} {side}: {name if side == 'ours' else known[name]}"
-              f"; loadavg {tt.loadavg()}", file=sys.stderr, flush=True)
-        if side == "ours":
-          recs["ours"] = run_ours(name, data, settings, args.quick, tmp)
-        else:
-          recs["peer"], peer_data, pv = run_peer(
-              python, bench, known[name], data, settings, tmp)
-          header["versions"].update(
-              {k: v for k, v in pv.items() if k in ("scikit-learn",)})
+      recs, orders, peer_data = {"ours": [], "peer": []}, [], {}
+      for r in range(settings["rounds"]):
+        sides = (("peer", "ours") if peer_first == (r % 2 == 0)
+                 else ("ours", "peer"))
+        orders.append(",".join(sides))
+        for side in sides:
+          print(f"# {_now()} round {r + 1}/{settings['rounds']} {side}: "
+                f"{name if side == 'ours' else known[name]}; loadavg "
+                f"{tt.loadavg()}", file=sys.stderr, flush=True)
+          if side == "ours":
+            recs["ours"].append(
+                run_ours(name, data, settings, args.quick, tmp, r))
+          else:
+            rec, summary, pv = run_peer(python, bench, known[name], data,
+                                        settings, tmp, r)
+            recs["peer"].append(rec)
+            peer_data = peer_data or summary
+            header["versions"].update(
+                {k: v for k, v in pv.items() if k in ("scikit-learn",)})
       line = compare(name, known[name], recs["ours"], recs["peer"],
                      repeats=settings["repeats"], smoke=args.quick,
-                     peer_sha=peer_data.get("content_sha256"),
-                     order=",".join(sides))
-      header["versions"]["jax"] = (recs["ours"].get("jax_version")
+                     peer_sha=peer_data.get("content_sha256"), order=orders)
+      header["versions"]["jax"] = (recs["ours"][0].get("jax_version")
                                    or header["versions"].get("jax"))
       failed = failed or bool(line["errors"])
       lines.append(json.dumps(line))
@@ -475,6 +579,9 @@ def run(args, settings):
   header.update(finished_at=_now(), loadavg_end=tt.loadavg(),
                 commands={"ours": " ".join(ours_command(
                     "MODEL", data, settings, "OUT", args.quick)),
+                          "ours_later_rounds": " ".join(ours_command(
+                              "MODEL", data, settings, "OUT", args.quick,
+                              epoch=False)),
                           "peer": " ".join(peer_command(
                               python, bench, "MODEL", data, settings, "OUT"))})
   lines.append(json.dumps(header))

@@ -169,6 +169,50 @@ def test_compare_peer_ratios_and_targets():
   json.dumps(smoke)  # a JSON line
 
 
+def test_compare_peer_rounds_take_the_median_and_the_worst():
+  ours = [_ours(20_000, 80_000, 0.7210, 0.7100, 690, first_step=1.8),
+          {**_ours(24_000, 84_000, None, None, 640, first_step=2.5, clean=2),
+           "recompiles_after_first_step": 1},
+          _ours(23_000, 70_000, None, None, 700, first_step=1.7)]
+  peer = [_peer(10_000, 50_000, 0.7215, 0.7010, 750),
+          _peer(10_500, 56_000, 0.7215, 0.7010, 760),
+          _peer(9_000, 52_000, 0.7215, 0.7010, 740)]
+  orders = ["peer,ours", "ours,peer", "peer,ours"]
+  line = compare_peer.compare("mmoe", "rechub_mmoe", ours, peer, repeats=3,
+                              smoke=False, peer_sha="abc", order=orders)
+  # Medians of the rounds: ours 23k / 80k, the peer's 10k / 52k.
+  assert line["ours_train_examples_per_sec"] == 23_000
+  assert line["peer_train_examples_per_sec"] == 10_000
+  assert line["train_ratio"] == 2.3
+  assert line["infer_ratio"] == pytest.approx(80_000 / 52_000, abs=1e-3)
+  assert [r["train_ratio"] for r in line["rounds"]] == [2.0, 2.286, 2.556]
+  assert [r["infer_ratio"] for r in line["rounds"]] == [1.6, 1.5, 1.346]
+  assert [r["order"] for r in line["rounds"]] == orders
+  assert line["order"] == "peer,ours;ours,peer;peer,ours"
+  # Quality from the first round; RSS, first step: the worst round.
+  assert line["ours_auc_ctr"] == 0.7210 and line["auc_ctr_diff"] == -0.0005
+  assert line["ours_peak_rss_mib"] == 700 and line["peer_peak_rss_mib"] == 760
+  assert line["ours_first_step_s"] == 2.5
+  # One round's recompile and its 2 clean repeats fail the whole pair.
+  assert line["ours_recompiles_after_first_step"] == 1
+  assert not line["targets"]["recompiles"]["ok"]
+  assert line["ours_train_clean_repeats"] == 2 and not line["valid"]
+  assert line["raw"]["ours"] == ours  # every round's record
+
+  failed = compare_peer.compare(
+      "mmoe", "rechub_mmoe", ours[:2],
+      [peer[0], {"model": "rechub_mmoe", "error": "worker exit code 1"}],
+      repeats=3, smoke=False, peer_sha="abc", order=orders[:2])
+  assert failed["errors"] == ["peer: round 2: worker exit code 1"]
+  with pytest.raises(ValueError, match="rounds"):
+    compare_peer.compare("mmoe", "rechub_mmoe", ours, peer[:2], repeats=3,
+                         smoke=False)
+  table = compare_peer.render_markdown([line])
+  assert "| round 1 | round 2 | round 3 |" in table
+  assert "| mmoe | 2.00 / 1.60 (train 20,000 / 10,000; infer 80,000 / " \
+         "50,000) |" in table
+
+
 def test_compare_peer_markdown_and_doc(tmp_path, capsys):
   lines = list(_lines()) + [{"kind": "run", "started_at": "t0",
                              "finished_at": "t1", "machine": {},
