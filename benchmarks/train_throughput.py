@@ -86,7 +86,8 @@ DEFAULTS = dict(models="mmoe,shared_bottom", repeats=3, max_repeats=5,
                 steps=200, warmup=20, batch_size=1024, infer_batch_size=4096,
                 infer_batches=20, pipeline_batches=200, parallel="jit",
                 num_devices=0, epoch=True, max_train_rows=0, idle_wait=60.0,
-                weighting="ew", embedding_grads="auto", reuse_host_memory=True)
+                weighting="ew", embedding_grads="auto", reuse_host_memory=True,
+                compute_dtype="float32")
 QUICK = dict(repeats=1, max_repeats=1, steps=20, warmup=3, infer_batches=4,
              pipeline_batches=20, epoch=False, max_train_rows=20_000,
              idle_wait=0.0)
@@ -321,6 +322,8 @@ def run_worker(cfg):
   config = benchmark_config(name)
   config.weighting.name = cfg["weighting"]
   config.train.embedding_grads = cfg["embedding_grads"]
+  config.train.compute_dtype = cfg["compute_dtype"]
+  rec["compute_dtype"] = cfg["compute_dtype"]
   model = models.build_model(spec, config.model)  # unknown names raise
   mesh = parallel.make_mesh(cfg["num_devices"])
   parallel.check_batch_size(bs, mesh)
@@ -358,7 +361,8 @@ def run_worker(cfg):
 
   train_fn = make_train_fn()
   eval_fn = parallel.compile_step(
-      functools.partial(step_lib.eval_step, model=model),
+      functools.partial(step_lib.eval_step, model=model,
+                        compute_dtype=step_cfg.compute_dtype),  # as loop.py
       mode, mesh, out_batched=True, donate_state=False)
   put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
 
@@ -568,6 +572,10 @@ def parse_args(argv=None):
                  "(default ew: fixed task weights, the plain BCE sum)")
   p.add_argument("--embedding-grads", choices=("auto", "dense", "rows"),
                  help="train.embedding_grads (default auto)")
+  p.add_argument("--compute-dtype", choices=("float32", "bfloat16"),
+                 help="train.compute_dtype: bfloat16 runs the forward and "
+                 "backward passes in bf16 on a cast copy of the float32 "
+                 "params, inference too (default float32, the peer's)")
   p.add_argument("--reuse-host-memory", action=argparse.BooleanOptionalAction,
                  help="train.reuse_host_memory: keep freed buffers in the "
                  "malloc heap (default on; mtkd_jax/train/host_memory.py)")

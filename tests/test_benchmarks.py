@@ -68,6 +68,30 @@ def test_quick_run_prints_a_complete_json_line(tmp_path):
     assert rec[f"logloss_{task}"] > 0
   assert rec["recompiles_after_first_step"] == 0
   assert len(rec["data_sha256"]) == 64
+  assert rec["compute_dtype"] == "float32"
+
+
+def test_quick_run_in_bf16_compute(tmp_path):
+  """--compute-dtype bfloat16 reaches train.compute_dtype and the eval step."""
+  data = tmp_path / "tiny.npz"
+  _write_tiny_data(data)
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.train_throughput", "--quick",
+       "--epoch", "--models", "shared_bottom", "--data", str(data),
+       "--compute-dtype", "bfloat16"],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rec = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert rec["compute_dtype"] == "bfloat16" and "error" not in rec
+  assert rec["train_examples_per_sec"] > 0 and rec["infer_examples_per_sec"] > 0
+  assert rec["recompiles_after_first_step"] == 0
+  for task in ("ctr", "cvr"):
+    assert 0.0 <= rec[f"auc_{task}"] <= 1.0 and np.isfinite(
+        rec[f"logloss_{task}"])
 
 
 def test_weighting_cost_quick_lines(tmp_path):
