@@ -461,9 +461,7 @@ def peer_command(python, bench, model, data, s, out):
 
 def run_ours(model, data, s, quick, tmp, round_index=0):
   out = os.path.join(tmp, f"ours_{model}_{round_index}.jsonl")
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+  env = tt.repo_env()
   cmd = ours_command(model, data, s, out, quick, epoch=round_index == 0)
   proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=sys.stderr,
                         check=False)

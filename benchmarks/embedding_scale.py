@@ -185,9 +185,7 @@ def main(argv=None):
       print(json.dumps(rec), flush=True)
     return 0
   tt.ensure_data(args.data, args.generator)
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(tt.REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+  env = tt.repo_env()
   failed = False
   rows = [int(r) for r in args.rows.split(",")]
   for optimizer in [o for o in args.optimizers.split(",") if o]:

@@ -197,6 +197,15 @@ def other_cpu_share(s0, s1):
   return max(0.0, (s1[1] - s0[1] - (s1[2] - s0[2])) / max(cap, 1e-9))
 
 
+def repo_env():
+  """This process's environment with the repository first on PYTHONPATH,
+  for the benchmark worker subprocesses (`python -m benchmarks....`)."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+  return env
+
+
 def loadavg():
   with open("/proc/loadavg") as f:
     return f.read().strip()
@@ -622,9 +631,7 @@ def main(argv=None):
     return worker_main(args)
   ensure_data(settings["data"], args.generator)
   print(f"# data {settings['data']}; loadavg {loadavg()}", file=sys.stderr)
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+  env = repo_env()
   lines, failed = [], False
   for name in [m.strip() for m in settings["models"].split(",") if m.strip()]:
     idle = IdleWaiter(settings["idle_wait"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import compare_peer
+from benchmarks import train_throughput
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEYS = ("model", "parallel", "devices", "params", "params_dense",
@@ -36,18 +37,19 @@ def _write_tiny_data(path, n=4096, vocab=100, seed=0):
            seed=np.array(seed, np.int64))
 
 
+def _run(module, *args, timeout=120):
+  """`python -m module args...` from the repository root (not raising)."""
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                        env=train_throughput.repo_env(), capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
 def test_quick_run_prints_a_complete_json_line(tmp_path):
   data = tmp_path / "tiny.npz"
   _write_tiny_data(data)
   out = tmp_path / "lines.jsonl"
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-  proc = subprocess.run(
-      [sys.executable, "-m", "benchmarks.train_throughput", "--quick",
-       "--epoch", "--models", "mmoe", "--data", str(data), "--out", str(out)],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
-      check=False)
+  proc = _run("benchmarks.train_throughput", "--quick", "--epoch", "--models",
+              "mmoe", "--data", str(data), "--out", str(out))
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.strip().splitlines()
   assert len(lines) == 1, proc.stdout
@@ -75,15 +77,9 @@ def test_quick_run_in_bf16_compute(tmp_path):
   """--compute-dtype bfloat16 reaches train.compute_dtype and the eval step."""
   data = tmp_path / "tiny.npz"
   _write_tiny_data(data)
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-  proc = subprocess.run(
-      [sys.executable, "-m", "benchmarks.train_throughput", "--quick",
-       "--epoch", "--models", "shared_bottom", "--data", str(data),
-       "--compute-dtype", "bfloat16"],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
-      check=False)
+  proc = _run("benchmarks.train_throughput", "--quick", "--epoch", "--models",
+              "shared_bottom", "--data", str(data), "--compute-dtype",
+              "bfloat16")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rec = json.loads(proc.stdout.strip().splitlines()[-1])
   assert rec["compute_dtype"] == "bfloat16" and "error" not in rec
@@ -100,14 +96,8 @@ def test_weighting_cost_quick_lines(tmp_path):
   ratios relative to that T's EW."""
   data = tmp_path / "tiny.npz"
   _write_tiny_data(data)
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-  proc = subprocess.run(
-      [sys.executable, "-m", "benchmarks.weighting_cost", "--quick",
-       "--tasks", "2", "--methods", "pcgrad", "--data", str(data)],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-      check=False)
+  proc = _run("benchmarks.weighting_cost", "--quick", "--tasks", "2",
+              "--methods", "pcgrad", "--data", str(data), timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   recs = [json.loads(l) for l in proc.stdout.strip().splitlines()]
   assert [(r["method"], r["mode"]) for r in recs] == [

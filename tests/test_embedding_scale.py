@@ -1,12 +1,12 @@
 """Smoke test of benchmarks/embedding_scale.py on a tiny workload file."""
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 
 from benchmarks import embedding_scale
+from benchmarks import train_throughput
 from tests.conftest import REPO
 
 
@@ -33,9 +33,7 @@ def test_map_ids_is_injective():
 def test_quick_run_prints_json_lines(tmp_path):
   data = tmp_path / "tiny.npz"
   _write_tiny_data(data)
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+  env = train_throughput.repo_env()
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.embedding_scale", "--data", str(data),
