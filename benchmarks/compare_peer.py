@@ -164,6 +164,20 @@ def ratio(a, b):
   return round(a / b, 3) if _num(a) and _num(b) and b > 0 else None
 
 
+def rate_ratios(o, p):
+  """{"train_ratio", "infer_ratio"}: ours over the peer's examples/s."""
+  return {f"{k.split('_')[0]}_ratio": ratio(o[k], p[k]) for k in RATES}
+
+
+def round_line(order, o, p):
+  """One round's entry of a pair line: the order, both sides' rates, the
+  ratios."""
+  return {"order": order,
+          **{f"{side}_{k}": r[k] for side, r in (("ours", o), ("peer", p))
+             for k in RATES},
+          **rate_ratios(o, p)}
+
+
 def _target(value, need, ok):
   return {"value": value, "need": need, "ok": ok if _num(value) else None}
 
@@ -227,12 +241,7 @@ def compare(pair, peer_model, ours_rec, peer_rec, *, repeats, smoke,
   line = {"kind": "pair", "pair": pair, "ours_model": pair,
           "peer_model": peer_model, "smoke": bool(smoke),
           "order": ";".join(x for x in orders if x) or None,
-          "rounds": [{"order": orders[i], **{
-              f"{side}_{k}": r[k] for side, r in (("ours", oi), ("peer", pi))
-              for k in RATES}, **{
-                  f"{k.split('_')[0]}_ratio": ratio(oi[k], pi[k])
-                  for k in RATES}}
-                     for i, (oi, pi) in enumerate(zip(ours_n, peer_n))]}
+          "rounds": [round_line(*x) for x in zip(orders, ours_n, peer_n)]}
   for k in ("train_examples_per_sec", "infer_examples_per_sec", "auc_ctr",
             "auc_cvr", "logloss_ctr", "logloss_cvr", "peak_rss_mib",
             "rss_after_data_load_mib", "params", "params_dense", "epoch_s",
@@ -241,10 +250,7 @@ def compare(pair, peer_model, ours_rec, peer_rec, *, repeats, smoke,
   for k in ("first_step_s", "compile_s", "recompiles_after_first_step",
             "rss_peak_after_mib"):
     line[f"ours_{k}"] = o[k]
-  line["train_ratio"] = ratio(o["train_examples_per_sec"],
-                              p["train_examples_per_sec"])
-  line["infer_ratio"] = ratio(o["infer_examples_per_sec"],
-                              p["infer_examples_per_sec"])
+  line.update(rate_ratios(o, p))
   for t in TASKS:
     line[f"auc_{t}_diff"] = (
         round(o[f"auc_{t}"] - p[f"auc_{t}"], 4)
