@@ -10,6 +10,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mtkd_jax import cli
 from mtkd_jax import errors
 from mtkd_jax import logs
 from mtkd_jax import train
@@ -31,7 +32,11 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except errors.UserFacingError as e:  # the message says what to fix
     sys.exit(f"error: {e}")
+  except OSError as e:
+    if cli.disk_error_line(e) is None:
+      raise
+    sys.exit(f"error: {cli.disk_error_line(e)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

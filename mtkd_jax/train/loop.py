@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mtkd_jax import config_checks
 from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import losses
@@ -36,6 +37,7 @@ from mtkd_jax.train import model_stats
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
+from mtkd_jax.train import workdir as workdir_lib
 from mtkd_jax.train import writers
 
 # Re-exported: building a step needs only `step`, not the loop.
@@ -178,13 +180,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     The final results: {"validation": {...}, "test": {...}, "best_step": s}.
   """
+  config_checks.check_config(config)
   if config.train.distributed:
     jax.distributed.initialize()
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  with workdir_lib.claim(workdir, config):
+    return _train_and_evaluate(config, workdir)
 
+
+def _train_and_evaluate(config, workdir):
   exp, distill, init_state, step_cfg = prepare_training(config, workdir)
   splits, spec, model, mesh, tx, total_steps, example = exp
   tcfg = config.train
