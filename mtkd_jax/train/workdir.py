@@ -128,6 +128,10 @@ def acquire_lock(workdir: str) -> str:
           f"workdir {workdir!r} is in use by process {pid} on "
           f"{owner.get('host', '?')} (lock {path}); wait for it, use another "
           "--workdir, or delete the lock if that process is gone.") from None
+    except OSError as e:
+      raise errors.WorkdirError(
+          f"workdir {workdir!r} is not writable ({e.strerror}); fix its "
+          "permissions or pass another --workdir.") from None
     with os.fdopen(fd, "w") as f:
       json.dump(me, f)
     return path
@@ -143,9 +147,6 @@ def _make_workdir(workdir: str) -> None:
   except OSError as e:
     raise errors.WorkdirError(f"cannot create workdir {workdir!r} "
                               f"({e.strerror}); pass a writable --workdir.") from None
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise errors.WorkdirError(f"workdir {workdir!r} is not writable; fix its "
-                              "permissions or pass another --workdir.")
 
 
 @contextlib.contextmanager
