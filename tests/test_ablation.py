@@ -101,7 +101,7 @@ def test_unknown_key_or_bad_value_names_the_run():
 def test_shipped_sweeps_load_and_fail_on_a_missing_model(monkeypatch):
   from mtkd_jax import models
   runs = sweeps.load_sweep("configs/sweeps/mmoe_synthetic.py")
-  assert len(runs) == 36 and runs[0].name == (
+  assert len(runs) == 72 and runs[0].name == (
       "correlation=0.5__name=shared_bottom__seed=0")
   assert {r.overrides["model.name"] for r in runs} == {
       "shared_bottom", "omoe", "mmoe", "single_task"}
