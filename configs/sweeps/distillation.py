@@ -1,6 +1,6 @@
 r"""Teacher, student and distilled student of a distillation config, 3 seeds.
 
-  python -m experiments.ablation --config configs/movielens_kd.py --config.data.data_dir=../shared/data/ml-100k --sweep configs/sweeps/distillation.py:configs/movielens_kd.py --workdir /tmp/mtkd/ablations/movielens_kd
+  python -m experiments.ablation --config configs/movielens_kd.py --config.data.data_dir=/path/to/ml-100k --sweep configs/sweeps/distillation.py:configs/movielens_kd.py --workdir /tmp/mtkd/ablations/movielens_kd
 
 The argument is the distillation config file (`<file>:smoke`: one seed of
 the smoke variants; pass the `:smoke` config as --config too); its `:teacher` and `:student`
