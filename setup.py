@@ -48,7 +48,9 @@ setuptools.setup(
         "cpu": [JAX.replace("jax", "jax[cpu]", 1)],
         "cuda": [JAX.replace("jax", "jax[cuda12]", 1)],
         "tpu": [JAX.replace("jax", "jax[tpu]", 1)],
+        # setuptools: tests/test_packaging.py reads setup.py's arguments
+        # (venvs of Python >= 3.12 come without it).
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4",
-                 "scikit-learn>=1.4,<2"],
+                 "scikit-learn>=1.4,<2", "setuptools>=68"],
     },
 )

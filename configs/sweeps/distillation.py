@@ -1,4 +1,4 @@
-r"""Teacher, student and distilled student of a distillation config, 3 seeds.
+r"""Teacher, student and distilled student of a distillation config, five seeds.
 
   python -m experiments.ablation --config configs/movielens_kd.py --config.data.data_dir=/path/to/ml-100k --sweep configs/sweeps/distillation.py:configs/movielens_kd.py --workdir /tmp/mtkd/ablations/movielens_kd
 
@@ -16,7 +16,7 @@ import os
 from mtkd_jax import errors
 from mtkd_jax import sweeps
 
-SEEDS = (0, 1, 2)
+SEEDS = sweeps.DEFAULT_SEEDS
 
 
 def _load(path):
