@@ -20,16 +20,25 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _options(max_to_keep: int, name: str) -> ocp.CheckpointManagerOptions:
+  """Options of one manager; `name` keeps its multi-host barriers apart
+  (both managers save the same step, and Orbax's barrier keys are per step)."""
+  return ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=name))
+
+
 class Checkpointer:
   """The latest and best checkpoint managers of one workdir."""
 
   def __init__(self, workdir: str, keep: int = 2):
     self._latest = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=_options(max_to_keep=keep, name="latest"))
     self._best = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        options=_options(max_to_keep=1, name="best"))
 
   def latest_step(self) -> Optional[int]:
     return self._latest.latest_step()

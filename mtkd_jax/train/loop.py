@@ -32,6 +32,7 @@ from mtkd_jax.distill import setup as distill_setup
 from mtkd_jax.train import checkpoint as checkpoint_lib
 from mtkd_jax.train import evaluate
 from mtkd_jax.train import host_memory
+from mtkd_jax.train import hosts
 from mtkd_jax.train import model_stats
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
@@ -178,8 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     The final results: {"validation": {...}, "test": {...}, "best_step": s}.
   """
-  if config.train.distributed:
-    jax.distributed.initialize()
+  hosts.initialize(config.train)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -229,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   (splits.extras or {}).get(split))
 
   def save_latest(step):
-    ckpt.save_latest(step, state, loop_state)
+    ckpt.save_latest(step, hosts.as_global(state, mesh), loop_state)
 
   step = start_step
   done = step >= total_steps or loop_state["stopped_early"]
@@ -286,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         value = val[tcfg.select_metric]
         if _is_better(value, loop_state["best_value"], tcfg.select_mode):
           loop_state.update(best_value=value, best_step=step, evals_since_best=0)
-          ckpt.save_best(step, state, val)
+          ckpt.save_best(step, hosts.as_global(state, mesh), val)
         else:
           loop_state["evals_since_best"] += 1
           if tcfg.patience and loop_state["evals_since_best"] >= tcfg.patience:
@@ -303,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       progress.close()
   ckpt.wait()
 
-  best_state, best_val = ckpt.restore_best(state)
+  best_state, best_val = ckpt.restore_best(hosts.as_global(state, mesh))
   test = run_eval(best_state.params, "test")
   best_step = ckpt.best_step()
   writer.write(best_step, "test", test)
