@@ -35,6 +35,7 @@ from mtkd_jax.train import host_memory
 from mtkd_jax.train import hosts
 from mtkd_jax.train import model_stats
 from mtkd_jax.train import parallel
+from mtkd_jax.train import preemption
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
 from mtkd_jax.train import writers
@@ -179,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     The final results: {"validation": {...}, "test": {...}, "best_step": s}.
   """
-  hosts.initialize(config.train)
+  multihost = hosts.initialize(config.train)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -240,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = None if done else _progress(total_steps, start_step)
   buffer, buffer_start = [], step + 1
   last_time, last_step = time.perf_counter(), step
+  watcher, preempted = preemption.Watcher(multihost), False
   try:
     while not done:
       batch = next(batches)
@@ -297,11 +299,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_time = time.perf_counter()  # eval time is not train throughput
       if is_ckpt:
         save_latest(step)
+      if not (done or is_last) and watcher.requested(step):
+        save_latest(step)
+        preempted = done = True
       done = done or is_last
+  except BaseException:
+    watcher.close()
+    raise
   finally:
     if progress is not None:
       progress.close()
   ckpt.wait()
+  if preempted:
+    watcher.close()
+    writer.close()
+    ckpt.close()
+    raise preemption.Preempted(step, workdir)
 
   best_state, best_val = ckpt.restore_best(hosts.as_global(state, mesh))
   test = run_eval(best_state.params, "test")
@@ -322,6 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
   ckpt.close()
+  watcher.close()
   _log_summary(spec, results)
   return results
 
