@@ -9,11 +9,12 @@ Two managers in two directories (STACK.md: with `best_fn` and a small
 Saves are atomic (Orbax writes to a temporary directory and renames), so a run
 killed mid-save resumes from the previous complete checkpoint.
 """
-import os
 from typing import Any, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from mtkd_jax import paths
 
 
 def _abstract(tree):
@@ -34,10 +35,10 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 2):
     self._latest = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        paths.workdir(workdir) / "checkpoints",
         options=_options(max_to_keep=keep, name="latest"))
     self._best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "best"),
+        paths.workdir(workdir) / "best",
         options=_options(max_to_keep=1, name="best"))
 
   def latest_step(self) -> Optional[int]:

@@ -13,7 +13,6 @@ once, on test; results go to <workdir>/results.json.
 import functools
 import json
 import math
-import os
 import time
 from typing import Any, Dict, List, NamedTuple
 
@@ -26,6 +25,7 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import losses
 from mtkd_jax import models
+from mtkd_jax import paths
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import mutual
 from mtkd_jax.distill import setup as distill_setup
@@ -180,11 +180,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     The final results: {"validation": {...}, "test": {...}, "best_step": s}.
   """
+  wd = paths.workdir(workdir)  # a bad scheme stops here, before any work
   multihost = hosts.initialize(config.train)
-  os.makedirs(workdir, exist_ok=True)
+  wd.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (wd / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   exp, distill, init_state, step_cfg = prepare_training(config, workdir)
   splits, spec, model, mesh, tx, total_steps, example = exp
@@ -332,8 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
          "validation": t.validation, "test": t.test}
         for t in distill.teachers]
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    (wd / "results.json").write_text(json.dumps(results, indent=2))
   ckpt.close()
   watcher.close()
   _log_summary(spec, results)
