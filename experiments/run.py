@@ -14,6 +14,7 @@ from mtkd_jax import cli
 from mtkd_jax import errors
 from mtkd_jax import logs
 from mtkd_jax import train
+from mtkd_jax.train import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<exp>.py[:arg]).",
@@ -36,6 +37,10 @@ def main(argv):
     if cli.disk_error_line(e) is None:
       raise
     sys.exit(f"error: {cli.disk_error_line(e)}")
+  except preemption.Preempted as e:  # saved; the same command resumes
+    logging.warning("%s", e)
+  except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
+    sys.exit("Interrupted before the first training step.")
 
 
 if __name__ == "__main__":

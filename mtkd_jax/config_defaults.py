@@ -120,6 +120,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.parallel = "jit"  # "jit" (shard_map on a mesh) or "pmap"
   c.train.num_devices = 0  # 0 = all devices of all hosts
   c.train.distributed = False  # jax.distributed.initialize() (multi-host)
+  # Hand-launched multi-host runs (docs/multihost.md): all three or none
+  # (none: auto-detected on TPU pods, SLURM, Open MPI).
+  c.train.coordinator_address = ""  # "host0:1234"
+  c.train.num_processes = 0
+  c.train.process_id = -1
   c.train.tensorboard = True
   # Mixed precision: "bfloat16" runs forward and backward passes in bf16 on a
   # cast copy of the float32 master params (optimizer state stays float32);

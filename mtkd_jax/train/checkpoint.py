@@ -18,12 +18,22 @@ from typing import Any, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
+from mtkd_jax import paths
 from mtkd_jax.train import checkpoint_integrity as integrity
 from mtkd_jax.train import workdir as workdir_lib
 
 
 def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _options(max_to_keep: int, name: str) -> ocp.CheckpointManagerOptions:
+  """Options of one manager; `name` keeps its multi-host barriers apart
+  (both managers save the same step, and Orbax's barrier keys are per step)."""
+  return ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=name))
 
 
 class Checkpointer:
@@ -33,11 +43,11 @@ class Checkpointer:
     self._workdir = os.path.abspath(workdir)
     self._restored_best = None
     self._latest = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        paths.workdir(workdir) / "checkpoints",
+        options=_options(max_to_keep=keep, name="latest"))
     self._best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+        paths.workdir(workdir) / "best",
+        options=_options(max_to_keep=2, name="best"))
 
   def latest_step(self) -> Optional[int]:
     return self._latest.latest_step()

@@ -59,6 +59,7 @@ from absl import logging
 from mtkd_jax import errors
 from mtkd_jax.data import pipeline
 from mtkd_jax.train import evaluate
+from mtkd_jax.train import hosts
 from mtkd_jax.train import loop
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
@@ -143,8 +144,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
   if len(dirs) != len(seeds):
     raise ValueError("seed_workdirs must have one entry per seed.")
   num_seeds = len(seeds)
-  if config.train.distributed:
-    jax.distributed.initialize()
+  hosts.initialize(config.train)
   is_main = jax.process_index() == 0
   for seed, d in zip(seeds, dirs):
     os.makedirs(d, exist_ok=True)
