@@ -144,15 +144,21 @@ class AITM(nn.Module):
   Each tower is an MLP `bottom_hidden` + `tower_hidden` (the paper's towers
   are whole base networks). aux.diagnostics["attention"]: float[B, T-1, 2],
   the AIT weights of (p_{t-1}, q_t) for t = 2..T. Task-specific parameters:
-  only the output heads (tower t and the transfer into t feed every later
-  task).
+  the output heads and the last task's transfer and attention (tower t and
+  the transfer into t < T feed every later task).
   """
   spec: specs_lib.DatasetSpec
   bottom_hidden: Sequence[int] = (256, 128)
   tower_hidden: Sequence[int] = (64,)
   calibration_weight: float = 0.6
   dropout: float = 0.0
-  task_specific_params = ("heads",)
+
+  @property
+  def task_specific_params(self):
+    last = len(self.spec.tasks)
+    if last < 2:
+      return ("heads",)
+    return ("heads", f"transfer_{last - 1}", f"attention_{last}")
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):

@@ -130,8 +130,9 @@ class TwoTowerMTL(nn.Module):
   when there are none); no gates (their task axis would not match the
   spec's tasks).
 
-  Task-specific params: the ranking tasks' "towers" and each retrieval
-  task's own "user_tower_<task>" / "item_tower_<task>".
+  Task-specific params: the ranking tasks' "towers" (the whole MMoE when
+  there is one ranking task) and each retrieval task's own
+  "user_tower_<task>" / "item_tower_<task>".
   """
   spec: specs_lib.DatasetSpec
   catalogue: Optional[Catalogue] = None
@@ -156,7 +157,10 @@ class TwoTowerMTL(nn.Module):
   def task_specific_params(self):
     names = [f"{side}_tower_{t.name}" for t in self.spec.tasks
              if t.kind == "retrieval" for side in ("user", "item")]
-    if any(t.kind != "retrieval" for t in self.spec.tasks):
+    ranking = [t for t in self.spec.tasks if t.kind != "retrieval"]
+    if len(ranking) == 1:  # the MMoE serves that task alone
+      names += ["experts", "gates", "towers"]
+    elif ranking:
       names.append("towers")
     return tuple(names)
 
