@@ -18,6 +18,7 @@ from mtkd_jax.models import base
 from mtkd_jax.models import sequence as sequence_lib
 from mtkd_jax.models.conversion import AITM
 from mtkd_jax.models.conversion import ESMM
+from mtkd_jax.models.escm2 import ESCM2
 from mtkd_jax.models.gated import DSelectK
 from mtkd_jax.models.gated import OMoE
 from mtkd_jax.models.gated import PLE
@@ -35,6 +36,7 @@ MODELS: Dict[str, type] = {
     "dselect_k": DSelectK,
     "esmm": ESMM,
     "aitm": AITM,
+    "escm2": ESCM2,
     "cross_stitch": CrossStitch,
     "single_task": SingleTask,
     "two_tower_mtl": TwoTowerMTL,

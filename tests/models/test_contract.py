@@ -20,7 +20,7 @@ BINARY = kinds.make_spec((specs.TaskSpec("ctr", "binary", "bce"),
 FUNNEL = kinds.make_spec((specs.TaskSpec("ctr", "binary", "bce"),
                           specs.TaskSpec("ctcvr", "binary", "bce")))
 # Models that need particular tasks; every other model gets BINARY.
-SPECS = {"esmm": FUNNEL, "escm2_ips": FUNNEL, "escm2_dr": FUNNEL,
+SPECS = {"esmm": FUNNEL, "escm2": FUNNEL,
          "aitm": FUNNEL, "two_tower_mtl": kinds.RETRIEVAL}
 
 
