@@ -27,6 +27,7 @@ from mtkd_jax.models.mtl import SharedBottom
 from mtkd_jax.models.multicolumn import CrossStitch
 from mtkd_jax.models.multicolumn import SingleTask
 from mtkd_jax.models.retrieval import TwoTowerMTL
+from mtkd_jax.models.stem import STEM
 
 MODELS: Dict[str, type] = {
     "shared_bottom": SharedBottom,
@@ -40,6 +41,7 @@ MODELS: Dict[str, type] = {
     "cross_stitch": CrossStitch,
     "single_task": SingleTask,
     "two_tower_mtl": TwoTowerMTL,
+    "stem": STEM,
 }
 
 # Keys of config.model that every model takes: the behaviour-sequence
