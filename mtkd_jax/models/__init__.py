@@ -22,6 +22,7 @@ from mtkd_jax.models.escm2 import ESCM2
 from mtkd_jax.models.gated import DSelectK
 from mtkd_jax.models.gated import OMoE
 from mtkd_jax.models.gated import PLE
+from mtkd_jax.models.metaheac import MetaHeac
 from mtkd_jax.models.mtl import MMoE
 from mtkd_jax.models.mtl import SharedBottom
 from mtkd_jax.models.multicolumn import CrossStitch
@@ -42,6 +43,7 @@ MODELS: Dict[str, type] = {
     "single_task": SingleTask,
     "two_tower_mtl": TwoTowerMTL,
     "stem": STEM,
+    "metaheac": MetaHeac,
 }
 
 # Keys of config.model that every model takes: the behaviour-sequence
