@@ -32,7 +32,8 @@ def _load(path):
 
 def _model_overrides(config):
   return {f"model.{k}": tuple(v) if isinstance(v, list) else v
-          for k, v in config.model.to_dict().items()}
+          for k, v in config.model.to_dict().items()
+          if v is not None}  # None: the model's own default
 
 
 def get_sweep(arg=None):
