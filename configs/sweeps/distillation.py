@@ -7,7 +7,8 @@ the smoke variants; pass the `:smoke` config as --config too); its `:teacher` an
 variants give the overrides of the runs named `teacher` and `student`
 (their `model.*` keys, with distillation off); `student_kd` is the config as
 it is, distilling from "{parent}/teacher__seed={seed}", the teacher of the
-same seed in this sweep. Runs go in sweep order (teachers first), so run the
+same seed in this sweep. `<file>:seeds=N` runs seeds 0..N-1 instead of
+five. Runs go in sweep order (teachers first), so run the
 sweep with the default --parallel 1.
 """
 import importlib.util
@@ -36,6 +37,7 @@ def _model_overrides(config):
 
 
 def get_sweep(arg=None):
+  arg, seeds = sweeps.split_seeds_option(arg, SEEDS)
   path, _, smoke = (arg or "").partition(":")
   if smoke not in ("", "smoke"):
     raise errors.ConfigError(f"Unknown distillation sweep option {smoke!r}; "
@@ -49,4 +51,4 @@ def get_sweep(arg=None):
       sweeps.chain(sweeps.named("teacher", teacher),
                    sweeps.named("student", student),
                    sweeps.named("student_kd", {})),
-      sweeps.seeds((0,) if smoke else SEEDS))
+      sweeps.seeds((0,) if smoke else seeds))
