@@ -12,8 +12,9 @@ five. `<file>:settings` adds, after those three, distilled students with
 other distillation settings (SETTINGS: temperature, KD weight alpha, Platt-
 calibrated teacher), each named by its overrides, all distilling from the
 same teachers; docs/reproductions.md reports them. Runs go in sweep order
-(teachers first), so run the sweep with the default --parallel 1 (with
---vmap_seeds the distilled students still train one seed at a time).
+(teachers first), so run the sweep with the default --parallel 1 and
+without --vmap_seeds: vmapped teachers write no best checkpoint, so the
+distilled students would find no teacher to load.
 """
 import importlib.util
 import os
@@ -24,8 +25,8 @@ from mtkd_jax import sweeps
 SEEDS = sweeps.DEFAULT_SEEDS
 # `:settings`: name -> distill.* overrides of extra distilled students.
 SETTINGS = {
-    "kd_T=2": {"distill.temperature": 2.0},
     "kd_alpha=0.9": {"distill.alpha": 0.9},
+    "kd_T=2": {"distill.temperature": 2.0},
     "kd_T=2_alpha=0.9": {"distill.temperature": 2.0, "distill.alpha": 0.9},
     "kd_calibrated": {"distill.calibrate": True},
 }
