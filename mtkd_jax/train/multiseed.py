@@ -110,6 +110,18 @@ def _summary(host, seed_index, now, last_time, steps):
   return per_seed, summary
 
 
+def can_vmap(config) -> bool:
+  """False for a config that must train one seed per program: distillation
+  from teachers (each seed has its own), DML peers or CrossDistil."""
+  dcfg = config.get("distill")
+  if dcfg is None:
+    return True
+  from mtkd_jax.distill import terms  # pylint: disable=g-import-not-at-top
+  dcfg = terms.resolve_methods(dcfg)
+  return not (dcfg.teacher_workdirs or dcfg.dml_peers or
+              dcfg.crossdistil_ranking_weight)
+
+
 def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
                              seeds: Sequence[int],
                              seed_workdirs: Optional[Sequence[str]] = None
@@ -127,12 +139,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
     {"best_step", "validation", "test", "select_metric", "steps"}.
   """
   seeds = [int(s) for s in seeds]
-  dcfg = config.get("distill")
-  if dcfg is not None:
-    from mtkd_jax.distill import terms  # pylint: disable=g-import-not-at-top
-    dcfg = terms.resolve_methods(dcfg)
-  if dcfg is not None and (dcfg.teacher_workdirs or dcfg.dml_peers or
-                           dcfg.crossdistil_ranking_weight):
+  if not can_vmap(config):
     raise errors.ConfigError(
         "Distillation runs train one seed per program (their teachers differ "
         "per seed); run them without --vmap_seeds.")

@@ -349,7 +349,8 @@ def test_distillation_sweep_reports_teacher_student_and_gap(ml100k_dir,
          for n in ("teacher", "student", "student_kd")}
   share = 100 * (auc["student_kd"] - auc["student"]) / (
       auc["teacher"] - auc["student"])
-  assert rep.gap["test/like/auc"]["of_means"] == pytest.approx(share)
+  assert rep.gap["test/like/auc"]["student_kd"]["of_means"] == (
+      pytest.approx(share))
   text = report.to_markdown(rep, title="kd")
   assert "gap closed by distillation" in text
 
