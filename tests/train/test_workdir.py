@@ -85,14 +85,16 @@ def test_config_differences_skip_result_neutral_keys():
 
 
 def test_resume_with_a_result_changing_key_is_refused(tmp_path):
-  train.train_and_evaluate(_config(10), str(tmp_path))
+  config = _config(10)
+  train.train_and_evaluate(config, str(tmp_path))
   saved = (tmp_path / "config.json").read_text()
   changed = _config(10, batch_size=128)
-  changed.optimizer.learning_rate = 0.002
+  changed.optimizer.learning_rate = 2 * config.optimizer.learning_rate
   with pytest.raises(errors.ConfigError) as e:
     train.train_and_evaluate(changed, str(tmp_path))
   message = str(e.value)
-  assert "optimizer.learning_rate: 0.001 -> 0.002" in message
+  lr = config.optimizer.learning_rate
+  assert f"optimizer.learning_rate: {lr} -> {2 * lr}" in message
   assert "train.batch_size: 256 -> 128" in message
   assert "new --workdir" in message and "\n" not in message
   assert (tmp_path / "config.json").read_text() == saved  # not overwritten
