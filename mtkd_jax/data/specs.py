@@ -144,6 +144,9 @@ class DatasetSpec:
   # item_id, release_decade, genres): the item tower of a retrieval task
   # reads these, the user tower every other input.
   item_fields: Tuple[str, ...] = ()
+  # The embedding tables' rows are padded with zero rows to a multiple of
+  # this: the model-axis size of a mesh that shards them (train/mesh.py).
+  table_row_multiple: int = 1
 
   def __post_init__(self):
     sparse = {f.name: f for f in self.sparse}
