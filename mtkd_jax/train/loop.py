@@ -27,6 +27,7 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import losses
 from mtkd_jax import models
+from mtkd_jax import serving_info
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import mutual
 from mtkd_jax.distill import setup as distill_setup
@@ -192,6 +193,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   exp, distill, init_state, step_cfg = prepare_training(config, workdir)
   splits, spec, model, mesh, tx, total_steps, example = exp
+  if jax.process_index() == 0:  # what an export needs besides the checkpoint
+    serving_info.save(workdir, spec, next(pipeline.eval_batches(
+        splits.test, serving_info.NUM_EXAMPLES)), splits.extras)
   tcfg = config.train
   mode = tcfg.parallel
   teacher_args = (distill.teacher_params,) if distill.online else ()
