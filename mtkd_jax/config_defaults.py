@@ -92,6 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.patience = 0  # evaluations without improvement; 0 = never stop
   c.train.parallel = "jit"  # "jit" (shard_map on a mesh) or "pmap"
   c.train.num_devices = 0  # 0 = all devices of all hosts
+  # "" = data-parallel only; "data:4,model:2" (or "model:2") also shards the
+  # embedding tables' rows over a `model` axis (mtkd_jax/train/mesh.py).
+  c.train.mesh = ""
   c.train.distributed = False  # jax.distributed.initialize() (multi-host)
   # Hand-launched multi-host runs (docs/multihost.md): all three or none
   # (none: auto-detected on TPU pods, SLURM, Open MPI).

@@ -152,6 +152,9 @@ class DatasetSpec:
   # item_id, release_decade, genres): the item tower of a retrieval task
   # reads these, the user tower every other input.
   item_fields: Tuple[str, ...] = ()
+  # The embedding tables' rows are padded with zero rows to a multiple of
+  # this: the model-axis size of a mesh that shards them (train/mesh.py).
+  table_row_multiple: int = 1
 
   def __post_init__(self):
     sparse = {f.name: f for f in self.sparse}
@@ -232,3 +235,23 @@ class Splits:
     if name not in ("train", "validation", "test"):
       raise errors.ConfigError(f"Unknown split {name!r}; valid: train, validation, test.")
     return getattr(self, name)
+
+
+def spec_to_dict(spec: DatasetSpec) -> dict:
+  """A JSON-able dict of `spec` (`spec_from_dict` reads it back)."""
+  return dataclasses.asdict(spec)
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def spec_from_dict(d: dict) -> DatasetSpec:
+  """The DatasetSpec of `spec_to_dict(spec)` (lists back to tuples)."""
+  fields = {"sparse": SparseField, "dense": DenseField, "tasks": TaskSpec,
+            "multi_hot": MultiHotField, "sequences": SequenceField}
+  kwargs = {k: _tuples(v) for k, v in d.items() if k not in fields}
+  for key, cls in fields.items():
+    kwargs[key] = tuple(cls(**{k: _tuples(v) for k, v in f.items()})
+                        for f in d.get(key, ()))
+  return DatasetSpec(**kwargs)

@@ -7,6 +7,7 @@ parameters are restored (no optimizer state); they are passed into the
 student's jit step as an argument and never saved with the student
 (big_vision's distill trainer does the same).
 """
+import dataclasses
 import json
 import os
 from typing import Any, Dict, NamedTuple, Sequence, Tuple
@@ -120,9 +121,12 @@ def load_teacher(workdir: str, student_config, base_spec: specs_lib.DatasetSpec,
     base_spec: the dataset's spec before the student's task overrides (the
       teacher applies its own).
   """
+  from mtkd_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   teacher_config = read_run_config(workdir)
   check_compatible(student_config, teacher_config, workdir, distilled_tasks)
-  spec = base_spec.with_task_overrides(teacher_config.tasks.to_dict())
+  spec = dataclasses.replace(  # its tables as it padded them (train.mesh)
+      base_spec.with_task_overrides(teacher_config.tasks.to_dict()),
+      table_row_multiple=mesh_lib.table_row_multiple(teacher_config))
   model = mutual.maybe_wrap(models.build_model(spec, teacher_config.model,
                                                extras), spec, teacher_config)
   params = restore_params(workdir)

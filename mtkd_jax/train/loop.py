@@ -10,6 +10,7 @@ Order of events for step s (1-based count of updates done):
 At the end the best checkpoint is restored and evaluated on validation and,
 once, on test; results go to <workdir>/results.json.
 """
+import dataclasses
 import functools
 import json
 import math
@@ -26,6 +27,7 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import losses
 from mtkd_jax import models
+from mtkd_jax import serving_info
 from mtkd_jax import paths
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import mutual
@@ -33,6 +35,7 @@ from mtkd_jax.distill import setup as distill_setup
 from mtkd_jax.train import checkpoint as checkpoint_lib
 from mtkd_jax.train import evaluate
 from mtkd_jax.train import host_memory
+from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train import hosts
 from mtkd_jax.train import model_stats
 from mtkd_jax.train import parallel
@@ -120,16 +123,19 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
     host_memory.reuse_freed_memory()
   splits = data_lib.load_dataset(config.data)
   host_memory.release_freed_memory()  # the loaders' temporaries
-  spec = splits.spec.with_task_overrides(config.tasks.to_dict())
+  tcfg = config.train
+  mesh = parallel.make_mesh(tcfg.num_devices, tcfg.get("mesh", ""))
+  mesh_lib.check_config(config, mesh)
+  spec = dataclasses.replace(  # tables padded to split evenly over `model`
+      splits.spec.with_task_overrides(config.tasks.to_dict()),
+      table_row_multiple=mesh_lib.model_size(mesh))
   for task in spec.tasks:  # fail on a bad loss name now, not inside jit
     losses.get_loss(task.loss)
   model = mutual.maybe_wrap(
       models.build_model(spec, config.model, splits.extras), spec, config)
-  tcfg = config.train
   if tcfg.select_mode not in ("max", "min"):
     raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
                              f"{tcfg.select_mode!r}.")
-  mesh = parallel.make_mesh(tcfg.num_devices)
   parallel.check_batch_size(tcfg.batch_size, mesh)
   parallel.check_batch_size(config.eval.batch_size, mesh)
   per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
@@ -192,10 +198,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train_and_evaluate(config, workdir, wd, multihost):
   exp, distill, init_state, step_cfg = prepare_training(config, workdir)
   splits, spec, model, mesh, tx, total_steps, example = exp
+  if jax.process_index() == 0:  # what an export needs besides the checkpoint
+    serving_info.save(workdir, spec, next(pipeline.eval_batches(
+        splits.test, serving_info.NUM_EXAMPLES)), splits.extras)
   tcfg = config.train
   mode = tcfg.parallel
   teacher_args = (distill.teacher_params,) if distill.online else ()
-  state = parallel.replicate(init_state, mesh)
+  state = mesh_lib.place_state(init_state, mesh)  # tables sharded, if asked
   host_memory.release_freed_memory()  # init's compilations
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{sum(x.size for x in jax.tree.leaves(init_state.params)):,}")
