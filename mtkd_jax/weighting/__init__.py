@@ -78,13 +78,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.gradvac_beta = 0.01
   # MGDA (Sener & Koltun 2018): none | l2 | loss | loss+.
   c.mgda_normalization = "none"
-  c.mgda_iters = 250
-  c.mgda_tol = 1e-5
   # CAGrad (Liu et al. 2021): rescale 0: none, 1: / (1 + c^2), 2: / (1 + c).
   c.cagrad_c = 0.4
   c.cagrad_rescale = 1
-  c.cagrad_iters = 100
-  # Nash-MTL (Navon et al. 2022): Newton steps of the bargaining solver.
+  # Nash-MTL (Navon et al. 2022): the most Newton steps of the bargaining
+  # solver (it stops at float accuracy, usually after fewer than 10).
   c.nash_max_iter = 20
   # Aligned-MTL (Senushkin et al. 2023): min | median | rmse.
   c.aligned_mtl_scale_mode = "min"

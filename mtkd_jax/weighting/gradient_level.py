@@ -317,8 +317,7 @@ def _mgda_update(losses, grads, state, *, step=None, rng=None, params=None):
   params = resolve_params(params)
   gram = _gram(grads)
   gn = mgda_normalizers(gram, lax.stop_gradient(losses), params.mgda_normalization)
-  sol, cost = solvers.min_norm_element(gram / (gn[:, None] * gn[None, :]),
-                                       params.mgda_iters, params.mgda_tol)
+  sol, cost = solvers.min_norm_element(gram / (gn[:, None] * gn[None, :]))
   return _result(state, sol, extra={"mgda/min_norm": jnp.sqrt(jnp.maximum(cost, 0.0))})
 
 
@@ -327,10 +326,10 @@ def mgda() -> base.WeightingMethod:
 
   Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
   NeurIPS 2018: the min-norm point of the convex hull of the (normalised)
-  task gradients, by their Frank-Wolfe-type solver (`solvers.
-  min_norm_element`: best pair by the analytic 2-task line search, then
-  projected steps with that line search, `mgda_iters` (250) at most, stop
-  at an L1 change < `mgda_tol` (1e-5)). With `mode="rep"` the gradients are
+  task gradients, solved exactly (`solvers.min_norm_element`, by
+  enumerating the simplex's faces; their Frank-Wolfe-type solver stops
+  after 250 iterations, short of the minimiser on ill-conditioned
+  gradients). With `mode="rep"` the gradients are
   those of the shared representation: MGDA-UB (their Theorem 1).
 
   Normalisation (`mgda_normalization`: "none" (default), "l2", "loss",
@@ -338,8 +337,8 @@ def mgda() -> base.WeightingMethod:
   simplex weights are then used as loss scales (c_t = w_t, also on the
   task-specific parameters: `scales_specific=True`) on the UNnormalised
   gradients; LibMTL instead combines the normalised gradients (w_t / gn_t).
-  The weights sum to 1 (not T). Deviation: the analytic line search returns
-  the exact end points 1/0 where their code uses 0.999/0.001.
+  The weights sum to 1 (not T). Deviation: the exact minimiser has weights
+  exactly 1/0 where their 2-task line search returns 0.999/0.001.
   """
   return base.WeightingMethod(_mgda_init, _mgda_update, needs_grads=True,
                               scales_specific=True)
@@ -349,20 +348,19 @@ def mgda() -> base.WeightingMethod:
 # CAGrad (Liu et al., NeurIPS 2021).
 
 
-def cagrad_combination(gram: jax.Array, c: float, rescale: int = 1,
-                       num_iters: int = 100) -> jax.Array:
+def cagrad_combination(gram: jax.Array, c: float, rescale: int = 1
+                       ) -> jax.Array:
   """CAGrad's coefficients: d = (g_0 + lam g_w) / rescale = sum_t c_t g_t.
 
   Args:
     gram: float[T, T].
     c: CAGrad's c (0: the mean gradient, exactly).
     rescale: 0: no rescaling, 1: divide by 1 + c^2, 2: divide by 1 + c.
-    num_iters: iterations of the simplex solver.
   Returns:
     float[T].
   """
   num = gram.shape[0]
-  w, lam = solvers.cagrad_weights(gram, c, num_iters)
+  w, lam = solvers.cagrad_weights(gram, c)
   coeffs = jnp.full((num,), 1.0 / num, gram.dtype) + lam * w
   if rescale == 0:
     return coeffs
@@ -386,7 +384,7 @@ def _cagrad_update(losses, grads, state, *, step=None, rng=None, params=None):
   del losses, step, rng
   params = resolve_params(params)
   coeffs = cagrad_combination(_gram(grads), params.cagrad_c,
-                              params.cagrad_rescale, params.cagrad_iters)
+                              params.cagrad_rescale)
   return _result(state, coeffs)
 
 
@@ -398,8 +396,7 @@ def cagrad() -> base.WeightingMethod:
   phi = c^2 ||g_0||^2, w* = argmin_{w in simplex} g_w^T g_0 + sqrt(phi)
   ||g_w||, d = g_0 + sqrt(phi) / ||g_w*|| g_w*, then (their code,
   rescale=1) d / (1 + c^2). Their code solves for w with scipy's SLSQP; here
-  the jittable projected-gradient solver `solvers.cagrad_weights`
-  (`cagrad_iters` steps). c = `cagrad_c` (0.4, the paper's value for
+  the exact jittable solver `solvers.cagrad_weights` (face enumeration). c = `cagrad_c` (0.4, the paper's value for
   NYUv2/Cityscapes); c = 0 gives exactly the mean gradient (their code adds
   1e-8 to sqrt(phi); we do not). Shared parameters only.
   """
@@ -488,7 +485,8 @@ def nash_mtl() -> base.WeightingMethod:
   sum_t alpha_t g_t (its norm is sqrt(T) by construction). As in their code
   alpha weights the losses (`scales_specific=True`). Their code solves a
   sequence of cvxpy problems (`optim_niter` = 20); here damped Newton on the
-  equivalent convex problem (`solvers.nash_weights`, `nash_max_iter` steps).
+  equivalent convex problem to float accuracy (`solvers.nash_weights`, at
+  most `nash_max_iter` steps).
   Their code also clips the shared gradient's norm to `max_norm` = 1.0 and
   can update alpha every k steps; neither is done here (use the optimizer's
   `grad_clip_norm`).
