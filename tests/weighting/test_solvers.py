@@ -227,3 +227,14 @@ def test_nash_weights_converge_on_ill_conditioned(dtype, tol):
     corr = gram / np.sqrt(np.outer(gram.diagonal(), gram.diagonal()))
     np.testing.assert_allclose(beta * ((corr + 1e-6 * np.eye(num)) @ beta), 1.0,
                                atol=tol, err_msg=str((num, ratio, seed)))
+
+
+def test_imtl_g_equal_projections_on_ill_conditioned():
+  from mtkd_jax.weighting import gradient_level  # pylint: disable=g-import-not-at-top
+  for num, ratio, seed in CASES:
+    g = _conditioned_grads(num, ratio, seed)
+    alpha = _run(gradient_level.imtl_g_weights, g @ g.T, jnp.float32)
+    np.testing.assert_allclose(alpha.sum(), 1.0, rtol=1e-5)
+    proj = g @ (alpha @ g) / np.linalg.norm(g, axis=1)
+    np.testing.assert_allclose(proj / proj.mean(), 1.0, atol=1e-4,
+                               err_msg=str((num, ratio, seed)))
