@@ -5,7 +5,8 @@
 method's hyper-parameters, flat, named `<method>_<param>`, with the papers'
 defaults). The update functions receive that ConfigDict as `params`.
 
-Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo.
+Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
+scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
 gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl; and dbmtl (flat
 gradients, param mode only).
@@ -18,6 +19,7 @@ from mtkd_jax import registry
 from mtkd_jax.weighting import base
 from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
+from mtkd_jax.weighting import scalarization
 
 METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "ew": loss_level.ew,
@@ -25,6 +27,9 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "dwa": loss_level.dwa,
     "rlw": loss_level.rlw,
     "famo": loss_level.famo,
+    "gls": scalarization.gls,
+    "stch": scalarization.stch,
+    "imtl_l": scalarization.imtl_l,
     "gradnorm": gradient_level.gradnorm,
     "pcgrad": gradient_level.pcgrad,
     "gradvac": gradient_level.gradvac,
@@ -67,6 +72,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.famo_lr = 0.025
   c.famo_gamma = 0.01
   c.famo_min_loss = 0.0
+  # STCH (Lin et al. 2024): smoothing mu; warm-up steps whose mean loss is
+  # the nadir point.
+  c.stch_mu = 1.0
+  c.stch_warmup_steps = 100
+  # IMTL-L (Liu et al. 2021): Adam learning rate of the loss scales s_t.
+  c.imtl_l_lr = 1e-3
   # DB-MTL (Lin et al. 2023): EMA rate beta / k^beta_sigma.
   c.dbmtl_beta = 0.9
   c.dbmtl_beta_sigma = 0.5

@@ -114,7 +114,8 @@ def test_default_config_fields():
 
 
 def test_flags():
-  loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo"}
+  loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo", "gls", "stch",
+                  "imtl_l"}
   surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl"}
   for name in weighting.METHODS:
     method = weighting.get_method(name)
