@@ -8,8 +8,8 @@ defaults). The update functions receive that ConfigDict as `params`.
 Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
 scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
-gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl; and dbmtl (flat
-gradients, param mode only).
+gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; and
+dbmtl (flat gradients, param mode only).
 """
 from typing import Callable, Dict
 
@@ -17,6 +17,7 @@ import ml_collections
 
 from mtkd_jax import registry
 from mtkd_jax.weighting import base
+from mtkd_jax.weighting import gradient_allocation
 from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
 from mtkd_jax.weighting import scalarization
@@ -39,6 +40,8 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "nash_mtl": gradient_level.nash_mtl,
     "aligned_mtl": gradient_level.aligned_mtl,
     "dbmtl": gradient_level.dbmtl,
+    "upgrad": gradient_allocation.upgrad,
+    "fairgrad": gradient_allocation.fairgrad,
 }
 
 
@@ -95,6 +98,11 @@ def default_config() -> ml_collections.ConfigDict:
   # Nash-MTL (Navon et al. 2022): the most Newton steps of the bargaining
   # solver (it stops at float accuracy, usually after fewer than 10).
   c.nash_max_iter = 20
+  # UPGrad (Quinton & Rey 2024): TorchJD's Gram normalisation and ridge.
+  c.upgrad_norm_eps = 1e-4
+  c.upgrad_reg_eps = 1e-4
+  # FairGrad (Ban & Ji 2024): the fairness alpha > 0 (1: proportional).
+  c.fairgrad_alpha = 1.0
   # Aligned-MTL (Senushkin et al. 2023): min | median | rmse.
   c.aligned_mtl_scale_mode = "min"
   return c

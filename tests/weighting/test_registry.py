@@ -116,7 +116,7 @@ def test_default_config_fields():
 def test_flags():
   loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo", "gls", "stch",
                   "imtl_l"}
-  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl"}
+  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl", "upgrad"}
   for name in weighting.METHODS:
     method = weighting.get_method(name)
     assert isinstance(method, base.WeightingMethod)
