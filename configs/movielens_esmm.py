@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/movielens_esmm.py --config.data.data_dir=../shared/data/ml-100k --workdir /tmp/mtkd/movielens_esmm
+r"""python -m experiments.run --config configs/movielens_esmm.py --config.data.data_dir=/path/to/ml-100k --workdir /tmp/mtkd/movielens_esmm
 
 ESMM (Ma et al., SIGIR 2018) on MovieLens-100K's like -> love funnel.
 
@@ -28,6 +28,6 @@ def get_config(arg=None):
   c.tasks = ml_collections.ConfigDict()
   config_defaults.set_tasks(c, like=("bce", 1.0), love=("bce", 1.0))
   c.model.name = "esmm"
-  c.model.esmm_tasks = ("like", "love")
+  c.model.funnel_tasks = ("like", "love")
   c.train.select_metric = "mean/auc"
   return c

@@ -103,6 +103,8 @@ class TaskSpec:
     num_classes: C > 1 for "multiclass"; 0 for every other kind.
     item_field: for "retrieval", the sparse field holding the target item id
       (e.g. "item_id"); "" for every other kind.
+    label_range: (low, high), the declared range of a "regression" task's
+      labels (e.g. 1..5 stars), checked when the data loads; () = any real.
   """
   name: str
   kind: str
@@ -110,6 +112,7 @@ class TaskSpec:
   weight: float = 1.0
   num_classes: int = 0
   item_field: str = ""
+  label_range: Tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.kind not in TASK_KINDS:
@@ -124,6 +127,11 @@ class TaskSpec:
       raise errors.ConfigError(
           f"Task {self.name!r} of kind {self.kind!r} sets num_classes "
           f"{self.num_classes}; only multiclass tasks take num_classes.")
+    if self.label_range and (self.kind != "regression" or len(
+        self.label_range) != 2 or self.label_range[0] > self.label_range[1]):
+      raise errors.ConfigError(
+          f"Task {self.name!r} has label_range {self.label_range}; only "
+          "regression tasks take one, as (low, high) with low <= high.")
     if (self.kind == "retrieval") != bool(self.item_field):
       raise errors.ConfigError(
           f"Task {self.name!r} of kind {self.kind!r} has item_field "

@@ -24,6 +24,7 @@ from mtkd_jax import errors
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.distill import terms
+from mtkd_jax.models import base as model_base
 from mtkd_jax.train import evaluate
 from mtkd_jax.train import parallel
 
@@ -163,13 +164,11 @@ def prepare(config, splits, spec, model, init_params, example_batch, mesh,
         tuple(t.params for t in teachers))
     _, student_aux = jax.eval_shape(
         lambda p: model.apply({"params": p}, example_batch, train=False), params)
-    if dspec.hint_feature not in student_aux:
-      raise errors.ConfigError(
-          f"distill.hint_feature {dspec.hint_feature!r} is not an aux output "
-          f"of the student; it has {', '.join(sorted(student_aux))}.")
+    feature = model_base.aux_feature(student_aux, dspec.hint_feature,
+                                     "The student")
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x417)
     params = {**params, terms.HINT_PARAMS: terms.init_hint_projector(
-        rng, jnp.zeros(student_aux[dspec.hint_feature].shape),
+        rng, jnp.zeros(feature.shape),
         jnp.zeros(targets[terms.FEATURES].shape))}
   if dspec.offline and dspec.uses_teachers:
     train_columns = {**splits.train, **offline_targets(

@@ -59,6 +59,7 @@ from absl import logging
 from mtkd_jax import errors
 from mtkd_jax.data import pipeline
 from mtkd_jax.train import evaluate
+from mtkd_jax.train import hosts
 from mtkd_jax.train import loop
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
@@ -109,6 +110,18 @@ def _summary(host, seed_index, now, last_time, steps):
   return per_seed, summary
 
 
+def can_vmap(config) -> bool:
+  """False for a config that must train one seed per program: distillation
+  from teachers (each seed has its own), DML peers or CrossDistil."""
+  dcfg = config.get("distill")
+  if dcfg is None:
+    return True
+  from mtkd_jax.distill import terms  # pylint: disable=g-import-not-at-top
+  dcfg = terms.resolve_methods(dcfg)
+  return not (dcfg.teacher_workdirs or dcfg.dml_peers or
+              dcfg.crossdistil_ranking_weight)
+
+
 def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
                              seeds: Sequence[int],
                              seed_workdirs: Optional[Sequence[str]] = None
@@ -126,12 +139,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
     {"best_step", "validation", "test", "select_metric", "steps"}.
   """
   seeds = [int(s) for s in seeds]
-  dcfg = config.get("distill")
-  if dcfg is not None:
-    from mtkd_jax.distill import terms  # pylint: disable=g-import-not-at-top
-    dcfg = terms.resolve_methods(dcfg)
-  if dcfg is not None and (dcfg.teacher_workdirs or dcfg.dml_peers or
-                           dcfg.crossdistil_ranking_weight):
+  if not can_vmap(config):
     raise errors.ConfigError(
         "Distillation runs train one seed per program (their teachers differ "
         "per seed); run them without --vmap_seeds.")
@@ -143,8 +151,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
   if len(dirs) != len(seeds):
     raise ValueError("seed_workdirs must have one entry per seed.")
   num_seeds = len(seeds)
-  if config.train.distributed:
-    jax.distributed.initialize()
+  hosts.initialize(config.train)
   is_main = jax.process_index() == 0
   for seed, d in zip(seeds, dirs):
     os.makedirs(d, exist_ok=True)
