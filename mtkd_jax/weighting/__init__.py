@@ -5,10 +5,11 @@
 method's hyper-parameters, flat, named `<method>_<param>`, with the papers'
 defaults). The update functions receive that ConfigDict as `params`.
 
-Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo.
+Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
+scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
-gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl; and dbmtl (flat
-gradients, param mode only).
+gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; and
+dbmtl (flat gradients, param mode only).
 """
 from typing import Callable, Dict
 
@@ -16,8 +17,10 @@ import ml_collections
 
 from mtkd_jax import registry
 from mtkd_jax.weighting import base
+from mtkd_jax.weighting import gradient_allocation
 from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
+from mtkd_jax.weighting import scalarization
 
 METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "ew": loss_level.ew,
@@ -25,6 +28,9 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "dwa": loss_level.dwa,
     "rlw": loss_level.rlw,
     "famo": loss_level.famo,
+    "gls": scalarization.gls,
+    "stch": scalarization.stch,
+    "imtl_l": scalarization.imtl_l,
     "gradnorm": gradient_level.gradnorm,
     "pcgrad": gradient_level.pcgrad,
     "gradvac": gradient_level.gradvac,
@@ -34,6 +40,8 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "nash_mtl": gradient_level.nash_mtl,
     "aligned_mtl": gradient_level.aligned_mtl,
     "dbmtl": gradient_level.dbmtl,
+    "upgrad": gradient_allocation.upgrad,
+    "fairgrad": gradient_allocation.fairgrad,
 }
 
 
@@ -67,6 +75,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.famo_lr = 0.025
   c.famo_gamma = 0.01
   c.famo_min_loss = 0.0
+  # STCH (Lin et al. 2024): smoothing mu; warm-up steps whose mean loss is
+  # the nadir point.
+  c.stch_mu = 1.0
+  c.stch_warmup_steps = 100
+  # IMTL-L (Liu et al. 2021): Adam learning rate of the loss scales s_t.
+  c.imtl_l_lr = 1e-3
   # DB-MTL (Lin et al. 2023): EMA rate beta / k^beta_sigma.
   c.dbmtl_beta = 0.9
   c.dbmtl_beta_sigma = 0.5
@@ -78,14 +92,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.gradvac_beta = 0.01
   # MGDA (Sener & Koltun 2018): none | l2 | loss | loss+.
   c.mgda_normalization = "none"
-  c.mgda_iters = 250
-  c.mgda_tol = 1e-5
   # CAGrad (Liu et al. 2021): rescale 0: none, 1: / (1 + c^2), 2: / (1 + c).
   c.cagrad_c = 0.4
   c.cagrad_rescale = 1
-  c.cagrad_iters = 100
-  # Nash-MTL (Navon et al. 2022): Newton steps of the bargaining solver.
+  # Nash-MTL (Navon et al. 2022): the most Newton steps of the bargaining
+  # solver (it stops at float accuracy, usually after fewer than 10).
   c.nash_max_iter = 20
+  # UPGrad (Quinton & Rey 2024): TorchJD's Gram normalisation and ridge.
+  c.upgrad_norm_eps = 1e-4
+  c.upgrad_reg_eps = 1e-4
+  # FairGrad (Ban & Ji 2024): the fairness alpha > 0 (1: proportional).
+  c.fairgrad_alpha = 1.0
   # Aligned-MTL (Senushkin et al. 2023): min | median | rmse.
   c.aligned_mtl_scale_mode = "min"
   return c
