@@ -123,8 +123,8 @@ def _stacked_init(init):
 # A model whose shared representation E reaches every loss only through
 # `mixture = mix_experts(gates, E)`, and whose mixture slot t feeds task t's
 # output alone (spec order), may say so, for rep-grad weighting
-# (train/step.py `_rep_gram`): `self.perturb(MIXTURE_SITE, mixture)` and
-# aux[MIXTURE_GATES] = gates.
+# (models/mixture.py, the model's `rep_gram` hook):
+# `self.perturb(MIXTURE_SITE, mixture)` and aux[MIXTURE_GATES] = gates.
 MIXTURE_SITE = "shared_mixture"
 MIXTURE_GATES = "mixture_gates"
 

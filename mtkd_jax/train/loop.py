@@ -68,16 +68,10 @@ def step_events(step: int, total_steps: int, tcfg):
 
 def mean_metrics(step_metrics: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
   """Each metric's mean over the steps that have it ("num_examples" left
-  out); the norm metrics' NaN (not computed that step,
-  `step.NORM_METRICS`) are skipped, and a norm no step computed is left out.
-  """
+  out)."""
   summary = {}
   for k in set().union(*step_metrics) - {"num_examples"}:
-    values = [float(m[k]) for m in step_metrics if k in m]
-    if k in step_lib.NORM_METRICS:
-      values = [v for v in values if not math.isnan(v)]
-    if values:
-      summary[k] = float(np.mean(values))
+    summary[k] = float(np.mean([float(m[k]) for m in step_metrics if k in m]))
   return summary
 
 
@@ -155,8 +149,7 @@ def prepare_training(config, workdir: str):
                                     opt_state=exp.tx.init(distill.init_params))
   step_cfg = step_lib.make_step_config(config, exp.model, exp.tx, exp.spec,
                                        init_state.params, exp.example_batch,
-                                       distill=distill.spec,
-                                       total_steps=exp.total_steps)
+                                       distill=distill.spec)
   init_state = init_state.replace(weighting_state=step_lib.init_weighting(
       step_cfg, config.weighting, init_state.params))
   return exp, distill, init_state, step_cfg
@@ -215,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       mode, mesh, out_batched=False, donate_state=False,
       extra_args=len(teacher_args))
   diagnostics_every = config.weighting.diagnostics_every
+  param_norm_fn = jax.jit(step_lib.param_norm)  # on the steps it logs
   eval_fn = parallel.compile_step(
       functools.partial(step_lib.eval_step, model=model,
                         compute_dtype=step_cfg.compute_dtype),
@@ -265,6 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         check_finite(host, buffer_start, spec.task_names)
         now = time.perf_counter()
         summary = mean_metrics(host)
+        summary.update({k: float(v) for k, v in jax.device_get(
+            param_norm_fn(state.params)).items()})
         summary["examples_per_sec"] = (
             sum(float(m["num_examples"]) for m in host) / (now - last_time))
         summary["steps_per_sec"] = (step - last_step) / (now - last_time)

@@ -161,7 +161,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
   mode = tcfg.parallel
   states = [state_lib.create_train_state(model, tx, example, s) for s in seeds]
   step_cfg = loop.make_step_config(config, model, tx, spec, states[0].params,
-                                   example, total_steps=total_steps)
+                                   example)
   states = [s.replace(weighting_state=loop.init_weighting(
       step_cfg, config.weighting, s.params)) for s in states]
   state = parallel.replicate(stack_trees(states), mesh)
@@ -178,6 +178,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
                                        cfg=step_cfg)),
       mode, mesh, out_batched=False, donate_state=False)
   diagnostics_every = config.weighting.diagnostics_every
+  param_norm_fn = jax.jit(jax.vmap(step_lib.param_norm))  # on logged steps
   eval_fn = parallel.compile_step(
       _vmapped_eval(functools.partial(step_lib.eval_step, model=model)),
       mode, mesh, out_batched=True, donate_state=False)
@@ -230,6 +231,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
                                                            tcfg)
       if is_log:
         host = jax.device_get(buffer)
+        norms = jax.device_get(param_norm_fn(state.params))
         now = time.perf_counter()
         losses_now = []
         for i, seed in enumerate(seeds):
@@ -237,6 +239,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
             continue
           per_seed, summary = _summary(host, i, now, last_time,
                                        step - last_step)
+          summary.update({k: float(v[i]) for k, v in norms.items()})
           try:
             loop.check_finite(per_seed, buffer_start, spec.task_names)
           except errors.NonFiniteLossError as e:

@@ -42,6 +42,7 @@ from jax import lax
 from mtkd_jax import native
 from mtkd_jax.models import embedding
 from mtkd_jax.train import collectives
+from mtkd_jax.train import gradients
 
 Path = Tuple[str, ...]
 
@@ -216,3 +217,59 @@ def densify(row_grad: RowGrad, num_rows: int) -> jax.Array:
   g = row_grad.grads
   dense = jnp.zeros(g.shape[:-2] + (num_rows, g.shape[-1]), g.dtype)
   return dense.at[..., row_grad.ids, :].add(g, mode="drop")
+
+
+def objective(local_terms, params, batch, rng, model, perturbations,
+              axis_name: str):
+  """The step's row-gradient `gradients.Objective`: the terms as a function
+  of (the non-table params, the rows every lookup gathers), tables held
+  constant.
+
+  Args:
+    local_terms: (params, collections, mutable) -> (local float[T],
+      gradients.TermsAux), the step's forward pass.
+    params: the params.
+    batch: this device's batch.
+    rng: its dropout key.
+    model: the model (its lookups' shapes).
+    perturbations: () -> the zero representation perturbations.
+    axis_name: the data-parallel axis.
+  """
+  sites, zeros = lookup_shapes(model, params, batch, rng)
+  tables, rest = split(params, tuple(sites))
+
+  def terms(primals, pert):
+    rest_params, rows = primals
+    collections = {embedding.LOOKUP_ROWS: rows}
+    if pert is not None:
+      collections["perturbations"] = pert
+    return local_terms(merge(tables, rest_params), collections,
+                       (embedding.LOOKUP_IDS,))
+
+  def reduce(cot, aux, lead_ndim):
+    rest_grads, row_grads = cot
+    compacted = compact(flatten_sites(aux.mutated.get(embedding.LOOKUP_IDS, {})),
+                        row_grads, tables, batch["weights"], axis_name,
+                        lead_ndim)
+    grads = collectives.psum(rest_grads, axis_name)
+    return (merge({p: r.grads for p, r in compacted.items()}, grads),
+            {p: r.ids for p, r in compacted.items()})
+
+  def densify_tree(grads, row_ids):
+    return densify_leaves(grads, row_ids, tables)
+
+  return gradients.Objective(terms, (rest, zeros), reduce, perturbations,
+                             densify=densify_tree, loop_vjp=True)
+
+
+def densify_leaves(grads, row_ids, tables):
+  """`grads` with its compact table leaves (rows `row_ids`) made dense;
+  `tables`: {path: the table, or anything with its shape}."""
+  return merge({p: densify(RowGrad(ids, _leaf(grads, p)), tables[p].shape[0])
+                for p, ids in row_ids.items()}, grads)
+
+
+def _leaf(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree

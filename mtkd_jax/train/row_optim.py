@@ -349,12 +349,6 @@ class SplitState(NamedTuple):
   dense: Any  # the optax state of the non-table params (None at the tables)
   rows: Any  # the row states, nested like the params ({module: {table: ..}})
   count: jax.Array  # int32, updates done (the row optimizers' global step)
-  # float32: sum over the tables of ||table||^2, kept up to date from the
-  # rows each update changes, so the `param_norm` metric never reads a
-  # whole table (exact up to float32 rounding accumulated over updates);
-  # when the optimizer moves every row, recomputed from the whole tables on
-  # the steps that report the metric (else left as it was).
-  table_sq_norm: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,8 +356,7 @@ class SplitOptimizer:
   """Row-sparse updates for the embedding tables, optax for the rest.
 
   `init(params)` is the TrainState's `opt_state`; the train step calls
-  `apply` with the non-table gradients and the tables' RowGrads (its
-  row-gradient path), never with dense table gradients.
+  `apply` with the gradient, whose table leaves are compact rows.
 
   Attributes:
     dense: the optax transformation of the other params (no clipping).
@@ -385,36 +378,39 @@ class SplitOptimizer:
         dense=self.dense.init(rest),
         rows=traverse_util.unflatten_dict(
             {p: self.rows.init(t) for p, t in tables.items()}),
-        count=jnp.zeros((), jnp.int32),
-        table_sq_norm=sum((_sq_norm(t) for t in tables.values()),
-                          jnp.zeros((), jnp.float32)))
+        count=jnp.zeros((), jnp.int32))
 
-  def apply(self, params, state: SplitState, grads,
-            row_grads: Dict[tuple, row_grads_lib.RowGrad], with_norms=True):
+  def apply(self, params, state: SplitState, grads, row_ids=None):
     """One update.
 
     Args:
       params: the full params.
       state: the SplitState.
-      grads: the gradient of the non-table params (None at the tables).
-      row_grads: {table path: RowGrad [U, d]}, one per table.
-      with_norms: True, or a traced bool: whether to compute the norm
-        metrics this step (`when`; NaN when not).
+      grads: the gradient, params-shaped; its table leaves are compact rows
+        [U, d] (rows `row_ids`), or dense when `row_ids` is None (only for
+        optimizers that move every row).
+      row_ids: {table path: int32[U]}, or None.
     Returns:
-      (params, state, {"grad_norm": the global gradient norm before
-      clipping, "param_norm": the global norm of the new params}).
+      (params, state, the global gradient norm before clipping).
     """
     row_states = traverse_util.flatten_dict(state.rows)
+    if row_ids is None:
+      if not self.rows.moves_all_rows:
+        raise ValueError("A row-sparse embedding optimizer needs the row path "
+                         "(StepConfig.row_grads) and a method without a flat "
+                         "gradient direction.")
+      tables, grads = row_grads_lib.split(grads, tuple(row_states))
+      row_grads = {p: row_grads_lib.all_rows(g) for p, g in tables.items()}
+    else:
+      tables, grads = row_grads_lib.split(grads, tuple(row_ids))
+      row_grads = {p: row_grads_lib.RowGrad(ids, tables[p])
+                   for p, ids in row_ids.items()}
     if set(row_states) != set(row_grads):
       raise ValueError(f"Row gradients for tables {sorted(row_grads)} but "
                        f"optimizer state for {sorted(row_states)}.")
-
-    def grad_norm():
-      sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
-      sq = sq + sum(jnp.sum(jnp.square(r.grads)) for r in row_grads.values())
-      return jnp.sqrt(sq)
-    # Clipping needs the norm every step; the metric only when asked.
-    norm = grad_norm() if self.clip_norm else when(with_norms, grad_norm)
+    sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+    norm = jnp.sqrt(sq + sum(jnp.sum(jnp.square(r.grads))
+                             for r in row_grads.values()))
     if self.clip_norm:
       scale = jnp.where(norm < self.clip_norm, 1.0,
                         self.clip_norm / jnp.maximum(norm, 1e-30))
@@ -427,30 +423,34 @@ class SplitOptimizer:
     else:
       updates, dense_state = self.dense.update(grads, state.dense, rest)
       rest = optax.apply_updates(rest, updates)
-    all_rows = self.rows.moves_all_rows  # then re-sum the whole tables
     new_rows = {}
-    table_sq = jnp.zeros((), jnp.float32) if all_rows else state.table_sq_norm
     for path, r in row_grads.items():
-      if not all_rows:
-        old = _rows(tables[path], r.ids)  # the same gather as in the update
       tables[path], new_rows[path] = self.rows.update(
           tables[path], row_states[path], r.ids, r.grads, state.count)
-      if not all_rows:
-        new = _rows(tables[path], r.ids)
-        table_sq = table_sq + jnp.sum((new - old) * (new + old))
-    if all_rows:  # a pass over every table: only when the metric is wanted
-      table_sq = when(with_norms, lambda: sum(
-          (jnp.sum(jnp.square(t)) for t in tables.values()),
-          jnp.zeros((), jnp.float32)), otherwise=state.table_sq_norm)
     new_state = SplitState(dense_state, traverse_util.unflatten_dict(new_rows),
-                           state.count + 1, table_sq)
+                           state.count + 1)
+    return row_grads_lib.merge(tables, rest), new_state, norm
 
-    def param_norm():
-      rest_sq = sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(rest)),
-                    jnp.zeros((), jnp.float32))
-      return jnp.sqrt(rest_sq + jnp.maximum(table_sq, 0.0))
-    return (row_grads_lib.merge(tables, rest), new_state,
-            {"grad_norm": norm, "param_norm": when(with_norms, param_norm)})
+
+def optimizer_update(tx):
+  """(update, needs row gradients) of the step's optimizer `tx`.
+
+  `update(params, opt_state, grads, row_ids) -> (params, opt_state,
+  grad_norm)`: a SplitOptimizer's `apply`, else optax's update (compact
+  table rows densified first) with the gradient's global norm.
+  """
+  if isinstance(tx, SplitOptimizer):
+    return tx.apply, not tx.rows.moves_all_rows
+
+  def update(params, opt_state, grads, row_ids=None):
+    if row_ids is not None:
+      flat = traverse_util.flatten_dict(params)
+      grads = row_grads_lib.densify_leaves(
+          grads, row_ids, {p: flat[p] for p in row_ids})
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state,
+            optax.tree.norm(grads))
+  return update, False
 
 
 def _optax_adam_step(cfg: AdamConfig, params, grads, state):
@@ -469,23 +469,6 @@ def _optax_adam_step(cfg: AdamConfig, params, grads, state):
   return params, (
       optax.ScaleByAdamState(optax.safe_increment(adam_state.count), mu, nu),
       optax.ScaleByScheduleState(optax.safe_increment(schedule_state.count)))
-
-
-def when(pred, fn, otherwise=None):
-  """`fn()` if `pred` (a Python bool or a traced bool scalar), else
-  `otherwise` (default: a float32 NaN scalar, "not computed"). A traced
-  `pred` is a `lax.cond`: the work of `fn` runs only on the steps that
-  take it (under `vmap` both branches run and one is selected)."""
-  if otherwise is None:
-    otherwise = jnp.full((), jnp.nan, jnp.float32)
-  if isinstance(pred, bool):
-    return fn() if pred else otherwise
-  return jax.lax.cond(pred, fn, lambda: otherwise)
-
-
-@jax.jit
-def _sq_norm(x):
-  return jnp.sum(jnp.square(x))  # fused: no table-sized temporary
 
 
 def table_paths(params):
