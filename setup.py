@@ -11,8 +11,8 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["mtkd_jax", "mtkd_jax.*",
                                                "experiments", "configs"]),
-    # The native kernels' source, compiled on first use (mtkd_jax/native).
-    package_data={"mtkd_jax.native": ["*.cc", "*.h"]},
+    # The native kernels' source, compiled on first use (mtkd_jax.accel.native).
+    package_data={"mtkd_jax.accel.native": ["*.cc", "*.h"]},
     install_requires=[
         "jax[cpu]>=0.10.2,<0.11",
         "flax==0.12.8",

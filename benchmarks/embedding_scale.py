@@ -80,6 +80,7 @@ def build(cfg, rows):
   from mtkd_jax import models
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import parallel
+  from mtkd_jax.accel import switch as accel
   from mtkd_jax.train import state as state_lib
   from mtkd_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
@@ -98,7 +99,7 @@ def build(cfg, rows):
   else:
     config.optimizer.embedding = cfg["optimizer"]
   model = models.build_model(spec, config.model)
-  tx = state_lib.make_optimizer(config.optimizer, 1000)
+  tx = accel.make_optimizer(config, 1000)
   it = pipeline.train_batches(train, bs, seed=tt.SHUFFLE_SEED)
   host = [next(it) for _ in range(tt.NUM_DEVICE_BATCHES)]
   state = state_lib.create_train_state(model, tx, host[0], 0)

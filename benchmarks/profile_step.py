@@ -65,9 +65,10 @@ def main(argv=None):
   from benchmarks import weighting_cost
   from mtkd_jax import models
   from mtkd_jax.data import pipeline
-  from mtkd_jax.train import host_memory
+  from mtkd_jax.accel import host_memory
   from mtkd_jax.train import loop
   from mtkd_jax.train import parallel
+  from mtkd_jax.accel import switch as accel
   from mtkd_jax.train import state as state_lib
   from mtkd_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
@@ -88,7 +89,7 @@ def main(argv=None):
   model = models.build_model(spec, config.model)
   mesh = parallel.make_mesh(1)
   bs = 4096 if args.eval else 1024
-  tx = state_lib.make_optimizer(config.optimizer, 205)
+  tx = accel.make_optimizer(config, 205)
   example = next(pipeline.eval_batches(train, 1024))
   state = state_lib.create_train_state(model, tx, example, tt.MODEL_SEED)
   step_cfg = loop.make_step_config(config, model, tx, spec, state.params,

@@ -296,9 +296,10 @@ def run_worker(cfg):
   from mtkd_jax.train import evaluate
   from mtkd_jax.train import loop
   from mtkd_jax.train import parallel
+  from mtkd_jax.accel import switch as accel
   from mtkd_jax.train import state as state_lib
   from mtkd_jax.train import step as step_lib
-  from mtkd_jax.train import host_memory
+  from mtkd_jax.accel import host_memory
   # pylint: enable=g-import-not-at-top
 
   # As train/loop.py does (train.reuse_host_memory), before any allocation.
@@ -338,7 +339,7 @@ def run_worker(cfg):
   parallel.check_batch_size(bs, mesh)
   parallel.check_batch_size(infer_bs, mesh)
   per_epoch = pipeline.steps_per_epoch(n_train, bs)
-  tx = state_lib.make_optimizer(config.optimizer, per_epoch)
+  tx = accel.make_optimizer(config, per_epoch)
 
   t0 = time.perf_counter()
   example = next(pipeline.eval_batches(train, bs))

@@ -82,6 +82,7 @@ def build(spec, train, method, mode, quick, embedding_grads="auto",
   from mtkd_jax import models
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import parallel
+  from mtkd_jax.accel import switch as accel
   from mtkd_jax.train import state as state_lib
   from mtkd_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
@@ -95,7 +96,7 @@ def build(spec, train, method, mode, quick, embedding_grads="auto",
   model = models.build_model(spec, config.model)
   mesh = parallel.make_mesh(1)
   bs = 256 if quick else 1024
-  tx = state_lib.make_optimizer(config.optimizer, 1000)
+  tx = accel.make_optimizer(config, 1000)
   example = next(pipeline.eval_batches(train, bs))
   state = state_lib.create_train_state(model, tx, example, 0)
   step_cfg = step_lib.make_step_config(config, model, tx, spec,
@@ -185,7 +186,7 @@ def main(argv=None):
   # pylint: disable=g-import-not-at-top
   import dataclasses
   from mtkd_jax import weighting
-  from mtkd_jax.train import host_memory
+  from mtkd_jax.accel import host_memory
   # pylint: enable=g-import-not-at-top
   host_memory.reuse_freed_memory()  # as train/loop.py (train.reuse_host_memory)
   import jax  # pylint: disable=g-import-not-at-top

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from mtkd_jax import errors
-from mtkd_jax import native
+from mtkd_jax.accel import native
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.train import model_stats

@@ -26,12 +26,12 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import losses
 from mtkd_jax import models
+from mtkd_jax.accel import switch as accel
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import mutual
 from mtkd_jax.distill import setup as distill_setup
 from mtkd_jax.train import checkpoint as checkpoint_lib
 from mtkd_jax.train import evaluate
-from mtkd_jax.train import host_memory
 from mtkd_jax.train import model_stats
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
@@ -106,10 +106,9 @@ class Experiment(NamedTuple):
 def setup(config: ml_collections.ConfigDict) -> Experiment:
   """Loads the data and builds the model, mesh and optimizer of a config,
   checking names and sizes before anything compiles."""
-  if config.train.get("reuse_host_memory", True):
-    host_memory.reuse_freed_memory()
+  accel.setup_process(config)
   splits = data_lib.load_dataset(config.data)
-  host_memory.release_freed_memory()  # the loaders' temporaries
+  accel.release_freed_memory()  # the loaders' temporaries
   spec = splits.spec.with_task_overrides(config.tasks.to_dict())
   for task in spec.tasks:  # fail on a bad loss name now, not inside jit
     losses.get_loss(task.loss)
@@ -125,7 +124,7 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
   per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
                                        tcfg.batch_size)
   total_steps = tcfg.num_steps or tcfg.num_epochs * per_epoch
-  tx = state_lib.make_optimizer(config.optimizer, total_steps)
+  tx = accel.make_optimizer(config, total_steps)
   example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
   return Experiment(splits, spec, model, mesh, tx, total_steps, example)
 
@@ -184,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mode = tcfg.parallel
   teacher_args = (distill.teacher_params,) if distill.online else ()
   state = parallel.replicate(init_state, mesh)
-  host_memory.release_freed_memory()  # init's compilations
+  accel.release_freed_memory()  # init's compilations
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{sum(x.size for x in jax.tree.leaves(init_state.params)):,}")
 
@@ -211,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   param_norm_fn = jax.jit(step_lib.param_norm)  # on the steps it logs
   eval_fn = parallel.compile_step(
       functools.partial(step_lib.eval_step, model=model,
-                        compute_dtype=step_cfg.compute_dtype),
+                        compute_dtype=step_cfg.compute_dtype,
+                        accel_on=step_cfg.accel),
       mode, mesh, out_batched=True, donate_state=False)
   put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
 
@@ -243,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         jax.block_until_ready(metrics)
         logging.info("First step (compile + run): %.2f s.",
                      time.perf_counter() - t0)
-        host_memory.release_freed_memory()  # the compiler's memory
+        accel.release_freed_memory()  # the compiler's memory
       else:
         is_diag = diagnostics_every and (step + 1) % diagnostics_every == 0
         if is_diag:
@@ -273,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_time, last_step = now, step
       if is_eval:
         val = run_eval(state.params, "validation")
-        host_memory.release_freed_memory()  # the eval step's compilation
+        accel.release_freed_memory()  # the eval step's compilation
         writer.write(step, "validation", val)
         if tcfg.select_metric not in val:
           raise errors.ConfigError(

@@ -180,7 +180,8 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
   diagnostics_every = config.weighting.diagnostics_every
   param_norm_fn = jax.jit(jax.vmap(step_lib.param_norm))  # on logged steps
   eval_fn = parallel.compile_step(
-      _vmapped_eval(functools.partial(step_lib.eval_step, model=model)),
+      _vmapped_eval(functools.partial(step_lib.eval_step, model=model,
+                                      accel_on=step_cfg.accel)),
       mode, mesh, out_batched=True, donate_state=False)
   put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
 

@@ -31,26 +31,24 @@ gradient are then one compact, exact [U, d] gradient per table, which the
 optimizer takes as rows or densifies.
 """
 import functools
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from flax import traverse_util
 
 from mtkd_jax import errors
 from mtkd_jax import losses as losses_lib
+from mtkd_jax.accel import row_grads as row_grads_lib
+from mtkd_jax.accel import switch as accel
 from mtkd_jax import weighting
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.distill import terms as distill_terms
-from mtkd_jax.models import embedding
 from mtkd_jax.models import eval_aux as eval_aux_lib
 from mtkd_jax.train import collectives
 from mtkd_jax.train import gradients
-from mtkd_jax.train import row_grads as row_grads_lib
-from mtkd_jax.train import row_optim
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.weighting import base as weighting_base
 from mtkd_jax.weighting import gram as gram_lib
@@ -98,18 +96,21 @@ class StepConfig:
   Attributes beyond the arguments: `strategy` ((objective, weigh) ->
   gradients.Update, the weighting mode's gradient strategy),
   `apply_updates` ((params, opt_state, grads, row ids) -> (params,
-  opt_state, grad_norm), the optimizer's, `row_optim.optimizer_update`),
+  opt_state, grad_norm), the optimizer's, `accel.optimizer_update`),
   `fixed_weights` (float32[T], each term's fixed weight).
+  `accel`: whether the step may run native CPU kernels (`train.accel`;
+  None: on the CPU backend).
   """
 
   def __init__(self, model: nn.Module, tx, tasks: Sequence[specs_lib.TaskSpec],
                terms: Sequence[str], method: weighting_base.WeightingMethod,
                method_params=None, rep_grad: bool = False, distill=None,
                alpha: float = 0.0, row_grads: bool = False,
-               compute_dtype=None):
+               compute_dtype=None, accel_on: Optional[bool] = None):
     self.model, self.tx, self.tasks, self.terms = model, tx, tuple(tasks), tuple(terms)
     self.method, self.method_params, self.rep_grad = method, method_params, rep_grad
-    self.apply_updates, needs_rows = row_optim.optimizer_update(tx)
+    self.accel = (jax.default_backend() == "cpu") if accel_on is None else accel_on
+    self.apply_updates, needs_rows = accel.optimizer_update(tx)
     # Table gradients as rows (row_grads.py); a row-sparse optimizer needs them.
     self.row_grads = row_grads or needs_rows
     self.distill = distill  # a distill.terms.DistillSpec or None
@@ -161,8 +162,9 @@ def make_step_config(config, model, tx, spec, params, example_batch,
   return StepConfig(model, tx, spec.tasks, terms, method,
                     config.weighting, rep_grad=mode == "rep", distill=distill,
                     alpha=config.distill.alpha if "distill" in config else 0.0,
-                    row_grads=_use_row_grads(config, tx, method, params),
-                    compute_dtype=compute_dtype(config))
+                    row_grads=accel.use_row_grads(config, tx, method, params),
+                    compute_dtype=compute_dtype(config),
+                    accel_on=accel.enabled(config))
 
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -196,38 +198,6 @@ def _model_inputs(batch, dtype):
   if dtype is None or "dense" not in batch:
     return batch
   return {**batch, "dense": batch["dense"].astype(dtype)}
-
-
-def _use_row_grads(config, tx, method, params) -> bool:
-  """`train.embedding_grads` resolved, with the combinations that cannot
-  work refused. "auto": rows iff the tables have a `SplitOptimizer` (a
-  row-sparse one, or dense Adam fed by rows) and are 2-D."""
-  choice = config.train.get("embedding_grads", "auto")
-  if choice not in ("auto", "dense", "rows"):
-    raise errors.ConfigError(f"train.embedding_grads must be 'auto', 'dense' "
-                             f"or 'rows', got {choice!r}.")
-  split_opt = isinstance(tx, row_optim.SplitOptimizer)
-  # A row-sparse optimizer (not a dense one fed by rows) needs row gradients.
-  sparse_opt = split_opt and not tx.rows.moves_all_rows
-  if sparse_opt and choice == "dense":
-    raise errors.ConfigError(
-        "A row-sparse optimizer.embedding needs the table gradients as rows: "
-        "set train.embedding_grads to 'rows' or 'auto'.")
-  stacked = any(str(p[-1]).startswith(embedding.TABLE_PREFIXES) and x.ndim != 2
-                for p, x in traverse_util.flatten_dict(params).items())
-  if stacked and (choice == "rows" or sparse_opt):
-    raise errors.ConfigError(
-        "Row gradients need 2-D embedding tables; this model stacks them (e.g. "
-        "DML peers under nn.vmap): use train.embedding_grads='dense' and "
-        "optimizer.embedding='dense'.")
-  if sparse_opt and method.needs_full_grads:
-    raise errors.ConfigError(
-        f"Weighting method {config.weighting.name!r} steps along a running "
-        "average of past gradients, which moves table rows outside the batch: "
-        "it needs optimizer.embedding='dense'.")
-  if choice == "auto":
-    return split_opt and not stacked
-  return choice == "rows"
 
 
 def init_weighting(step_cfg, weighting_config, params):
@@ -358,9 +328,10 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
                              rng=jax.random.fold_in(step_rng, 0x5EED),
                              params=cfg.method_params)
 
-  update = cfg.strategy(objective, weigh)
-  params, opt_state, grad_norm = cfg.apply_updates(
-      state.params, state.opt_state, update.grads, update.row_ids)
+  with accel.kernels(cfg.accel):
+    update = cfg.strategy(objective, weigh)
+    params, opt_state, grad_norm = cfg.apply_updates(
+        state.params, state.opt_state, update.grads, update.row_ids)
   raw = update.terms / cfg.fixed_weights
   metrics = {"loss": jnp.sum(update.terms), "grad_norm": grad_norm,
              "num_examples": denom,
@@ -384,8 +355,9 @@ def gradient_diagnostics(state: state_lib.TrainState, batch,
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                            lax.axis_index(AXIS))
   targets = _teacher_targets(teacher_params, batch, cfg)
-  per_term = gradients.per_term_grads(
-      make_objective(state.params, batch, rng, denom, cfg, targets)).grads
+  with accel.kernels(cfg.accel):
+    per_term = gradients.per_term_grads(
+        make_objective(state.params, batch, rng, denom, cfg, targets)).grads
   gram = gram_lib.gram_matrix(shared_params(per_term, cfg.model),
                               len(cfg.terms))
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
@@ -398,7 +370,7 @@ def gradient_diagnostics(state: state_lib.TrainState, batch,
 
 
 def eval_step(params, batch: Mapping[str, jax.Array], *, model: nn.Module,
-              compute_dtype=None) -> Dict[str, jax.Array]:
+              compute_dtype=None, accel_on: bool = True) -> Dict[str, jax.Array]:
   """Per-example outputs for this device's shard (no collectives needed).
 
   Returns:
@@ -406,8 +378,9 @@ def eval_step(params, batch: Mapping[str, jax.Array], *, model: nn.Module,
     (`models.eval_aux`: e.g. "gates" float[b, T, E])}; padding rows are
     dropped on the host by their weight.
   """
-  outputs, aux = model.apply({"params": cast_floats(params, compute_dtype)},
-                             _model_inputs(batch, compute_dtype), train=False)
+  with accel.kernels(accel_on):
+    outputs, aux = model.apply({"params": cast_floats(params, compute_dtype)},
+                               _model_inputs(batch, compute_dtype), train=False)
   outputs = cast_floats(outputs, jnp.float32 if compute_dtype else None)
   aux = cast_floats(aux, jnp.float32 if compute_dtype else None)
   result = {f"outputs/{name}": value for name, value in outputs.items()}

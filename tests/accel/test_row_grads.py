@@ -22,8 +22,9 @@ from mtkd_jax import models
 from mtkd_jax.data import specs
 from mtkd_jax.train import loop
 from mtkd_jax.train import parallel
-from mtkd_jax.train import row_grads
-from mtkd_jax.train import row_optim
+from mtkd_jax.accel import row_grads
+from mtkd_jax.accel import row_optim
+from mtkd_jax.accel import switch as accel_switch
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
 
@@ -68,7 +69,7 @@ def make_config(method="ew", grads="auto", optimizer="sgd", embedding="dense",
 
 def build(cfg, tx=None):
   model = models.build_model(SPEC, cfg.model)
-  tx = tx or state_lib.make_optimizer(cfg.optimizer, 10)
+  tx = tx or accel_switch.make_optimizer(cfg, 10)
   state = state_lib.create_train_state(model, tx, make_batch(), seed=0)
   step_cfg = step_lib.make_step_config(cfg, model, tx, SPEC, state.params,
                                        make_batch())
@@ -153,7 +154,7 @@ def test_native_compact_rows_is_the_xla_form():
   form bit for bit: repeated ids, `fill` (no row) entries, several leading
   gradients (per-term), this device's slice of the gathered ids; errors
   for an id outside [0, fill] and for more distinct ids than U."""
-  from mtkd_jax import native
+  from mtkd_jax.accel import native
   assert native.use("compact_rows")
   rng = np.random.default_rng(1)
   fill, n_all, n, dim = 300, 400, 100, 5

@@ -20,7 +20,7 @@ over the `data` axis, made unique at the static size U, and each device's
 row gradients are segment-summed into that layout and `psum`med.
 
 On CPU, `compact` finds the distinct rows and sums their gradients in one
-native pass (mtkd_jax/native/compact_rows.cc; the same values as the XLA
+native pass (accel/native/compact_rows.cc; the same values as the XLA
 form, bit for bit) where `unique_slots` would take its "map" method.
 
 Exactness. The dense gradient is `zeros.at[ids].add(grads, mode="drop")`
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax import lax
 
-from mtkd_jax import native
+from mtkd_jax.accel import native
 from mtkd_jax.models import embedding
 from mtkd_jax.train import collectives
 from mtkd_jax.train import gradients
@@ -104,9 +104,8 @@ def merge(tables, rest):
 
 
 # unique_slots finds distinct ids with a [rows] int32 map when the table has
-# at most this many rows per id, else by sorting the ids. XLA:CPU's sort is
-# slow: 4.1 ms for the 26,624 ids of a BENCHMARK.md batch (260,000 rows), 8%
-# of the MMoE step; the map takes ~0.2 ms there and stays O(ids) + O(rows).
+# at most this many rows per id, else by sorting the ids (XLA:CPU's sort is
+# slow; the map stays O(ids) + O(rows)).
 MAP_ROWS_PER_ID = 64
 
 
@@ -198,7 +197,7 @@ def compact(sites: Dict[Path, tuple], row_grads, tables: Dict[Path, jax.Array],
 
 
 def _use_native(all_ids, num_rows: int, grads) -> bool:
-  """Whether `compact` runs the native kernel (mtkd_jax/native/
+  """Whether `compact` runs the native kernel (accel/native/
   compact_rows.cc): where `unique_slots` takes its "map" method (ids in
   order of first occurrence), for float32 gradients on CPU."""
   return (num_rows <= MAP_ROWS_PER_ID * all_ids.shape[0] and
@@ -273,3 +272,9 @@ def _leaf(tree, path):
   for k in path:
     tree = tree[k]
   return tree
+
+
+def has_stacked_tables(params) -> bool:
+  """Whether some embedding table is not 2-D (e.g. DML peers under nn.vmap)."""
+  return any(str(p[-1]).startswith(embedding.TABLE_PREFIXES) and x.ndim != 2
+             for p, x in traverse_util.flatten_dict(params).items())

@@ -52,20 +52,17 @@ adam (what `optimizer.embedding="dense"` runs when `optimizer.name` is
   exactly 0 outside the batch. Against `optax.adam` on the densified
   gradient: rows outside the batch agree bit for bit; on the batch's rows m
   and v may differ in the last bit, as XLA fuses optax's a * b + c into one
-  rounding where the scatter-add rounds twice (tests/train/test_row_optim.py). The dense passes remain (every row
-  moves), but the dense gradient's zero fill, its scatter, its square and its
-  norm go: 10 of the 52 ms of the MMoE step of BENCHMARK.md were those.
-  On CPU the update runs as one native pass over w, m and v
-  (`mtkd_jax/native/dense_adam.cc`, the same floats bit for bit): XLA makes
-  three passes, 3.9 ms of op time per step for BENCHMARK.md's 16.6 MB
-  table against 2.3 ms, and the MMoE step is 2.2 ms shorter
-  (`python -m benchmarks.step_ab --variants base,native=0`).
+  rounding where the scatter-add rounds twice (tests/accel/test_row_optim.py).
+  The dense passes remain (every row moves), but the dense gradient's zero
+  fill, its scatter, its square and its norm go. On CPU the update runs as
+  one native pass over w, m and v (`native/dense_adam.cc`, the same floats
+  bit for bit) where XLA makes three.
   State: m and v, 2 floats per entry, as optax.adam.
 
 With optimizer.name "adam", `SplitOptimizer` updates the other parameters
 with `adam_update` (optax.adam's state, formula and floats; on CPU one call
 of the native kernel "adam" for all of them, where XLA runs one fusion per
-array: 0.3 ms of the PLE step of BENCHMARK.md).
+array).
 
 The row-sparse ones (row_adagrad, lazy_adam) apply no weight decay to the tables (it would touch every row);
 `optimizer.weight_decay` acts on the other parameters only. Gradient
@@ -81,8 +78,8 @@ import optax
 from flax import traverse_util
 
 from mtkd_jax.models import embedding
-from mtkd_jax import native as native_kernels
-from mtkd_jax.train import row_grads as row_grads_lib
+from mtkd_jax.accel import native as native_kernels
+from mtkd_jax.accel import row_grads as row_grads_lib
 
 
 class RowAdagradState(NamedTuple):
@@ -184,10 +181,10 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
     count: int32, the number of updates done before this one (t = count + 1).
     lr: the learning rate (a scalar).
     b1, b2, eps: Adam's.
-    native: None: the one-pass native kernel (`mtkd_jax/native`) when it can
+    native: None: the one-pass native kernel (`accel/native`) when it can
       run (float32 on CPU, kernel built); False: the XLA form; True: the
       kernel or an error. Both give the same floats, bit for bit
-      (tests/train/test_row_optim.py).
+      (tests/accel/test_row_optim.py).
   Returns:
     (table, state): every row updated, as `optax.adam` on the dense gradient.
   """
@@ -203,7 +200,7 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
     nu = (1 - b2) * grads ** 2 + b2 * state.nu
   else:  # optax: (1 - b1) g + b1 m, whose first product is 0 outside `ids`.
     # b1 m is decayed in place (m has no other reader); reading m's rows
-    # for a `set` instead made XLA copy the 16.6 MB m and v every step.
+    # for a `set` instead made XLA copy the whole m and v every step.
     mu = (b1 * state.mu).at[ids].add((1 - b1) * grads, mode="drop")
     nu = (b2 * state.nu).at[ids].add((1 - b2) * grads ** 2, mode="drop")
   t = count + 1
@@ -223,15 +220,14 @@ def adam_update(params, mu, nu, grads, *, count, lr, b1: float, b2: float,
     lr: the learning rate (a scalar).
     b1, b2, eps: Adam's.
     native: None: every float32 leaf in one call of the native kernel
-      "adam" (`mtkd_jax/native/dense_adam.cc`) when it can run; False: the
+      "adam" (`accel/native/dense_adam.cc`) when it can run; False: the
       XLA form (optax's formula, which XLA fuses per leaf); True: the kernel
       or an error.
   Returns:
     (params, mu, nu). The same floats as `optax.apply_updates(params,
-    optax.adam(lr).update(grads, ...))` (tests/train/test_row_optim.py). XLA
-    updates the leaves one fusion at a time, each split in two halves over
-    the 2 threads of BENCHMARK.md's machine; the kernel cuts all leaves into
-    one pool of chunks (the MMoE / PLE experts' 1.17 M parameters).
+    optax.adam(lr).update(grads, ...))` (tests/accel/test_row_optim.py). XLA
+    updates the leaves one fusion at a time; the kernel cuts all leaves into
+    one pool of chunks.
   """
   leaves, tree = jax.tree.flatten(params)
   mus, nus, gs = (tree.flatten_up_to(x) for x in (mu, nu, grads))
@@ -432,16 +428,10 @@ class SplitOptimizer:
     return row_grads_lib.merge(tables, rest), new_state, norm
 
 
-def optimizer_update(tx):
-  """(update, needs row gradients) of the step's optimizer `tx`.
-
-  `update(params, opt_state, grads, row_ids) -> (params, opt_state,
-  grad_norm)`: a SplitOptimizer's `apply`, else optax's update (compact
-  table rows densified first) with the gradient's global norm.
-  """
-  if isinstance(tx, SplitOptimizer):
-    return tx.apply, not tx.rows.moves_all_rows
-
+def optax_update(tx: optax.GradientTransformation):
+  """The step's update with an optax `tx`: (params, opt_state, grads,
+  row_ids) -> (params, opt_state, grad_norm), compact table rows densified
+  first."""
   def update(params, opt_state, grads, row_ids=None):
     if row_ids is not None:
       flat = traverse_util.flatten_dict(params)
@@ -450,7 +440,7 @@ def optimizer_update(tx):
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state,
             optax.tree.norm(grads))
-  return update, False
+  return update
 
 
 def _optax_adam_step(cfg: AdamConfig, params, grads, state):
