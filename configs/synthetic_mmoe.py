@@ -38,6 +38,9 @@ def get_config(arg=None):
   c.train.select_metric = "mean/auc"
 
   if arg == "smoke":
+    # A few hundred steps: a constant 1e-3 (the tests' tolerances assume it).
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "constant"
     c.data.num_examples = 6_000
     c.data.vocab_size = 500
     c.model.num_experts = 3
