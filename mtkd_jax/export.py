@@ -64,9 +64,9 @@ def export_model(model, params, example_batch: Mapping[str, np.ndarray]):
 
 def export_run(workdir: str, out_dir: str) -> Dict[str, str]:
   """Exports the best checkpoint of the run in `workdir` to `out_dir`."""
-  from mtkd_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.train import trainer  # pylint: disable=g-import-not-at-top
   config = teacher_lib.read_run_config(workdir)
-  exp = loop.setup(config)
+  exp = trainer.setup(config)
   params = teacher_lib.restore_params(workdir)
   example = next(pipeline.eval_batches(exp.splits.test, 8))
   example = {k: v[:8] for k, v in example.items()}
