@@ -39,3 +39,14 @@ def get_config(arg: str = "mmoe") -> ml_collections.ConfigDict:
   config.eval.batch_size = EVAL_BATCH_SIZE
   config.seed = MODEL_SEED
   return config
+
+
+def build_trainer(config, spec, train, test=None):
+  """`trainer.build(config)` over the workload's columns (`train`, and
+  `test` as both the validation and test splits; default `train`)."""
+  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.data import specs
+  from mtkd_jax.train import trainer as trainer_lib
+  # pylint: enable=g-import-not-at-top
+  test = train if test is None else test
+  return trainer_lib.build(config, splits=specs.Splits(spec, train, test, test))
