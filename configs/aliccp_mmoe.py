@@ -3,7 +3,7 @@ r"""python -m experiments.run --config configs/aliccp_mmoe.py --config.data.data
 MMoE on Ali-CCP (the ESMM paper's data) in torch-rechub's CSV format.
 
 Smoke (seconds): --config configs/aliccp_mmoe.py:smoke (needs data_dir too;
-the torch-rechub samples in shared/data/samples/torch-rechub/ali-ccp work)
+torch-rechub's sample files work)
 
 `data.data_dir` holds ali_ccp_train.csv, ali_ccp_val.csv, ali_ccp_test.csv
 (made by torch-rechub's preprocess_ali_ccp.py from Tianchi dataset 408) or

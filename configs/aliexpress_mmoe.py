@@ -4,8 +4,7 @@ MMoE on one AliExpress country (PLE / AITM / MTReclib data) in MTReclib's
 CSV format.
 
 Smoke (seconds): --config configs/aliexpress_mmoe.py:smoke (needs data_dir
-too; the torch-rechub samples in shared/data/samples/torch-rechub/aliexpress
-work)
+too; torch-rechub's sample files work)
 
 `data.data_dir` is a country folder (AliExpress_NL, _ES, _FR or _US, made by
 MTReclib's data/preprocess.py from Tianchi dataset 74690) with train.csv and

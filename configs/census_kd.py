@@ -1,8 +1,8 @@
-r"""python -m experiments.run --config configs/census_kd.py --config.data.data_dir=../shared/data/census-income-kdd --config.distill.teacher_workdirs="('/tmp/mtkd/ablations/census_kd/teacher__seed=0',)" --workdir /tmp/mtkd/census_kd_student
+r"""python -m experiments.run --config configs/census_kd.py --config.data.data_dir=/path/to/census-income-kdd --config.distill.teacher_workdirs="('/tmp/mtkd/ablations/census_kd/teacher__seed=0',)" --workdir /tmp/mtkd/census_kd_student
 
 Distillation on Census-Income (KDD): a large MMoE teacher, a small student.
 
-  python -m experiments.ablation --config configs/census_kd.py --config.data.data_dir=../shared/data/census-income-kdd --sweep configs/sweeps/distillation.py:configs/census_kd.py --workdir /tmp/mtkd/ablations/census_kd
+  python -m experiments.ablation --config configs/census_kd.py --config.data.data_dir=/path/to/census-income-kdd --sweep configs/sweeps/distillation.py:configs/census_kd.py --workdir /tmp/mtkd/ablations/census_kd
   python -m experiments.report /tmp/mtkd/ablations/census_kd --baseline student --gap_closed teacher,student,student_kd --metrics income/auc,marital/auc,mean/auc,income/ece,marital/ece,model/non_embedding_params,model/flops_per_example,model/latency_ms_per_batch
 
 Tasks income (> 50K) and marital (never married), as in the MMoE paper.

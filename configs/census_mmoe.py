@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/census_mmoe.py --config.data.data_dir=../shared/data/census-income-kdd --workdir /tmp/mtkd/census_mmoe
+r"""python -m experiments.run --config configs/census_mmoe.py --config.data.data_dir=/path/to/census-income-kdd --workdir /tmp/mtkd/census_mmoe
 
 MMoE on UCI Census-Income (KDD), the MMoE paper's benchmark (Ma et al., KDD
 2018, section 5.2).

@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/movielens_esmm.py --config.data.data_dir=../shared/data/ml-100k --workdir /tmp/mtkd/movielens_esmm
+r"""python -m experiments.run --config configs/movielens_esmm.py --config.data.data_dir=/path/to/ml-100k --workdir /tmp/mtkd/movielens_esmm
 
 ESMM (Ma et al., SIGIR 2018) on MovieLens-100K's like -> love funnel.
 

@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/movielens_kd.py --config.data.data_dir=../shared/data/ml-100k --config.distill.teacher_workdirs="('/tmp/mtkd/ablations/movielens_kd/teacher__seed=0',)" --workdir /tmp/mtkd/movielens_kd_student
+r"""python -m experiments.run --config configs/movielens_kd.py --config.data.data_dir=/path/to/ml-100k --config.distill.teacher_workdirs="('/tmp/mtkd/ablations/movielens_kd/teacher__seed=0',)" --workdir /tmp/mtkd/movielens_kd_student
 
 Distillation on MovieLens-100K: a large MMoE teacher, a small MMoE student.
 
@@ -7,7 +7,7 @@ distillation and the student distilled from that seed's teacher, then the
 report sets them side by side (test metrics of the checkpoint chosen on
 validation, parameters, FLOPs and latency):
 
-  python -m experiments.ablation --config configs/movielens_kd.py --config.data.data_dir=../shared/data/ml-100k --sweep configs/sweeps/distillation.py:configs/movielens_kd.py --workdir /tmp/mtkd/ablations/movielens_kd
+  python -m experiments.ablation --config configs/movielens_kd.py --config.data.data_dir=/path/to/ml-100k --sweep configs/sweeps/distillation.py:configs/movielens_kd.py --workdir /tmp/mtkd/ablations/movielens_kd
   python -m experiments.report /tmp/mtkd/ablations/movielens_kd --baseline student --gap_closed teacher,student,student_kd --metrics like/auc,like/gauc,like/logloss,like/ece,rating/rmse,model/non_embedding_params,model/flops_per_example,model/latency_ms_per_batch
 
 Smoke (seconds): `:teacher_smoke`, `:student_smoke`, `:smoke`.

@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/movielens_latest_mmoe.py --config.data.data_dir=../shared/data/ml-latest-small --workdir /tmp/mtkd/movielens_latest_mmoe
+r"""python -m experiments.run --config configs/movielens_latest_mmoe.py --config.data.data_dir=/path/to/ml-latest-small --workdir /tmp/mtkd/movielens_latest_mmoe
 
 MMoE on MovieLens latest-small: rating (regression) + like (rating >= 4).
 

@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/movielens_mmoe.py --config.data.data_dir=../shared/data/ml-100k --workdir /tmp/mtkd/movielens_mmoe
+r"""python -m experiments.run --config configs/movielens_mmoe.py --config.data.data_dir=/path/to/ml-100k --workdir /tmp/mtkd/movielens_mmoe
 
 MMoE on MovieLens-100K: rating (regression) + like (rating >= 4, binary).
 

@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/movielens_multiclass.py --config.data.data_dir=../shared/data/ml-100k --workdir /tmp/mtkd/movielens_multiclass
+r"""python -m experiments.run --config configs/movielens_multiclass.py --config.data.data_dir=/path/to/ml-100k --workdir /tmp/mtkd/movielens_multiclass
 
 MMoE on MovieLens-100K with the rating as a 5-class task: rating_class
 (multiclass, class = stars - 1, softmax cross-entropy) + like (rating >= 4,

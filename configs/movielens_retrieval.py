@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/movielens_retrieval.py --config.data.data_dir=../shared/data/ml-100k --workdir /tmp/mtkd/movielens_retrieval
+r"""python -m experiments.run --config configs/movielens_retrieval.py --config.data.data_dir=/path/to/ml-100k --workdir /tmp/mtkd/movielens_retrieval
 
 Ranking and retrieval together on MovieLens-100K (model two_tower_mtl,
 mtkd_jax/models/retrieval.py): one shared embedding table feeds an MMoE for

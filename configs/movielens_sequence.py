@@ -1,4 +1,4 @@
-r"""python -m experiments.run --config configs/movielens_sequence.py --config.data.data_dir=../shared/data/ml-100k --workdir /tmp/mtkd/movielens_sequence
+r"""python -m experiments.run --config configs/movielens_sequence.py --config.data.data_dir=/path/to/ml-100k --workdir /tmp/mtkd/movielens_sequence
 
 MMoE with a behaviour-sequence input on MovieLens-100K: rating (regression) +
 like (rating >= 4, binary), as configs/movielens_mmoe.py, plus each rating's

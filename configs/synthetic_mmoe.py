@@ -27,7 +27,12 @@ def get_config(arg=None):
   config_defaults.set_tasks(c, ctr=("bce", 1.0), cvr=("bce", 1.0))
 
   c.model.name = "mmoe"
-  c.train.num_epochs = 2
+  # One epoch with a cosine decay from 4e-3: two epochs at a constant 1e-3
+  # peaked at step 200 of 392 and then overfit (held-out AUC fell) and
+  # under-predicted both rates by 10-14%.
+  c.optimizer.learning_rate = 4e-3
+  c.optimizer.schedule = "cosine"
+  c.train.num_epochs = 1
   c.train.eval_every = 100
   c.train.checkpoint_every = 100
   c.train.select_metric = "mean/auc"

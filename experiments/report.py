@@ -2,7 +2,7 @@ r"""Tables, significance tests and plots of a finished (or partial) sweep.
 
   python -m experiments.report /tmp/mtkd/ablations/mmoe_synthetic \
       [--baseline "correlation=1.0, name=mmoe"] [--metrics y1/rmse,y2/rmse] \
-      [--out DIR/report]
+      [--correction holm|bh|none] [--out DIR/report]
 
 Reads <sweep dir>/results.jsonl (one line per finished run, deduplicated by
 run name) and each run's metrics.jsonl; writes report.md and PNGs to --out
@@ -31,6 +31,11 @@ def main(argv=None):
   parser.add_argument("--gap_closed", default=None,
                       help="TEACHER,STUDENT,DISTILLED variants: the share of "
                       "the teacher-student gap distillation closes")
+  parser.add_argument("--correction", default="holm",
+                      choices=("holm", "bh", "none"),
+                      help="multiple-comparison adjustment of the p-values "
+                      "over the rows compared with the baseline (default "
+                      "holm; bh = Benjamini-Hochberg)")
   parser.add_argument("--out", default=None,
                       help="output dir (default: <sweep_dir>/report)")
   args = parser.parse_args(argv)
@@ -40,7 +45,8 @@ def main(argv=None):
   try:
     gap = args.gap_closed.split(",") if args.gap_closed else None
     path = report.write(args.sweep_dir, args.out, args.baseline, metrics,
-                        command=command, gap_closed=gap)
+                        command=command, gap_closed=gap,
+                        correction=args.correction)
   except ValueError as e:
     sys.exit(f"error: {e}")
   print(path)

@@ -18,7 +18,13 @@ Helpers (each returns a plain list of dicts, so they nest):
   chain(*sweeps)            concatenation;
   named(name, sweep)        labels every entry (the label replaces the derived
                             name of its non-seed overrides);
-  seeds(n | values)         [{"seed": s}, ...], e.g. product(base, seeds(3)).
+  seeds(n | values)         [{"seed": s}, ...], e.g. product(base, seeds(3));
+                            seeds() gives DEFAULT_SEEDS.
+
+DEFAULT_SEEDS (five) is the seed count every shipped sweep uses: with fewer
+paired seeds a significance test has too little power, and a two-sided
+Wilcoxon signed-rank test cannot go below p = 2 / 2^n at all (0.25 at n = 3;
+the report says so, see ablation/stats.py).
 
 Run names are readable and filesystem-safe: the overrides as `key=value`
 joined by "__", each key shortened to its shortest dotted suffix that is
@@ -41,6 +47,7 @@ from mtkd_jax import errors
 
 NAME = "__name__"  # reserved key: an entry's label (see `named`)
 SEED = "seed"
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 _SEP = "__"
 _MAX_NAME = 180
 
@@ -118,8 +125,11 @@ def named(name: str, sweep: Union[Entry, Sequence[Entry]] = ()) -> Sweep:
   return [{**e, NAME: sanitize(name)} for e in entries]
 
 
-def seeds(n_or_values: Union[int, Sequence[int]]) -> Sweep:
-  """[{"seed": s}] for s in range(n) (an int) or in the given values."""
+def seeds(n_or_values: Union[int, Sequence[int], None] = None) -> Sweep:
+  """[{"seed": s}] for s in range(n) (an int), the given values, or
+  DEFAULT_SEEDS (None)."""
+  if n_or_values is None:
+    n_or_values = DEFAULT_SEEDS
   values = (range(n_or_values) if isinstance(n_or_values, int)
             else n_or_values)
   return [{SEED: int(s)} for s in values]

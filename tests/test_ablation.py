@@ -101,7 +101,8 @@ def test_unknown_key_or_bad_value_names_the_run():
 def test_shipped_sweeps_load_and_fail_on_a_missing_model(monkeypatch):
   from mtkd_jax import models
   runs = sweeps.load_sweep("configs/sweeps/mmoe_synthetic.py")
-  assert len(runs) == 36 and runs[0].name == (
+  # 4 models x 3 correlations x 6 seeds.
+  assert len(runs) == 72 and runs[0].name == (
       "correlation=0.5__name=shared_bottom__seed=0")
   assert {r.overrides["model.name"] for r in runs} == {
       "shared_bottom", "omoe", "mmoe", "single_task"}
@@ -251,7 +252,7 @@ def test_weighting_and_architecture_sweeps_cover_the_registries():
   from mtkd_jax import models, weighting  # pylint: disable=g-import-not-at-top
   runs = sweeps.load_sweep("configs/ablations/weighting.py")
   assert {r.overrides["weighting.name"] for r in runs} == set(weighting.METHODS)
-  assert len(runs) == 3 * len(weighting.METHODS)
+  assert len(runs) == len(sweeps.DEFAULT_SEEDS) * len(weighting.METHODS)
   archs = sweeps.load_sweep("configs/sweeps/architectures.py")
   names = {r.overrides["model.name"] for r in archs}
   assert names <= set(models.MODELS) and {"single_task", "mmoe", "ple"} <= names

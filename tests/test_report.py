@@ -3,6 +3,7 @@ std, best cell, Δm (by hand) and paired p-values (scipy directly)."""
 import json
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
@@ -158,3 +159,111 @@ def test_partial_baseline_pairs_rows_within_their_group():
                              variants) == "p=1.0__name=mmoe"  # a full name
   assert report.baseline_row("p=0.5__name=sb", "name=dselect",
                              variants) is None
+
+
+# ------------------------------------------------ multiple comparisons
+
+
+P4 = [0.01, 0.04, 0.03, 0.005]
+
+
+def test_holm_by_hand():
+  # Sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06,
+  # 0.04 x 1 = 0.04 -> 0.06 (step-down: never below an earlier one).
+  assert stats.holm(P4) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+  # Capped at 1: 0.4 x 3 = 1.2.
+  assert stats.holm([0.4, 0.5, 0.45]) == pytest.approx([1.0, 1.0, 1.0])
+  assert stats.holm([0.2, 0.01]) == pytest.approx([0.2, 0.02])
+
+
+def test_benjamini_hochberg_by_hand():
+  # Sorted: 0.005 x 4/1 = 0.02, 0.01 x 4/2 = 0.02, 0.03 x 4/3 = 0.04,
+  # 0.04 x 4/4 = 0.04; then the running minimum from the top.
+  assert stats.benjamini_hochberg(P4) == pytest.approx(
+      [0.02, 0.04, 0.04, 0.02])
+  # 0.02 x 2/1 = 0.04 > 0.03 x 2/2 = 0.03: the minimum from above wins.
+  assert stats.benjamini_hochberg([0.02, 0.03]) == pytest.approx([0.03, 0.03])
+
+
+def test_adjustments_match_independent_implementations():
+  rng = np.random.default_rng(0)
+  for m in (1, 2, 5, 14):
+    p = list(rng.uniform(0, 0.2, m))
+    assert stats.benjamini_hochberg(p) == pytest.approx(
+        list(sp_stats.false_discovery_control(p, method="bh")))
+    try:
+      from statsmodels.stats import multitest  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      continue
+    for ours, theirs in ((stats.holm, "holm"), (stats.benjamini_hochberg,
+                                                "fdr_bh")):
+      assert ours(p) == pytest.approx(
+          list(multitest.multipletests(p, method=theirs)[1]))
+
+
+def test_adjust_pvalues_leaves_untested_rows_out_of_the_family():
+  raw = {"a": 0.01, "b": None, "c": 0.04, "d": 0.03, "e": 0.005}
+  holm = stats.adjust_pvalues(raw, "holm")
+  assert holm == pytest.approx(
+      {"a": 0.03, "b": None, "c": 0.06, "d": 0.06, "e": 0.02})
+  assert stats.adjust_pvalues(raw, "bh") == pytest.approx(
+      {"a": 0.02, "b": None, "c": 0.04, "d": 0.04, "e": 0.02})
+  assert stats.adjust_pvalues(raw, "none") == raw
+  with pytest.raises(ValueError, match="valid: holm, bh, none"):
+    stats.adjust_pvalues(raw, "bonferoni")
+
+
+def test_wilcoxon_floor_is_scipys_p_for_differences_of_one_sign():
+  for n in range(2, 9):
+    diffs = [0.1 * (i + 1) for i in range(n)]  # all positive, no ties
+    p = sp_stats.wilcoxon(diffs).pvalue
+    assert stats.wilcoxon_min_pvalue(n) == pytest.approx(p)
+  assert stats.wilcoxon_min_pvalue(3) == 0.25
+  assert stats.min_adjusted_pvalue(0.0625, 14, "holm") == pytest.approx(0.875)
+  assert stats.min_adjusted_pvalue(0.0625, 14, "bh") == 0.0625
+
+
+def test_report_adjusts_each_metric_and_says_when_wilcoxon_cannot_reach():
+  # test/y/rmse against sb: mmoe (t-test p_t, Wilcoxon 0.25: differences
+  # all negative) and stl (no t-test, Wilcoxon 0.25) are compared; 'one'
+  # (n = 1) is not.
+  records = [
+      {"name": f"{v}__seed={s}", "variant": v, "seed": s, "index": i,
+       "overrides": {"model.name": MODEL[v], "seed": s},
+       "test": {"y/rmse": rmse, "c/auc": auc}}
+      for i, (v, seeds) in enumerate(DATA.items())
+      for s, (rmse, auc) in seeds.items()]
+  p_t = sp_stats.ttest_rel([0.9, 0.95, 0.85], [1.05, 1.15, 0.95]).pvalue
+  r = report.build(records, ["y/rmse"], baseline="sb")
+  tests = r.tests["test/y/rmse"]
+  assert tests["mmoe"].t_adjusted == pytest.approx(p_t)  # a family of one
+  assert tests["mmoe"].wilcoxon_adjusted == pytest.approx(0.5)  # 2 x 0.25
+  assert tests["stl"].wilcoxon_adjusted == pytest.approx(0.5)
+  assert tests["stl"].t_adjusted is None and tests["one"].t_adjusted is None
+  text = report.to_markdown(r, title="t")
+  assert f"| mmoe | 3 | 0.9000 ± 0.0500 | -0.1500 | {p_t:.3g} | 0.25 | " \
+         f"{p_t:.3g} | 0.5 |" in text
+  # Holm over 2 rows: 2 x 2/2^n <= 0.05 needs 2^(n-1) >= 40, n = 7.
+  assert ("With n = 3 paired seeds the two-sided Wilcoxon signed-rank test "
+          "cannot reach p < 0.05 whatever the data: its smallest p is 2/2^n "
+          "= 0.25; after Holm over 2 rows, 0.5. It needs n >= 7 seeds here"
+          ) in text
+  bh = report.build(records, ["y/rmse"], baseline="sb", correction="bh")
+  assert bh.tests["test/y/rmse"]["mmoe"].wilcoxon_adjusted == pytest.approx(
+      0.25)
+  # 2/2^n <= 0.05 needs 2^(n-1) >= 20, n = 6.
+  assert "It needs n >= 6 seeds" in report.to_markdown(bh, title="t")
+  with pytest.raises(ValueError, match="valid: holm, bh, none"):
+    report.build(records, ["y/rmse"], baseline="sb", correction="fdr")
+
+
+def test_no_wilcoxon_note_when_the_seeds_suffice():
+  seeds = range(7)
+  records = [{"name": f"{v}__seed={s}", "variant": v, "seed": s,
+              "overrides": {"model.name": v, "seed": s},
+              "test": {"y/rmse": base + 0.01 * s + (0.1 if v == "b" else 0)
+                       + 0.001 * s * s}}
+             for v, base in (("a", 1.0), ("b", 1.0)) for s in seeds]
+  r = report.build(records, ["y/rmse"], baseline="a")
+  assert r.tests["test/y/rmse"]["b"].n == 7
+  assert "cannot reach" not in report.to_markdown(r, title="t")

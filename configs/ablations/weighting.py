@@ -1,6 +1,6 @@
-r"""Every weighting method on Census-Income with MMoE, three seeds.
+r"""Every weighting method on Census-Income with MMoE, five seeds.
 
-  python -m experiments.ablation --config configs/census_mmoe.py --config.data.data_dir=../shared/data/census-income-kdd --sweep configs/ablations/weighting.py --workdir /tmp/mtkd/ablations/census_methods --vmap_seeds
+  python -m experiments.ablation --config configs/census_mmoe.py --config.data.data_dir=/path/to/census-income-kdd --sweep configs/ablations/weighting.py --workdir /tmp/mtkd/ablations/census_methods --vmap_seeds
   python -m experiments.report /tmp/mtkd/ablations/census_methods --baseline name=ew --metrics income/auc,marital/auc,mean/auc --out docs/ablations/census_weighting
 
 The README's weighting table. `:<m1>,<m2>` restricts the methods.
@@ -8,7 +8,7 @@ The README's weighting table. `:<m1>,<m2>` restricts the methods.
 from mtkd_jax import errors
 from mtkd_jax import sweeps
 
-SEEDS = (0, 1, 2)
+SEEDS = sweeps.DEFAULT_SEEDS
 
 
 def get_sweep(arg=None):

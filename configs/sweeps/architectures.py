@@ -1,8 +1,8 @@
-r"""Every architecture that fits a dataset's tasks, three seeds.
+r"""Every architecture that fits a dataset's tasks, five seeds.
 
-  python -m experiments.ablation --config configs/census_mmoe.py --config.data.data_dir=../shared/data/census-income-kdd --sweep configs/sweeps/architectures.py --workdir /tmp/mtkd/ablations/census_architectures --vmap_seeds
-  python -m experiments.ablation --config configs/movielens_mmoe.py --config.data.data_dir=../shared/data/ml-100k --sweep configs/sweeps/architectures.py --workdir /tmp/mtkd/ablations/movielens_architectures --vmap_seeds
-  python -m experiments.ablation --config configs/movielens_esmm.py --config.data.data_dir=../shared/data/ml-100k --sweep configs/sweeps/architectures.py:funnel --workdir /tmp/mtkd/ablations/movielens_conversion --vmap_seeds
+  python -m experiments.ablation --config configs/census_mmoe.py --config.data.data_dir=/path/to/census-income-kdd --sweep configs/sweeps/architectures.py --workdir /tmp/mtkd/ablations/census_architectures --vmap_seeds
+  python -m experiments.ablation --config configs/movielens_mmoe.py --config.data.data_dir=/path/to/ml-100k --sweep configs/sweeps/architectures.py --workdir /tmp/mtkd/ablations/movielens_architectures --vmap_seeds
+  python -m experiments.ablation --config configs/movielens_esmm.py --config.data.data_dir=/path/to/ml-100k --sweep configs/sweeps/architectures.py:funnel --workdir /tmp/mtkd/ablations/movielens_conversion --vmap_seeds
 
 ESMM and AITM model a click -> conversion chain of binary tasks: the second
 label implies the first (pCTCVR = pCTR x pCVR; AITM's calibrator asks
@@ -26,7 +26,7 @@ ARCHITECTURES = ("single_task", "shared_bottom", "omoe", "mmoe", "ple",
                  "cross_stitch", "dselect_k")
 # `:funnel`: for a chain of binary tasks (e.g. configs/movielens_esmm.py).
 FUNNEL_ARCHITECTURES = ("single_task", "shared_bottom", "mmoe", "esmm", "aitm")
-SEEDS = (0, 1, 2)
+SEEDS = sweeps.DEFAULT_SEEDS
 
 
 def get_sweep(arg=None):

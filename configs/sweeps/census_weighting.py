@@ -7,7 +7,7 @@ r"""Architecture x loss-weighting method on Census-Income.
       --baseline model.name=mmoe__weighting.name=ew
 
 MMoE, PLE and Shared-Bottom, each with every weighting method registered in
-mtkd_jax.weighting.METHODS (read when the sweep loads), seeds 0, 1, 2; plus a
+mtkd_jax.weighting.METHODS (read when the sweep loads), seeds 0-4; plus a
 single-task model (equal weights) as the reference of Δm.
 `:<m1>,<m2>` restricts the methods, e.g. `census_weighting.py:ew,uw`.
 """
@@ -15,7 +15,7 @@ from mtkd_jax import errors
 from mtkd_jax import sweeps
 
 MODELS = ("mmoe", "ple", "shared_bottom")
-SEEDS = (0, 1, 2)
+SEEDS = sweeps.DEFAULT_SEEDS
 
 
 def get_sweep(arg=None):

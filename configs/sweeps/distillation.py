@@ -1,6 +1,6 @@
-r"""Teacher, student and distilled student of a distillation config, 3 seeds.
+r"""Teacher, student and distilled student of a distillation config, five seeds.
 
-  python -m experiments.ablation --config configs/movielens_kd.py --config.data.data_dir=../shared/data/ml-100k --sweep configs/sweeps/distillation.py:configs/movielens_kd.py --workdir /tmp/mtkd/ablations/movielens_kd
+  python -m experiments.ablation --config configs/movielens_kd.py --config.data.data_dir=/path/to/ml-100k --sweep configs/sweeps/distillation.py:configs/movielens_kd.py --workdir /tmp/mtkd/ablations/movielens_kd
 
 The argument is the distillation config file (`<file>:smoke`: one seed of
 the smoke variants; pass the `:smoke` config as --config too); its `:teacher` and `:student`
@@ -16,7 +16,7 @@ import os
 from mtkd_jax import errors
 from mtkd_jax import sweeps
 
-SEEDS = (0, 1, 2)
+SEEDS = sweeps.DEFAULT_SEEDS
 
 
 def _load(path):

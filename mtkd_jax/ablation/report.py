@@ -10,6 +10,13 @@ is compared with the variant that has those parts and agrees with the row on
 the others, e.g. `correlation=0.9, name=omoe` with
 `correlation=0.9, name=mmoe` (see `baseline_row`).
 
+Multiple comparisons: the p-values of one metric and one test over all rows
+compared with a baseline form a family, adjusted by Holm (default) or
+Benjamini-Hochberg (`correction`); the per-metric tables show raw and
+adjusted p-values. Where a test cannot reach p < stats.ALPHA at the rows'
+number of seeds whatever the data (two-sided Wilcoxon at small n), the table
+says so and how many seeds it would need.
+
 Single-task reference of Δm: the variants whose `model.name` override is
 "single_task". A variant is compared with the single-task variant that has
 the same overrides apart from `model.*` and `weighting.*` keys (preferring
@@ -127,11 +134,13 @@ class Report:
   gap_variants: Tuple[str, ...] = ()
   gap: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(
       default_factory=dict)
+  correction: str = "holm"  # stats.CORRECTIONS
 
 
 def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
           baseline: Optional[str] = None,
-          gap_closed: Optional[Sequence[str]] = None) -> Report:
+          gap_closed: Optional[Sequence[str]] = None,
+          correction: str = "holm") -> Report:
   """Aggregates `records` (store lines) into a Report.
 
   Args:
@@ -143,7 +152,12 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
       sweep order. Accepts "a=1, b=2" or "a=1__b=2".
     gap_closed: (teacher, student, distilled) variant names: adds the share
       of the teacher-student gap the distilled student closes per metric.
+    correction: "holm", "bh" (Benjamini-Hochberg) or "none": how each
+      metric's p-values over the rows compared with a baseline are adjusted.
   """
+  if correction not in stats.CORRECTIONS:
+    raise ValueError(f"Unknown p-value correction {correction!r}; valid: "
+                     f"{', '.join(stats.CORRECTIONS)}.")
   variants = group_variants(records)
   if not variants:
     raise ValueError("No finished runs in the results store.")
@@ -163,6 +177,8 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
                for n, c in cells[m].items()
                if baseline_of[n] not in (None, n)}
            for m in metrics}
+  for by_variant in tests.values():
+    adjust_family(by_variant, correction)
   primary = stats.task_primary_metrics(records)
   primary_metrics = [f"test/{m}" for m in primary.values()]
   stl_of, dm = {}, {}
@@ -187,7 +203,48 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
       if stats.direction(m) is not None:
         gap[m] = stats.gap_closed(*(cells[m][n] for n in gap_closed))
   return Report(variants, metrics, cells, best, baseline, baseline_of, tests,
-                dm, stl_of, primary, gap_closed, gap)
+                dm, stl_of, primary, gap_closed, gap, correction)
+
+
+def adjust_family(tests: Mapping[str, stats.PairedTest], correction: str):
+  """Sets t_adjusted / wilcoxon_adjusted of one metric's tests in place."""
+  t_adj = stats.adjust_pvalues({k: t.t_pvalue for k, t in tests.items()},
+                               correction)
+  w_adj = stats.adjust_pvalues(
+      {k: t.wilcoxon_pvalue for k, t in tests.items()}, correction)
+  for k, t in tests.items():
+    t.t_adjusted, t.wilcoxon_adjusted = t_adj[k], w_adj[k]
+
+
+CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg",
+                    "none": "no correction"}
+
+
+def wilcoxon_reach_notes(tests: Mapping[str, stats.PairedTest],
+                         correction: str) -> List[str]:
+  """One line per seed count n at which the Wilcoxon test of these rows
+  cannot reach p < ALPHA (after the correction), whatever the data."""
+  family = [t for t in tests.values() if t.n >= 2]
+  m = sum(t.wilcoxon_pvalue is not None for t in family) or len(family)
+  notes = []
+  for n in sorted({t.n for t in family}):
+    p_min = stats.wilcoxon_min_pvalue(n)
+    reach = stats.min_adjusted_pvalue(p_min, m, correction)
+    if reach <= stats.ALPHA:
+      continue
+    need = n
+    while stats.min_adjusted_pvalue(stats.wilcoxon_min_pvalue(need), m,
+                                    correction) > stats.ALPHA:
+      need += 1
+    adjusted = ("" if correction == "none" or m == 1 else
+                f"; after {CORRECTION_NAMES[correction]} over {m} rows, "
+                f"{reach:.3g}")
+    notes.append(
+        f"With n = {n} paired seeds the two-sided Wilcoxon signed-rank test "
+        f"cannot reach p < {stats.ALPHA:g} whatever the data: its smallest "
+        f"p is 2/2^n = {p_min:.3g}{adjusted}. It needs n >= {need} seeds "
+        "here; the t-test has no such floor.")
+  return notes
 
 
 def _parts(name: str) -> Dict[str, Optional[str]]:
@@ -244,7 +301,12 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
          "(for each row, the variant with its other overrides) ") +
       "(two-sided; `scipy.stats.ttest_rel`, Wilcoxon signed-rank "
       "`scipy.stats.wilcoxon`); n/a = fewer than 2 paired seeds, or "
-      "differences all equal (t-test) / all zero (Wilcoxon).", ""]
+      "differences all equal (t-test) / all zero (Wilcoxon). Adjusted "
+      "p-values (p adj.): "
+      + {"holm": "Holm's step-down method (family-wise error rate)",
+         "bh": "Benjamini-Hochberg (false discovery rate)",
+         "none": "none, equal to the raw ones"}[report.correction] +
+      ", over the rows compared with a baseline, per metric and test.", ""]
   # Overview.
   out += ["## Overview", ""]
   head = ["variant", "n"] + report.metrics + (["Δm (%)"] if has_dm else [])
@@ -264,25 +326,30 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
   for m in report.metrics:
     out += [f"## {m} ({_direction_words(m)})", "",
             "| variant | n | mean ± std | Δ vs baseline | p (t-test) | "
-            "p (Wilcoxon) |", "|---|---:|---:|---:|---:|---:|"]
+            "p (Wilcoxon) | p adj. (t-test) | p adj. (Wilcoxon) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in rv:
       c = report.cells[m][name]
       text = mean_std(c)
       text = f"**{text}**" if name in report.best[m] else text
       ref = report.baseline_of[name]
       if ref == name:
-        row = [display(name) + " (baseline)", str(c.n), text, "–", "–", "–"]
+        row = [display(name) + " (baseline)", str(c.n), text] + ["–"] * 5
       elif ref is None:
-        row = [display(name), str(c.n), text, "n/a", "n/a", "n/a"]
+        row = [display(name), str(c.n), text] + ["n/a"] * 5
       else:
         t = report.tests[m][name]
         base_mean = report.cells[m][ref].mean
         diff = c.mean - base_mean if c.n else math.nan
         row = [display(name), str(c.n), text, f"{diff:+.4f}"
                if math.isfinite(diff) else "n/a", _fmt_p(t.t_pvalue),
-               _fmt_p(t.wilcoxon_pvalue)]
+               _fmt_p(t.wilcoxon_pvalue), _fmt_p(t.t_adjusted),
+               _fmt_p(t.wilcoxon_adjusted)]
       out.append("| " + " | ".join(row) + " |")
     out.append("")
+    notes = wilcoxon_reach_notes(report.tests[m], report.correction)
+    if notes:
+      out += notes + [""]
   # Δm.
   if has_dm:
     tasks = ", ".join(f"{t}: {m}" for t, m in report.primary.items())
@@ -339,12 +406,13 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
 def write(sweep_dir: str, out_dir: Optional[str] = None,
           baseline: Optional[str] = None,
           metrics: Optional[Sequence[str]] = None, command: str = "",
-          gap_closed: Optional[Sequence[str]] = None) -> str:
+          gap_closed: Optional[Sequence[str]] = None,
+          correction: str = "holm") -> str:
   """Writes <out_dir>/report.md and its PNGs; returns the report's path."""
   out_dir = out_dir or os.path.join(sweep_dir, "report")
   os.makedirs(out_dir, exist_ok=True)
   records = store.read(sweep_dir)
-  report = build(records, metrics, baseline, gap_closed)
+  report = build(records, metrics, baseline, gap_closed, correction)
   variants = list(report.variants.values())
   images = []
   keys = plots.numeric_swept_keys(variants)

@@ -11,7 +11,13 @@
     variant against a baseline, paired by seed; None ("n/a") with fewer than
     2 pairs, for the t-test when the differences are all equal (zero
     variance), for Wilcoxon when they are all zero (both up to 1e-12 of the
-    values' magnitude, i.e. float rounding).
+    values' magnitude, i.e. float rounding);
+  * adjust_pvalues: Holm (default) or Benjamini-Hochberg adjustment of the
+    p-values of the rows compared with a baseline, one family per metric and
+    test;
+  * wilcoxon_min_pvalue / min_adjusted_pvalue: the smallest p a test can
+    give at n paired seeds, so a report can say when significance at ALPHA
+    is out of reach whatever the data.
 """
 import dataclasses
 import math
@@ -26,6 +32,8 @@ LOWER = ("logloss", "rmse", "mae", "mse", "loss")
 PRIMARY = ("auc", "rmse", "gauc", "logloss", "mae")  # a task's first present
 NON_TASK = ("mean", "gates")
 SPLITS = ("test", "validation", "model")  # model: results.json "model"
+ALPHA = 0.05  # the significance level the reports' notes refer to
+CORRECTIONS = ("holm", "bh", "none")  # multiple-comparison adjustments
 
 
 def direction(metric: str) -> Optional[str]:
@@ -115,6 +123,10 @@ class PairedTest:
   t_pvalue: Optional[float]
   wilcoxon_pvalue: Optional[float]
   mean_diff: Optional[float]
+  # After the multiple-comparison adjustment across the rows of one metric
+  # (set by the report; None where the raw p-value is None).
+  t_adjusted: Optional[float] = None
+  wilcoxon_adjusted: Optional[float] = None
 
 
 def paired_tests(variant: Cell, baseline: Cell) -> PairedTest:
@@ -140,6 +152,81 @@ def paired_tests(variant: Cell, baseline: Cell) -> PairedTest:
     except ValueError:
       w_p = None
   return PairedTest(n, t_p, w_p, float(np.mean(diff)))
+
+
+def holm(pvalues: Sequence[float]) -> List[float]:
+  """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+  With p_(1) <= ... <= p_(m): adj_(i) = max_{j <= i} min(1, (m - j + 1)
+  p_(j)). Rejecting adj <= alpha controls the family-wise error rate at
+  alpha under any dependence between the tests.
+  """
+  m = len(pvalues)
+  order = sorted(range(m), key=lambda i: pvalues[i])
+  out = [0.0] * m
+  running = 0.0
+  for rank, i in enumerate(order):
+    running = max(running, min(1.0, (m - rank) * pvalues[i]))
+    out[i] = running
+  return out
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> List[float]:
+  """Benjamini-Hochberg adjusted p-values (1995), in the input order.
+
+  With p_(1) <= ... <= p_(m): adj_(i) = min_{j >= i} min(1, m p_(j) / j).
+  Rejecting adj <= q controls the false discovery rate at q (independent or
+  positively dependent tests).
+  """
+  m = len(pvalues)
+  order = sorted(range(m), key=lambda i: pvalues[i])
+  out = [0.0] * m
+  running = 1.0
+  for rank in range(m - 1, -1, -1):
+    i = order[rank]
+    running = min(running, m * pvalues[i] / (rank + 1))
+    out[i] = running
+  return out
+
+
+def adjust_pvalues(pvalues: Mapping[str, Optional[float]], method: str
+                   ) -> Dict[str, Optional[float]]:
+  """{row: p} -> {row: adjusted p} over the rows whose p is not None.
+
+  Args:
+    pvalues: one test's p-values of the rows compared with a baseline; None
+      (no test possible) is left out of the family and stays None.
+    method: "holm", "bh" (Benjamini-Hochberg) or "none".
+  """
+  if method not in CORRECTIONS:
+    raise ValueError(f"Unknown p-value correction {method!r}; valid: "
+                     f"{', '.join(CORRECTIONS)}.")
+  rows = [k for k, p in pvalues.items() if p is not None]
+  raw = [pvalues[k] for k in rows]
+  adjusted = {"holm": holm, "bh": benjamini_hochberg,
+              "none": list}[method](raw)
+  out = {k: None for k in pvalues}
+  out.update(zip(rows, adjusted))
+  return out
+
+
+def wilcoxon_min_pvalue(n: int) -> float:
+  """The smallest two-sided p of the exact Wilcoxon signed-rank test.
+
+  At n non-zero, untied paired differences the statistic's null
+  distribution puts 1/2^n on "all differences of one sign" at each end, so
+  p >= 2/2^n: 0.25 at n = 3, 0.0625 at n = 5, 0.03125 at n = 6.
+  """
+  return min(1.0, 2.0 ** (1 - n)) if n >= 1 else 1.0
+
+
+def min_adjusted_pvalue(p_min: float, m: int, method: str) -> float:
+  """The smallest adjusted p of a family of m tests each >= p_min.
+
+  Holm: m p_min (its first step); Benjamini-Hochberg: p_min (all m at
+  p_min); none: p_min.
+  """
+  return min(1.0, m * p_min) if method == "holm" else p_min
 
 
 def delta_m(variant_means: Mapping[str, float],
