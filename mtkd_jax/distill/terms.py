@@ -312,7 +312,7 @@ def per_example_terms(outputs, aux, params, batch, targets,
       values[f"kd/list/{task.name}"] = LISTWISE[dspec.listwise](
           outputs[task.name], targets[task.name], batch["user_id"],
           temperature=dspec.temperature, weights=batch["weights"])
-  if dspec.hint_feature:  # setup.prepare checked the student has it
+  if dspec.hint_feature:  # plugin.build checked the student has it
     projected = nn.Dense(targets[FEATURES].shape[-1]).apply(
         {"params": params[HINT_PARAMS]}, _flat(aux[dspec.hint_feature]))
     values["kd/hint"] = kd.feature_hint(projected, targets[FEATURES])
