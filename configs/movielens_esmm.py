@@ -28,6 +28,6 @@ def get_config(arg=None):
   c.tasks = ml_collections.ConfigDict()
   config_defaults.set_tasks(c, like=("bce", 1.0), love=("bce", 1.0))
   c.model.name = "esmm"
-  c.model.esmm_tasks = ("like", "love")
+  c.model.funnel_tasks = ("like", "love")
   c.train.select_metric = "mean/auc"
   return c

@@ -4,7 +4,7 @@ Ranking and retrieval together on MovieLens-100K (model two_tower_mtl,
 mtkd_jax/models/retrieval.py): one shared embedding table feeds an MMoE for
 rating (regression) + like (rating >= 4, binary) and a two-tower retrieval
 head (user tower: user fields; item tower: item_id, release decade, genres;
-L2-normalised, temperature `model.retrieval_temperature`) trained with the
+L2-normalised, temperature `model.temperature`) trained with the
 in-batch softmax and the logQ correction of Yi et al. (RecSys 2019).
 
 Smoke (seconds): --config configs/movielens_retrieval.py:smoke
@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.model.name = "two_tower_mtl"
   c.model.two_tower_hidden = (64,)
   c.model.retrieval_dim = 32
-  c.model.retrieval_temperature = 0.05
+  c.model.temperature = 0.05
   config_defaults.set_tasks(c, retrieval=("in_batch_softmax", 1.0))
   c.train.num_epochs = 20
   c.train.patience = 4

@@ -22,5 +22,5 @@ def get_config(arg=None):
   c.tasks = ml_collections.ConfigDict()
   config_defaults.set_tasks(c, ctr=("bce", 1.0), ctcvr=("bce", 1.0))
   c.model.name = "aitm"
-  c.model.aitm_calibration_weight = 0.6
+  c.model.calibration_weight = 0.6
   return c

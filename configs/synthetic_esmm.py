@@ -21,5 +21,5 @@ def get_config(arg=None):
   c.tasks = ml_collections.ConfigDict()
   config_defaults.set_tasks(c, ctr=("bce", 1.0), ctcvr=("bce", 1.0))
   c.model.name = "esmm"
-  c.model.esmm_tasks = ("ctr", "ctcvr")
+  c.model.funnel_tasks = ("ctr", "ctcvr")
   return c

@@ -29,8 +29,9 @@ def main(argv=None):
                       help="comma-separated metrics (default: each task's "
                       "primary test metric and their mean)")
   parser.add_argument("--gap_closed", default=None,
-                      help="TEACHER,STUDENT,DISTILLED variants: the share of "
-                      "the teacher-student gap distillation closes")
+                      help="TEACHER,STUDENT,DISTILLED[,DISTILLED...] variants: "
+                      "the share of the teacher-student gap each distilled "
+                      "student closes")
   parser.add_argument("--correction", default="holm",
                       choices=("holm", "bh", "none"),
                       help="multiple-comparison adjustment of the p-values "

@@ -7,6 +7,7 @@ misspelt key fails with a message naming it.
 """
 import ml_collections
 
+from mtkd_jax import models
 from mtkd_jax import weighting
 
 
@@ -17,39 +18,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()  # dataset-specific; set by the config
   c.tasks = ml_collections.ConfigDict()  # {task: {loss: str, weight: float}}
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "mmoe"
-  c.model.num_experts = 8
-  c.model.expert_hidden = (256, 128)
-  c.model.bottom_hidden = (256, 128)
-  c.model.tower_hidden = (64,)
-  c.model.dropout = 0.0
-  # PLE (Tang et al. 2020): CGC levels (1 = CGC) and experts per level.
-  c.model.num_levels = 1
-  c.model.num_shared_experts = 4
-  c.model.num_specific_experts = 2  # per task
-  # DSelect-k (Hazimeh et al. 2021): selectors per task, smooth-step width,
-  # entropy regulariser weight (0 = off).
-  c.model.dselect_k = 2
-  c.model.dselect_gamma = 1.0
-  c.model.dselect_entropy_reg = 0.0
-  # ESMM (Ma et al. 2018): the (click, click-and-convert) task names.
-  c.model.esmm_tasks = ("ctr", "ctcvr")
-  # AITM (Xi et al. 2021): weight alpha of the calibrator loss.
-  c.model.aitm_calibration_weight = 0.6
-  # Cross-stitch (Misra et al. 2016): "identity" or "balanced" (0.9 / 0.1).
-  c.model.cross_stitch_init = "balanced"
-  # Behaviour sequences (datasets with spec.sequences, e.g. MovieLens with
-  # data.history_len > 0): "mean", "gru", "cnn" (Caser) or "din" (target
-  # attention); see mtkd_jax/models/sequence.py. Any model, any encoder.
-  c.model.sequence_encoder = "mean"
-  c.model.sequence_hidden = 32  # GRU state / Caser output width
-  c.model.din_hidden = (36,)  # DIN activation-unit MLP widths
-  # Two-tower retrieval tasks (model two_tower_mtl, models/retrieval.py):
-  # both towers' hidden widths, the embedding width, the temperature tau.
-  c.model.two_tower_hidden = (64,)
-  c.model.retrieval_dim = 32
-  c.model.retrieval_temperature = 0.05
+  # The model (mtkd_jax/models): `name`, the behaviour-sequence encoder
+  # keys, and every registered model's knobs, unset (None) until a config or
+  # --config.model.<knob>=... sets them; unset knobs take the model's own
+  # defaults (its dataclass fields; see each model's docstring).
+  c.model = models.default_config("mmoe")
 
   # Multi-task balancing: --config.weighting.name=pcgrad (see weighting/).
   c.weighting = weighting.default_config()
@@ -119,7 +92,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.patience = 0  # evaluations without improvement; 0 = never stop
   c.train.parallel = "jit"  # "jit" (shard_map on a mesh) or "pmap"
   c.train.num_devices = 0  # 0 = all devices of all hosts
+  # "" = data-parallel only; "data:4,model:2" (or "model:2") also shards the
+  # embedding tables' rows over a `model` axis (mtkd_jax/train/mesh.py).
+  c.train.mesh = ""
   c.train.distributed = False  # jax.distributed.initialize() (multi-host)
+  # Hand-launched multi-host runs (docs/multihost.md): all three or none
+  # (none: auto-detected on TPU pods, SLURM, Open MPI).
+  c.train.coordinator_address = ""  # "host0:1234"
+  c.train.num_processes = 0
+  c.train.process_id = -1
   c.train.tensorboard = True
   # Mixed precision: "bfloat16" runs forward and backward passes in bf16 on a
   # cast copy of the float32 master params (optimizer state stays float32);

@@ -23,3 +23,11 @@ class MissingDataError(UserFacingError, FileNotFoundError):
 
 class NonFiniteLossError(UserFacingError, FloatingPointError):
   """A loss became NaN/Inf; says at which step and for which task."""
+
+
+class WorkdirError(UserFacingError, OSError):
+  """The workdir is unusable: a file, read-only, full, or in use."""
+
+
+class CheckpointError(UserFacingError):
+  """No checkpoint of a workdir restores; says which and why."""

@@ -1,10 +1,13 @@
 """Exports a trained run for serving, and scores batches with the export.
 
-`export_run(workdir, out_dir)` writes:
+`export_run(workdir, out_dir, platforms)` reads only the run's workdir (its
+config, best checkpoint and the serving info it saved, `serving_info.py`;
+never the data set) and writes:
   model.jax_export   `jax.export` serialisation (StableHLO) of the model's
                      eval-mode forward pass with the best-on-validation params
-                     baked in; the batch dimension is symbolic, so any batch
-                     size runs;
+                     baked in, lowered for each of `platforms` ("cpu",
+                     "cuda", "tpu"; default: this machine's); the batch
+                     dimension is symbolic, so any batch size runs;
   signature.json     input columns (name, dtype, shape with -1 for the batch),
                      output names and kinds, the run it came from;
   example_inputs.npz 8 test rows in the input layout, and
@@ -18,27 +21,23 @@ column, a wrong dtype or width stops with a message naming it).
 """
 import json
 import os
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 
 from mtkd_jax import errors
+from mtkd_jax import models
 from mtkd_jax import native
-from mtkd_jax.data import pipeline
+from mtkd_jax import serving_info
+from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.train import model_stats
 
 MODEL_FILE = "model.jax_export"
 SIGNATURE_FILE = "signature.json"
-NOT_INPUTS = ("labels/", "teacher/", "item_logq/")
-NOT_INPUT_KEYS = ("weights",)
-
-
-def is_input(key: str) -> bool:
-  """Whether a batch column is a model input (labels, weights, teacher
-  targets and sampling corrections are training-only)."""
-  return key not in NOT_INPUT_KEYS and not key.startswith(NOT_INPUTS)
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's lowering targets
+is_input = serving_info.is_input
 
 
 def serving_params(params):
@@ -47,8 +46,22 @@ def serving_params(params):
           if k not in model_stats.TRAINING_ONLY}
 
 
-def export_model(model, params, example_batch: Mapping[str, np.ndarray]):
-  """(jax.export.Exported, input specs) of `model` in eval mode."""
+def check_platforms(platforms) -> Optional[Tuple[str, ...]]:
+  """`platforms` as a tuple (None or empty: this machine's platform)."""
+  if not platforms:
+    return None
+  platforms = tuple(platforms)
+  unknown = [p for p in platforms if p not in PLATFORMS]
+  if unknown:
+    raise errors.ConfigError(f"Unknown export platform(s) {unknown}; valid: "
+                             f"{', '.join(PLATFORMS)}.")
+  return platforms
+
+
+def export_model(model, params, example_batch: Mapping[str, np.ndarray],
+                 platforms=None):
+  """(jax.export.Exported, input specs) of `model` in eval mode, lowered for
+  `platforms` (None: this machine's)."""
   (batch_dim,) = jax.export.symbolic_shape("b")
   inputs = {k: np.asarray(v) for k, v in example_batch.items() if is_input(k)}
   specs = {k: jax.ShapeDtypeStruct((batch_dim,) + v.shape[1:], v.dtype)
@@ -59,27 +72,31 @@ def export_model(model, params, example_batch: Mapping[str, np.ndarray]):
     return model.apply({"params": params}, batch, train=False)[0]
 
   with native.off():  # the XLA forms: no kernel of this process in the module
-    return jax.export.export(jax.jit(serve))(specs), inputs
+    return jax.export.export(jax.jit(serve), platforms=check_platforms(
+        platforms))(specs), inputs
 
 
-def export_run(workdir: str, out_dir: str) -> Dict[str, str]:
-  """Exports the best checkpoint of the run in `workdir` to `out_dir`."""
-  from mtkd_jax.train import trainer  # pylint: disable=g-import-not-at-top
+def export_run(workdir: str, out_dir: str, platforms=None) -> Dict[str, str]:
+  """Exports the best checkpoint of the run in `workdir` to `out_dir`, for
+  `platforms` (e.g. ("cpu", "cuda", "tpu"); None: this machine's), from the
+  workdir alone (no data set)."""
   config = teacher_lib.read_run_config(workdir)
-  exp = trainer.setup(config)
+  info = serving_info.load(workdir)
+  model = distill_plugin.student_model(
+      models.build_model(info.spec, config.model, info.extras), info.spec,
+      config)
   params = teacher_lib.restore_params(workdir)
-  example = next(pipeline.eval_batches(exp.splits.test, 8))
-  example = {k: v[:8] for k, v in example.items()}
-  exported, inputs = export_model(exp.model, params, example)
+  exported, inputs = export_model(model, params, info.example_inputs,
+                                  platforms)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, MODEL_FILE), "wb") as f:
     f.write(exported.serialize())
-  expected = jax.device_get(exp.model.apply(
+  expected = jax.device_get(model.apply(
       {"params": serving_params(params)}, inputs, train=False)[0])
   signature = {
       "inputs": {k: {"dtype": str(v.dtype), "shape": [-1] + list(v.shape[1:])}
                  for k, v in inputs.items()},
-      "outputs": {t.name: {"kind": t.kind} for t in exp.spec.tasks},
+      "outputs": {t.name: {"kind": t.kind} for t in info.spec.tasks},
       "run": os.path.abspath(workdir),
       "model": config.model.name,
       "platforms": list(exported.platforms),
@@ -91,7 +108,7 @@ def export_run(workdir: str, out_dir: str) -> Dict[str, str]:
            **{k: np.asarray(v) for k, v in expected.items()})
   written = {"export": os.path.join(out_dir, MODEL_FILE),
              "signature": os.path.join(out_dir, SIGNATURE_FILE)}
-  saved_model = _maybe_saved_model(exp.model, params, inputs, out_dir)
+  saved_model = _maybe_saved_model(model, params, inputs, out_dir)
   if saved_model:
     written["saved_model"] = saved_model
   return written

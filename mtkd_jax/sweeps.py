@@ -20,6 +20,8 @@ Helpers (each returns a plain list of dicts, so they nest):
                             name of its non-seed overrides);
   seeds(n | values)         [{"seed": s}, ...], e.g. product(base, seeds(3));
                             seeds() gives DEFAULT_SEEDS.
+  split_seeds_option(arg)   a sweep argument's `:seeds=N` option (N seeds
+                            instead of the default), and the rest.
 
 DEFAULT_SEEDS (five) is the seed count every shipped sweep uses: with fewer
 paired seeds a significance test has too little power, and a two-sided
@@ -133,6 +135,27 @@ def seeds(n_or_values: Union[int, Sequence[int], None] = None) -> Sweep:
   values = (range(n_or_values) if isinstance(n_or_values, int)
             else n_or_values)
   return [{SEED: int(s)} for s in values]
+
+
+def split_seeds_option(arg: Optional[str], default=DEFAULT_SEEDS):
+  """Splits a sweep argument's `seeds=N` option from the rest.
+
+  Sweep files take `<rest>:seeds=N` (or just `seeds=N`) to run seeds
+  0..N-1 instead of `default`, e.g. `architectures.py:mmoe,ple:seeds=6`.
+  Returns (the argument without the option, or None; the seed values).
+  """
+  if not arg:
+    return arg, tuple(default)
+  parts = arg.split(":")
+  options = [p for p in parts if p.startswith("seeds=")]
+  rest = ":".join(p for p in parts if not p.startswith("seeds=")) or None
+  if not options:
+    return rest, tuple(default)
+  value = options[-1][len("seeds="):]
+  if len(options) > 1 or not value.isdigit() or int(value) < 1:
+    raise errors.ConfigError(f"Sweep option {':'.join(options)!r} must be "
+                             "one 'seeds=N' with N a positive integer.")
+  return rest, tuple(range(int(value)))
 
 
 # ------------------------------------------------------------------ naming
@@ -307,11 +330,12 @@ def apply_overrides(config: ml_collections.ConfigDict,
 
 
 def check_names(config: ml_collections.ConfigDict) -> None:
-  """Fails on an unknown model or weighting method name (before training)."""
+  """Fails on an unknown model name or key, or weighting method name
+  (before training)."""
   from mtkd_jax import models  # pylint: disable=g-import-not-at-top
   from mtkd_jax import registry  # pylint: disable=g-import-not-at-top
   from mtkd_jax import weighting  # pylint: disable=g-import-not-at-top
-  registry.lookup(models.MODELS, config.model.name, "model")
+  models.check_config(config.model)
   if "weighting" in config and "name" in config.weighting:
     registry.lookup(weighting.METHODS, config.weighting.name,
                     "weighting method")

@@ -3,12 +3,29 @@
 `jax_num_cpu_devices` must be set before JAX creates its backend; conftest is
 imported before any test module runs JAX code.
 """
+import os
 import pathlib
 
 import jax
 import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: minutes of CPU; runs only with MTKD_RUN_SLOW=1")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  if os.environ.get("MTKD_RUN_SLOW") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow; set MTKD_RUN_SLOW=1 to run")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "data" / "ml-100k"
@@ -28,3 +45,18 @@ def ml100k_tfds_dir(tmp_path_factory, ml100k_dir):
   (about 20 s of CPU); tests that load the real data use this directory."""
   del ml100k_dir  # only for its skip
   return tmp_path_factory.mktemp("ml100k_tfds")
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: minutes of CPU; runs only with MTKD_RUN_SLOW=1")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  if os.environ.get("MTKD_RUN_SLOW") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow; set MTKD_RUN_SLOW=1 to run")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

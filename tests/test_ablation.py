@@ -262,3 +262,39 @@ def test_weighting_and_architecture_sweeps_cover_the_registries():
   sweeps.validate(config, archs)
   with pytest.raises(errors.ConfigError, match="Unknown weighting method"):
     sweeps.load_sweep("configs/ablations/weighting.py:pcgrd")
+
+
+def test_make_jobs_keeps_one_seed_only_runs_single():
+  runs = sweeps.make_runs(sweeps.product(
+      sweeps.chain(sweeps.named("teacher", {"model.num_experts": 4}),
+                   sweeps.named("student_kd", {})), sweeps.seeds(2)))
+  jobs = driver.make_jobs(runs, vmap_seeds=True,
+                          one_seed_only={"student_kd__seed=0",
+                                         "student_kd__seed=1"})
+  assert [(len(j.runs), j.vmap) for j in jobs] == [(2, True), (1, False),
+                                                    (1, False)]
+
+
+def test_split_seeds_option():
+  assert sweeps.split_seeds_option(None) == (None, sweeps.DEFAULT_SEEDS)
+  assert sweeps.split_seeds_option("mmoe,ple") == ("mmoe,ple",
+                                                   sweeps.DEFAULT_SEEDS)
+  assert sweeps.split_seeds_option("mmoe,ple:seeds=6") == ("mmoe,ple",
+                                                           tuple(range(6)))
+  assert sweeps.split_seeds_option("seeds=2") == (None, (0, 1))
+  assert sweeps.split_seeds_option("a.py:seeds=3:smoke") == ("a.py:smoke",
+                                                             (0, 1, 2))
+  for bad in ("seeds=0", "seeds=x", "seeds=2:seeds=3"):
+    with pytest.raises(errors.ConfigError, match="seeds=N"):
+      sweeps.split_seeds_option(bad)
+
+
+def test_sweep_files_take_a_seeds_option():
+  arch = sweeps.load_sweep(
+      f"{REPO}/configs/sweeps/architectures.py:mmoe,ple:seeds=6")
+  assert [r.name for r in arch][-1] == "name=ple__seed=5" and len(arch) == 12
+  kd = sweeps.load_sweep(f"{REPO}/configs/sweeps/distillation.py:"
+                         f"{REPO}/configs/movielens_kd.py:seeds=2")
+  assert [r.name for r in kd] == [
+      f"{v}__seed={s}" for v in ("teacher", "student", "student_kd")
+      for s in (0, 1)]

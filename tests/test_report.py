@@ -267,3 +267,28 @@ def test_no_wilcoxon_note_when_the_seeds_suffice():
   r = report.build(records, ["y/rmse"], baseline="a")
   assert r.tests["test/y/rmse"]["b"].n == 7
   assert "cannot reach" not in report.to_markdown(r, title="t")
+
+
+def test_gap_closed_for_several_distilled_variants(tmp_path):
+  # teacher = mmoe, student = stl, distilled = sb and one (c/auc by hand).
+  records = store.read(str(make_store(tmp_path)))
+  rep = report.build(records, ["c/auc"], "stl", ("mmoe", "stl", "sb", "one"))
+  gap = rep.gap["test/c/auc"]
+  teacher, student = 0.74, 0.71  # means of mmoe and stl
+  assert gap["sb"]["of_means"] == pytest.approx(
+      100 * (0.71 - student) / (teacher - student))
+  # Per seed: seeds 0, 1, 2 of all three.
+  per_seed = [100 * (d - s) / (t - s) for t, s, d in
+              ((0.74, 0.70, 0.72), (0.75, 0.72, 0.70), (0.73, 0.71, 0.71))]
+  assert gap["sb"]["per_seed_mean"] == pytest.approx(np.mean(per_seed))
+  assert gap["sb"]["n"] == 3
+  assert gap["one"]["of_means"] == pytest.approx(
+      100 * (0.80 - student) / (teacher - student))
+  # "one" has seed 0 only: the per-seed share is that of seed 0.
+  assert gap["one"]["n"] == 1 and gap["one"]["per_seed_std"] is None
+  assert gap["one"]["per_seed_mean"] == pytest.approx(
+      100 * (0.80 - 0.70) / (0.74 - 0.70))
+  text = report.to_markdown(rep, title="kd")
+  assert "| test/c/auc | sb | 0.0 |" in text and "| test/c/auc | one |" in text
+  with pytest.raises(ValueError, match="three or more"):
+    report.build(records, ["c/auc"], "stl", ("mmoe", "stl"))

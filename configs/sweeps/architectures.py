@@ -17,7 +17,8 @@ the 99,762-row file the closest implication, income > 50K => college, fails
 for 2,011 of the 6,186 rows above 50K (33%); each of the other five fails
 for more than 78% of the rows that have the implying label. ESMM / AITM also
 run on the synthetic and Ali-CCP / AliExpress click -> conversion configs.
-`:<a>,<b>` restricts the architectures.
+`:<a>,<b>` restricts the architectures; `:seeds=N` (alone or after the
+list, e.g. `:shared_bottom,mmoe,ple:seeds=6`) runs seeds 0..N-1.
 """
 from mtkd_jax import errors
 from mtkd_jax import sweeps
@@ -31,6 +32,7 @@ SEEDS = sweeps.DEFAULT_SEEDS
 
 def get_sweep(arg=None):
   from mtkd_jax import models  # pylint: disable=g-import-not-at-top
+  arg, seeds = sweeps.split_seeds_option(arg, SEEDS)
   if arg == "funnel":
     names = list(FUNNEL_ARCHITECTURES)
   else:
@@ -40,4 +42,4 @@ def get_sweep(arg=None):
     raise errors.ConfigError(f"Unknown model(s) {', '.join(unknown)}; valid: "
                              f"{', '.join(sorted(models.MODELS))}, or the list "
                              "'funnel'.")
-  return sweeps.product(**{"model.name": names}, seed=list(SEEDS))
+  return sweeps.product(**{"model.name": names}, seed=list(seeds))

@@ -7,8 +7,14 @@ the smoke variants; pass the `:smoke` config as --config too); its `:teacher` an
 variants give the overrides of the runs named `teacher` and `student`
 (their `model.*` keys, with distillation off); `student_kd` is the config as
 it is, distilling from "{parent}/teacher__seed={seed}", the teacher of the
-same seed in this sweep. Runs go in sweep order (teachers first), so run the
-sweep with the default --parallel 1.
+same seed in this sweep. `<file>:seeds=N` runs seeds 0..N-1 instead of
+five. `<file>:settings` adds, after those three, distilled students with
+other distillation settings (SETTINGS: temperature, KD weight alpha, Platt-
+calibrated teacher), each named by its overrides, all distilling from the
+same teachers; docs/reproductions.md reports them. Runs go in sweep order
+(teachers first), so run the sweep with the default --parallel 1 and
+without --vmap_seeds: vmapped teachers write no best checkpoint, so the
+distilled students would find no teacher to load.
 """
 import importlib.util
 import os
@@ -17,6 +23,13 @@ from mtkd_jax import errors
 from mtkd_jax import sweeps
 
 SEEDS = sweeps.DEFAULT_SEEDS
+# `:settings`: name -> distill.* overrides of extra distilled students.
+SETTINGS = {
+    "kd_alpha=0.9": {"distill.alpha": 0.9},
+    "kd_T=2": {"distill.temperature": 2.0},
+    "kd_T=2_alpha=0.9": {"distill.temperature": 2.0, "distill.alpha": 0.9},
+    "kd_calibrated": {"distill.calibrate": True},
+}
 
 
 def _load(path):
@@ -32,21 +45,28 @@ def _load(path):
 
 def _model_overrides(config):
   return {f"model.{k}": tuple(v) if isinstance(v, list) else v
-          for k, v in config.model.to_dict().items()}
+          for k, v in config.model.to_dict().items()
+          if v is not None}  # None: the model's own default
 
 
 def get_sweep(arg=None):
-  path, _, smoke = (arg or "").partition(":")
-  if smoke not in ("", "smoke"):
-    raise errors.ConfigError(f"Unknown distillation sweep option {smoke!r}; "
-                             "valid: smoke (one seed, the smoke configs).")
+  arg, seeds = sweeps.split_seeds_option(arg, SEEDS)
+  path, _, option = (arg or "").partition(":")
+  if option not in ("", "smoke", "settings"):
+    raise errors.ConfigError(
+        f"Unknown distillation sweep option {option!r}; valid: smoke (one "
+        "seed, the smoke configs), settings (adds SETTINGS), seeds=N.")
+  smoke = option == "smoke"
   get_config = _load(path)
   suffix = "_smoke" if smoke else ""
   off = {"distill.teacher_workdirs": ()}
   teacher = {**_model_overrides(get_config("teacher" + suffix)), **off}
   student = {**_model_overrides(get_config("student" + suffix)), **off}
-  return sweeps.product(
-      sweeps.chain(sweeps.named("teacher", teacher),
-                   sweeps.named("student", student),
-                   sweeps.named("student_kd", {})),
-      sweeps.seeds((0,) if smoke else SEEDS))
+  variants = [sweeps.named("teacher", teacher),
+              sweeps.named("student", student),
+              sweeps.named("student_kd", {})]
+  if option == "settings":
+    variants += [sweeps.named(name, overrides)
+                 for name, overrides in SETTINGS.items()]
+  return sweeps.product(sweeps.chain(*variants),
+                        sweeps.seeds((0,) if smoke else seeds))

@@ -20,7 +20,9 @@ again (`train_and_evaluate` on the same workdir). With `vmap_seeds`, the
 pending runs of one variant (same overrides but the seed) are trained as one
 `multiseed.train_and_evaluate_seeds` program (subprocess:
 `python -m experiments.multiseed`); such a group has no checkpoints, so a
-killed group restarts from scratch.
+killed group restarts from scratch. Runs that cannot be vmapped
+(`multiseed.can_vmap`: distilled students, whose teacher differs per seed)
+still train one seed at a time.
 
 One driver per sweep dir at a time (an flock on `<sweep dir>/.driver.lock`).
 """
@@ -72,13 +74,16 @@ def run_dir(sweep_dir: str, run: sweeps.Run) -> str:
   return os.path.join(sweep_dir, run.name)
 
 
-def make_jobs(runs: Sequence[sweeps.Run], vmap_seeds: bool) -> List[Job]:
-  """Single-run jobs, or with `vmap_seeds` one job per variant's seeds."""
+def make_jobs(runs: Sequence[sweeps.Run], vmap_seeds: bool,
+              one_seed_only: Sequence[str] = ()) -> List[Job]:
+  """Single-run jobs, or with `vmap_seeds` one job per variant's seeds
+  (except the runs named in `one_seed_only`, e.g. distilled students, whose
+  teachers differ per seed: one job each)."""
   if not vmap_seeds:
     return [Job([r]) for r in runs]
   groups = collections.OrderedDict()
   for run in runs:
-    if run.seed is None:
+    if run.seed is None or run.name in one_seed_only:
       groups[("single", run.name)] = [run]
       continue
     key = (run.variant, json.dumps(sweeps.jsonable(
@@ -214,7 +219,12 @@ def _run_locked(config, runs, sweep_dir, parallel, vmap_seeds, config_path,
     progress = tqdm.tqdm(total=len(runs), initial=len(runs) - len(pending),
                          desc="sweep", unit="run", dynamic_ncols=True)
   recorder.progress = progress
-  jobs = make_jobs(pending, vmap_seeds)
+  one_seed_only = ()
+  if vmap_seeds:
+    from mtkd_jax.train import multiseed  # pylint: disable=g-import-not-at-top
+    one_seed_only = {r.name for r in pending
+                     if not multiseed.can_vmap(configs[r.name])}
+  jobs = make_jobs(pending, vmap_seeds, one_seed_only)
   try:
     if parallel <= 1:
       for job in jobs:

@@ -129,10 +129,11 @@ class Report:
   delta_m: Dict[str, Optional[float]]  # variant -> Δm (%)
   stl_of: Dict[str, Optional[str]]
   primary: Dict[str, str]  # task -> primary metric (test split)
-  # (teacher, student, distilled) variants and, per metric with a direction,
-  # stats.gap_closed of them; empty without `gap_closed`.
+  # (teacher, student, distilled, ...) variants and, per metric with a
+  # direction and per distilled variant, stats.gap_closed of them; empty
+  # without `gap_closed`.
   gap_variants: Tuple[str, ...] = ()
-  gap: Dict[str, Dict[str, Optional[float]]] = dataclasses.field(
+  gap: Dict[str, Dict[str, Dict[str, Optional[float]]]] = dataclasses.field(
       default_factory=dict)
   correction: str = "holm"  # stats.CORRECTIONS
 
@@ -150,8 +151,9 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
     baseline: the variant the paired tests compare with, or some of its
       `key=value` parts (see the module doc); default: the first variant in
       sweep order. Accepts "a=1, b=2" or "a=1__b=2".
-    gap_closed: (teacher, student, distilled) variant names: adds the share
-      of the teacher-student gap the distilled student closes per metric.
+    gap_closed: (teacher, student, distilled, ...) variant names: adds the
+      share of the teacher-student gap each distilled student closes per
+      metric (`gap[metric][distilled]`).
     correction: "holm", "bh" (Benjamini-Hochberg) or "none": how each
       metric's p-values over the rows compared with a baseline are adjusted.
   """
@@ -195,13 +197,16 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
   gap = {}
   gap_closed = tuple(gap_closed or ())
   if gap_closed:
-    if len(gap_closed) != 3 or any(n not in variants for n in gap_closed):
-      raise ValueError(f"gap_closed needs three variants (teacher, student, "
-                       f"distilled); got {list(gap_closed)}; variants: "
-                       f"{', '.join(variants)}.")
+    if len(gap_closed) < 3 or any(n not in variants for n in gap_closed):
+      raise ValueError(f"gap_closed needs three or more variants (teacher, "
+                       f"student, distilled, ...); got {list(gap_closed)}; "
+                       f"variants: {', '.join(variants)}.")
+    teacher, student = gap_closed[:2]
     for m in metrics:
       if stats.direction(m) is not None:
-        gap[m] = stats.gap_closed(*(cells[m][n] for n in gap_closed))
+        gap[m] = {d: stats.gap_closed(cells[m][teacher], cells[m][student],
+                                      cells[m][d])
+                  for d in gap_closed[2:]}
   return Report(variants, metrics, cells, best, baseline, baseline_of, tests,
                 dm, stl_of, primary, gap_closed, gap, correction)
 
@@ -366,20 +371,22 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
     out.append("")
   # Distillation: the share of the teacher-student gap closed.
   if report.gap:
-    teacher, student, distilled = (display(n) for n in report.gap_variants)
+    teacher, student = (display(n) for n in report.gap_variants[:2])
     out += ["## Teacher–student gap closed by distillation", "",
-            f"share = (M[{distilled}] - M[{student}]) / (M[{teacher}] - "
+            f"share = (M[distilled] - M[{student}]) / (M[{teacher}] - "
             f"M[{student}]) × 100%: 100% = the distilled student matches the "
             "teacher, 0% = no better than the student alone, < 0 = worse. "
             "From the means over seeds, and per seed (mean ± std over the "
             "seeds all three have).", "",
-            "| metric | share of means (%) | per seed (%) | n |",
-            "|---|---:|---:|---:|"]
-    for m, g in report.gap.items():
-      per_seed = _fmt(g["per_seed_mean"], 1)
-      if g["per_seed_std"] is not None:
-        per_seed += f" ± {_fmt(g['per_seed_std'], 1)}"
-      out.append(f"| {m} | {_fmt(g['of_means'], 1)} | {per_seed} | {g['n']} |")
+            "| metric | distilled | share of means (%) | per seed (%) | n |",
+            "|---|---|---:|---:|---:|"]
+    for m, by_distilled in report.gap.items():
+      for d, g in by_distilled.items():
+        per_seed = _fmt(g["per_seed_mean"], 1)
+        if g["per_seed_std"] is not None:
+          per_seed += f" ± {_fmt(g['per_seed_std'], 1)}"
+        out.append(f"| {m} | {display(d)} | {_fmt(g['of_means'], 1)} | "
+                   f"{per_seed} | {g['n']} |")
     out.append("")
   # Runs.
   out += ["## Runs", "",

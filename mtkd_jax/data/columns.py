@@ -86,6 +86,15 @@ def validate_columns(spec: specs_lib.DatasetSpec, columns: dict,
         row = _first_bad_row(bad)
         raise errors.DataError(f"{split}: binary task {task.name!r} row {row} has "
                          f"label {y[row]}, expected 0 or 1.")
+    if task.label_range:
+      low, high = task.label_range
+      y = np.asarray(columns[f"labels/{task.name}"], dtype=np.float64)
+      bad = (y < low) | (y > high)
+      if bad.any():
+        row = _first_bad_row(bad)
+        raise errors.DataError(
+            f"{split}: regression task {task.name!r} row {row} has label "
+            f"{y[row]}, outside its declared range [{low:g}, {high:g}].")
     if task.kind == "multiclass":
       y = np.asarray(columns[f"labels/{task.name}"], dtype=np.float64)
       bad = (y != np.round(y)) | (y < 0) | (y >= task.num_classes)

@@ -45,6 +45,8 @@ Features (all ids 0-based, vocabularies computed from the full files):
 import hashlib
 import os
 import pathlib
+import shutil
+import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from etils import epath
@@ -72,7 +74,9 @@ GENRES_MAX_LEN = 6  # the most genres of any ML-100K item; checked on reading
 SPARSE_FIELDS = ("user_id", "item_id", "age_bucket", "gender", "occupation",
                  "zip_prefix", "release_decade")
 SPLITS = ("train", "validation", "test")
-TASKS = (specs.TaskSpec("rating", "regression", "mse"),
+RATING_RANGE = (1.0, 5.0)  # whole stars
+TASKS = (specs.TaskSpec("rating", "regression", "mse",
+                        label_range=RATING_RANGE),
          specs.TaskSpec("like", "binary", "bce"))
 LIKE_THRESHOLD = 4
 LOVE_RATING = 5  # love = rating == 5 (so love implies like)
@@ -265,6 +269,9 @@ def parse_ratings(path, users_known: np.ndarray,
       raise errors.DataError(f"{path}:{line_no}: user id {uid} is not in u.user.")
     if not 1 <= iid <= len(items_known) or not items_known[iid - 1]:
       raise errors.DataError(f"{path}:{line_no}: item id {iid} is not in u.item.")
+    if not RATING_RANGE[0] <= rating <= RATING_RANGE[1]:
+      raise errors.DataError(f"{path}:{line_no}: rating {rating} is outside "
+                             f"{RATING_RANGE[0]:g}..{RATING_RANGE[1]:g}.")
     for col, v in zip(cols, (uid - 1, iid - 1, rating, ts)):
       col.append(v)
   return rating_columns(cols, path)
@@ -620,19 +627,35 @@ def _prepare(data_dir, tfds_dir: str):
   if data_dir:
     data_dir = check_raw_dir(data_dir)
   builder = MovieLens100K(data_dir=tfds_dir, file_format="array_record")
-  if builder.is_prepared():
-    if not data_dir or (builder.info.metadata.get("source_sha256")
-                        == source_fingerprint(data_dir)):
-      return builder
-    # Prepared from other raw files: regenerate rather than serve stale data.
-    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-  else:
-    mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=str(data_dir) if data_dir else None,
-          download_mode=mode))
+  if builder.is_prepared() and (
+      not data_dir or (builder.info.metadata.get("source_sha256")
+                       == source_fingerprint(data_dir))):
+    return builder
+  # Not prepared, or prepared from other raw files (regenerate rather than
+  # serve stale data): prepare beside it, then swap it in.
+  _prepare_and_swap(data_dir, tfds_dir, pathlib.Path(builder.data_dir))
   return MovieLens100K(data_dir=tfds_dir, file_format="array_record")
+
+
+def _prepare_and_swap(data_dir, tfds_dir: str, final: pathlib.Path) -> None:
+  """Prepares into a temporary dir under `tfds_dir`, then renames the result
+  to `final`: a failed preparation leaves an earlier one as it was."""
+  pathlib.Path(tfds_dir).mkdir(parents=True, exist_ok=True)
+  tmp_root = pathlib.Path(tempfile.mkdtemp(prefix=".prepare-", dir=tfds_dir))
+  try:
+    builder = MovieLens100K(data_dir=str(tmp_root), file_format="array_record")
+    builder.download_and_prepare(
+        download_dir=os.path.join(tfds_dir, "downloads"),
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(data_dir) if data_dir else None))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f"{final.name}.old-{os.getpid()}")
+    if final.exists():
+      final.rename(old)
+    pathlib.Path(builder.data_dir).rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 def _head(cols: Dict[str, np.ndarray], n: int) -> Dict[str, np.ndarray]:

@@ -37,6 +37,7 @@ what numpy parses in about a second; the decoded columns are cached as npz
 path: the GroupLens licence forbids redistribution, pass a local copy.
 """
 import csv
+import dataclasses
 import pathlib
 import re
 from typing import Any, Dict, List
@@ -62,7 +63,9 @@ NUM_YEAR_GAP_BUCKETS = len(YEAR_GAP_BOUNDS) + 2  # + 40+ and unknown
 SPARSE_FIELDS = ("user_id", "item_id", "release_decade",
                  "years_since_release")
 SPLITS = ("train", "validation", "test")
-TASKS = movielens.TASKS  # rating (mse), like (bce)
+# rating (mse, half stars 0.5..5), like (bce)
+TASKS = (dataclasses.replace(movielens.TASKS[0], label_range=(0.5, 5.0)),
+         movielens.TASKS[1])
 LIKE_THRESHOLD = movielens.LIKE_THRESHOLD
 _TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
 _CACHE_FORMAT = "movielens-latest-columns-v1"

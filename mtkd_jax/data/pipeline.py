@@ -29,22 +29,28 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return rng.permutation(num_examples)
 
 
-def host_slice(global_size: int) -> slice:
-  """This host's contiguous share of a global batch."""
-  per_host = global_size // jax.process_count()
-  start = jax.process_index() * per_host
-  return slice(start, start + per_host)
+def host_slice(global_size: int, process=None) -> slice:
+  """This host's contiguous share of a global batch.
+
+  Args:
+    process: (index, count) of the process; default: this one's.
+  """
+  index, count = process or (jax.process_index(), jax.process_count())
+  per_host = global_size // count
+  return slice(index * per_host, (index + 1) * per_host)
 
 
 def train_batches(columns: dict, global_batch_size: int, *, seed: int,
-                  start_step: int = 0, shuffle: bool = True) -> Iterator[dict]:
+                  start_step: int = 0, shuffle: bool = True,
+                  process=None) -> Iterator[dict]:
   """Endless host batches from global step `start_step` on.
 
-  Step s reads batch `s % steps_per_epoch` of epoch `s // steps_per_epoch`.
+  Step s reads batch `s % steps_per_epoch` of epoch `s // steps_per_epoch`;
+  `process`: see `host_slice`.
   """
   n = num_rows(columns)
   per_epoch = steps_per_epoch(n, global_batch_size)
-  mine = host_slice(global_batch_size)
+  mine = host_slice(global_batch_size, process)
   order, order_epoch = None, None
   for step in itertools.count(start_step):
     epoch, index = divmod(step, per_epoch)

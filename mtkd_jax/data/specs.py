@@ -103,6 +103,8 @@ class TaskSpec:
     num_classes: C > 1 for "multiclass"; 0 for every other kind.
     item_field: for "retrieval", the sparse field holding the target item id
       (e.g. "item_id"); "" for every other kind.
+    label_range: (low, high), the declared range of a "regression" task's
+      labels (e.g. 1..5 stars), checked when the data loads; () = any real.
   """
   name: str
   kind: str
@@ -110,6 +112,7 @@ class TaskSpec:
   weight: float = 1.0
   num_classes: int = 0
   item_field: str = ""
+  label_range: Tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.kind not in TASK_KINDS:
@@ -124,6 +127,11 @@ class TaskSpec:
       raise errors.ConfigError(
           f"Task {self.name!r} of kind {self.kind!r} sets num_classes "
           f"{self.num_classes}; only multiclass tasks take num_classes.")
+    if self.label_range and (self.kind != "regression" or len(
+        self.label_range) != 2 or self.label_range[0] > self.label_range[1]):
+      raise errors.ConfigError(
+          f"Task {self.name!r} has label_range {self.label_range}; only "
+          "regression tasks take one, as (low, high) with low <= high.")
     if (self.kind == "retrieval") != bool(self.item_field):
       raise errors.ConfigError(
           f"Task {self.name!r} of kind {self.kind!r} has item_field "
@@ -144,6 +152,9 @@ class DatasetSpec:
   # item_id, release_decade, genres): the item tower of a retrieval task
   # reads these, the user tower every other input.
   item_fields: Tuple[str, ...] = ()
+  # The embedding tables' rows are padded with zero rows to a multiple of
+  # this: the model-axis size of a mesh that shards them (train/mesh.py).
+  table_row_multiple: int = 1
 
   def __post_init__(self):
     sparse = {f.name: f for f in self.sparse}
@@ -224,3 +235,23 @@ class Splits:
     if name not in ("train", "validation", "test"):
       raise errors.ConfigError(f"Unknown split {name!r}; valid: train, validation, test.")
     return getattr(self, name)
+
+
+def spec_to_dict(spec: DatasetSpec) -> dict:
+  """A JSON-able dict of `spec` (`spec_from_dict` reads it back)."""
+  return dataclasses.asdict(spec)
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def spec_from_dict(d: dict) -> DatasetSpec:
+  """The DatasetSpec of `spec_to_dict(spec)` (lists back to tuples)."""
+  fields = {"sparse": SparseField, "dense": DenseField, "tasks": TaskSpec,
+            "multi_hot": MultiHotField, "sequences": SequenceField}
+  kwargs = {k: _tuples(v) for k, v in d.items() if k not in fields}
+  for key, cls in fields.items():
+    kwargs[key] = tuple(cls(**{k: _tuples(v) for k, v in f.items()})
+                        for f in d.get(key, ()))
+  return DatasetSpec(**kwargs)

@@ -8,13 +8,14 @@ others' current predictions (Zhang et al. eq. 10: L_k = L_C(k) +
 `MutualPeers` runs the K peers as one `nn.vmap` (parameters stacked on a
 leading axis, one forward pass for all) and returns peer 0's outputs as the
 model's outputs, so evaluation, checkpoint selection and export see one
-student. Through `aux["aux_losses"]` (named loss terms of the step) it adds:
+student. Through `aux.aux_losses` (named loss terms of the step) it adds:
   peers/<task>   sum over peers 1..K-1 of their hard-label losses (w_t-scaled);
   kd/dml/<task>  sum over all peers of their mutual-distillation terms
                  (T^2-scaled Bernoulli / softmax KL; prediction MSE to the
                  other peers' mean for regression tasks).
 Peer 0's hard loss is the task's own term. Every parameter counts as shared
 for gradient-level weighting (the peers' towers are stacked in one leaf).
+`aux.diagnostics["peer_outputs"]`: every peer's outputs, {task: [K, B, ...]}.
 """
 import flax.linen as nn
 import jax
@@ -52,10 +53,9 @@ class MutualPeers(nn.Module):
                     axis_size=self.num_peers)
     outputs, aux = peers(self.base, name="peers")(batch, train)
     first = {name: value[0] for name, value in outputs.items()}
-    aux_first = {k: v for k, v in aux.items() if k != "aux_losses"}
-    aux_first = jax.tree.map(lambda x: x[0], aux_first)
+    aux_first = jax.tree.map(lambda x: x[0], aux.replace(aux_losses={}))
     terms = {name: jnp.sum(v, axis=0)  # the peers' own auxiliary losses
-             for name, v in aux.get("aux_losses", {}).items()}
+             for name, v in aux.aux_losses.items()}
     for task in self.spec.tasks:
       if task.kind == "retrieval" or f"labels/{task.name}" not in batch:
         continue  # (serving batches carry no labels)
@@ -74,9 +74,9 @@ class MutualPeers(nn.Module):
       else:
         mutual = kd.mutual_distillation(value, temperature=self.temperature)
       terms[f"kd/dml/{task.name}"] = jnp.sum(mutual, axis=0)
-    aux_first["aux_losses"] = terms
-    aux_first["peer_outputs"] = outputs
-    return first, aux_first
+    return first, aux_first.replace(
+        aux_losses=terms,
+        diagnostics={**aux_first.diagnostics, "peer_outputs": outputs})
 
 
 def maybe_wrap(model: nn.Module, spec: specs_lib.DatasetSpec, config

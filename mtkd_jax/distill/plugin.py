@@ -6,7 +6,8 @@ distillation; nothing in `mtkd_jax.distill` imports `mtkd_jax.train`.
 A run does three things with it:
   model = plugin.student_model(model, spec, config)   # DML peers, if on
   distill = plugin.build(config, splits, spec, model, params, example_batch,
-                         predict=..., replicate=..., workdir=...)
+                         predict=..., replicate=...,
+                         table_row_multiple=..., workdir=...)
   params = distill.add_params(params)                  # + the hint projector
 and then gives the step `distill.spec` (the extra loss terms and every
 term's fixed weight: `term_names`, `fixed_weights`, `step_targets`,
@@ -19,13 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtkd_jax import errors
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.distill import methods
 from mtkd_jax.distill import mutual
 from mtkd_jax.distill import setup
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.distill import terms
+from mtkd_jax.models import base as model_base
 
 # Top-level param subtrees distillation adds to the student (the FitNets
 # projector): trained with it, each belonging to its own term (task-specific
@@ -89,19 +90,18 @@ def _hint_projector(config, dspec, teachers, model, params, example_batch):
       tuple(t.params for t in teachers))
   _, student_aux = jax.eval_shape(
       lambda p: model.apply({"params": p}, example_batch, train=False), params)
-  if dspec.hint_feature not in student_aux:
-    raise errors.ConfigError(
-        f"distill.hint_feature {dspec.hint_feature!r} is not an aux output "
-        f"of the student; it has {', '.join(sorted(student_aux))}.")
+  feature = model_base.aux_feature(student_aux, dspec.hint_feature,
+                                   "The student")
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x417)
   return terms.init_hint_projector(
-      rng, jnp.zeros(student_aux[dspec.hint_feature].shape),
-      jnp.zeros(targets[terms.FEATURES].shape))
+      rng, jnp.zeros(feature.shape), jnp.zeros(targets[terms.FEATURES].shape))
 
 
 def build(config, splits, spec: specs_lib.DatasetSpec, model: nn.Module,
           params, example_batch, *, predict: setup.Predict,
-          replicate: Callable[[Any], Any], workdir: str = ".") -> Distillation:
+          replicate: Callable[[Any], Any],
+          table_row_multiple: Callable[[Any], int],
+          workdir: str = ".") -> Distillation:
   """Everything distillation adds to a run; empty when it is off.
 
   Args:
@@ -112,6 +112,8 @@ def build(config, splits, spec: specs_lib.DatasetSpec, model: nn.Module,
     example_batch: a host batch (shapes only).
     predict: runs a per-device function over a split (`setup.Predict`).
     replicate: puts a host pytree on the run's devices.
+    table_row_multiple: a run's config -> the multiple its tables' rows are
+      padded to (`teacher.load_teacher`).
     workdir: the student's workdir (teacher workdirs may name "{parent}").
   """
   dcfg = methods.resolve_methods(config.distill)
@@ -119,9 +121,9 @@ def build(config, splits, spec: specs_lib.DatasetSpec, model: nn.Module,
   names = tuple(dcfg.tasks) or spec.task_names
   for name in names:
     spec.task(name)  # unknown task names list the valid ones
-  teachers = tuple(teacher_lib.load_teacher(w, config, splits.spec,
-                                            splits.extras, names)
-                   for w in workdirs)
+  teachers = tuple(teacher_lib.load_teacher(
+      w, config, splits.spec, splits.extras, names,
+      table_row_multiple=table_row_multiple) for w in workdirs)
   if dcfg.calibrate:
     teachers = tuple(setup.calibrate(t, splits.validation, spec, predict)
                      for t in teachers)

@@ -37,6 +37,7 @@ from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.distill import methods
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.losses import distillation as kd
+from mtkd_jax.models import base as model_base
 
 HINT_PARAMS = "hint_projector"
 FEATURES = "features"
@@ -229,11 +230,8 @@ def teacher_targets(teacher_params: Sequence[Any], batch, dspec: DistillSpec
       calibrated[task.name] = z
     per_teacher.append(calibrated)
     if k == 0 and dspec.hint_feature:
-      if dspec.hint_feature not in aux:
-        raise errors.ConfigError(
-            f"Teacher {type(model).__name__} has no aux output "
-            f"{dspec.hint_feature!r} for the hint; it has {', '.join(aux)}.")
-      features = _flat(aux[dspec.hint_feature])
+      features = _flat(model_base.aux_feature(
+          aux, dspec.hint_feature, f"Teacher {type(model).__name__}"))
   targets = {}
   for task in dspec.tasks:
     stacked = jnp.stack([t[task.name] for t in per_teacher])
@@ -314,7 +312,8 @@ def per_example_terms(outputs, aux, params, batch, targets,
           temperature=dspec.temperature, weights=batch["weights"])
   if dspec.hint_feature:  # plugin.build checked the student has it
     projected = nn.Dense(targets[FEATURES].shape[-1]).apply(
-        {"params": params[HINT_PARAMS]}, _flat(aux[dspec.hint_feature]))
+        {"params": params[HINT_PARAMS]},
+        _flat(model_base.aux_feature(aux, dspec.hint_feature)))
     values["kd/hint"] = kd.feature_hint(projected, targets[FEATURES])
   if dspec.crossdistil_tasks:
     a, b = dspec.crossdistil_tasks

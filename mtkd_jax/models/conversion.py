@@ -1,9 +1,10 @@
 """Conversion-funnel models: ESMM and AITM (impression -> click -> convert).
 
-Both read the tasks as steps of a funnel and keep the interface of `mtl.py`:
-`__call__(batch, *, train) -> ({task: logit float[B]}, aux)`. Models that add
-a regulariser return it per example in aux["aux_losses"] = {name: float[B]}
-(already multiplied by its weight); the train step adds each as a loss term.
+Both read the tasks as steps of a funnel and follow the contract of
+`base.py`: `__call__(batch, *, train) -> ({task: logit float[B]}, aux)`.
+Models that add a regulariser return it per example in
+`aux.aux_losses = {name: float[B]}` (already multiplied by its weight); the
+train step adds each as a loss term.
 """
 from typing import Sequence, Tuple
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 
 from mtkd_jax import errors
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.models import base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
 
@@ -40,6 +42,30 @@ def _check_binary(spec, model):
                                f"{task.name!r} is {task.kind}.")
 
 
+def check_funnel(spec, funnel_tasks, model):
+  """The spec's tasks are exactly (click, click-and-convert), binary.
+
+  In the dataset's order too: evaluation reads click, conversion as the
+  first two tasks (evaluate.split_metrics, cvr/auc_clicked).
+  """
+  if tuple(funnel_tasks) != tuple(spec.task_names):
+    raise errors.ConfigError(
+        f"{model} predicts exactly model.funnel_tasks = {tuple(funnel_tasks)} "
+        f"(click, click-and-convert), in the dataset's order; the dataset's "
+        f"tasks are {spec.task_names}.")
+  _check_binary(spec, model)
+
+
+def funnel_towers(module, x, train, num=2):
+  """(ctr logit, cvr logit, ...) float[B] each: `num` towers over x, each an
+  MLP `bottom_hidden` + `tower_hidden` + (1,), stacked as "towers"."""
+  hidden = tuple(module.bottom_hidden) + tuple(module.tower_hidden) + (1,)
+  logits = layers.StackedMLP(num, hidden, module.dropout,
+                             final_activation=False, name="towers")(
+                                 x, train=train)[..., 0]
+  return tuple(logits[:, i] for i in range(num))
+
+
 class ESMM(nn.Module):
   """Entire Space Multi-task Model (Ma et al., SIGIR 2018, eq. 1-3).
 
@@ -50,44 +76,35 @@ class ESMM(nn.Module):
   samples alone (it is learnt through pCTCVR), which removes the sample
   selection bias.
 
-  `tasks` = (click task, click-and-convert task) names in the dataset
-  (config model.esmm_tasks). Each tower is an MLP `tower_hidden` + (1,)
-  (config bottom_hidden + tower_hidden: the paper's towers are whole base
-  networks); tower 0 is the CTR tower, tower 1 the CVR tower.
+  `funnel_tasks` = (click task, click-and-convert task) names in the dataset
+  (`check_funnel`). Each tower is an MLP `bottom_hidden` + `tower_hidden` +
+  (1,) (the paper's towers are whole base networks); tower 0 is the CTR
+  tower, tower 1 the CVR tower.
 
   Returns:
-    outputs: {tasks[0]: logit of pCTR, tasks[1]: logit of pCTCVR
-      (`ctcvr_logit`)}; aux["cvr_logits"]: float[B], the CVR tower's logit
-    (evaluate CVR on clicked rows with it); aux["shared"]: the embedding
-    float[B, D]; aux["task_inputs"]: the embedding broadcast to float[B, 2, D].
+    outputs: {funnel_tasks[0]: logit of pCTR, funnel_tasks[1]: logit of
+      pCTCVR (`ctcvr_logit`)}; aux.cvr_logits: float[B], the CVR tower's
+    logit (evaluate CVR on clicked rows with it); aux.shared: the embedding
+    float[B, D]; aux.task_inputs: the embedding broadcast to float[B, 2, D].
   """
   spec: specs_lib.DatasetSpec
-  tasks: Tuple[str, str] = ("ctr", "ctcvr")
-  tower_hidden: Sequence[int] = (256, 128, 64)
+  funnel_tasks: Tuple[str, str] = ("ctr", "ctcvr")
+  bottom_hidden: Sequence[int] = (256, 128)
+  tower_hidden: Sequence[int] = (64,)
   dropout: float = 0.0
   # Both towers feed pCTCVR, so no parameter serves one loss term only.
   task_specific_params = ()
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
-    if tuple(self.tasks) != tuple(self.spec.task_names):
-      # In the dataset's order too: evaluation reads click, conversion as
-      # the first two tasks (evaluate.split_metrics, cvr/auc_clicked).
-      raise errors.ConfigError(
-          f"ESMM predicts exactly model.esmm_tasks = {tuple(self.tasks)} "
-          f"(click, click-and-convert), in the dataset's order; the dataset's "
-          f"tasks are {self.spec.task_names}.")
-    _check_binary(self.spec, "ESMM")
+    check_funnel(self.spec, self.funnel_tasks, "ESMM")
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     x = self.perturb("shared", x)  # the shared part; for rep-grad weighting
-    towers = layers.StackedMLP(2, tuple(self.tower_hidden) + (1,), self.dropout,
-                               final_activation=False, name="towers")
-    logits = towers(x, train=train)[..., 0]  # [B, 2]: (ctr, cvr)
-    ctr, cvr = logits[:, 0], logits[:, 1]
-    outputs = {self.tasks[0]: ctr, self.tasks[1]: ctcvr_logit(ctr, cvr)}
-    aux = {"shared": x,
-           "task_inputs": jnp.broadcast_to(x[:, None], (x.shape[0], 2, x.shape[1])),
-           "cvr_logits": cvr}
+    ctr, cvr = funnel_towers(self, x, train)
+    outputs = {self.funnel_tasks[0]: ctr,
+               self.funnel_tasks[1]: ctcvr_logit(ctr, cvr)}
+    aux = base.Aux(shared=x, task_inputs=jnp.broadcast_to(
+        x[:, None], (x.shape[0], 2, x.shape[1])), cvr_logits=cvr)
     return outputs, aux
 
 
@@ -121,18 +138,27 @@ class AITM(nn.Module):
 
   Behavioural Expectation Calibrator (eq. 6), per example:
     L_lc = alpha * sum_{t>=2} max(y_t - y_{t-1}, 0)   (probabilities),
-  alpha = calibration_weight (config model.aitm_calibration_weight, paper
-  0.6), returned as aux["aux_losses"]["aitm/calibration"] float[B].
+  alpha = calibration_weight (paper 0.6), returned as
+  aux.aux_losses["aitm/calibration"] float[B].
 
-  aux["attention"]: float[B, T-1, 2], the AIT weights of (p_{t-1}, q_t) for
-  t = 2..T. Task-specific parameters: only the output heads (tower t and the
-  transfer into t feed every later task).
+  Each tower is an MLP `bottom_hidden` + `tower_hidden` (the paper's towers
+  are whole base networks). aux.diagnostics["attention"]: float[B, T-1, 2],
+  the AIT weights of (p_{t-1}, q_t) for t = 2..T. Task-specific parameters:
+  the output heads and the last task's transfer and attention (tower t and
+  the transfer into t < T feed every later task).
   """
   spec: specs_lib.DatasetSpec
-  tower_hidden: Sequence[int] = (256, 128, 64)
+  bottom_hidden: Sequence[int] = (256, 128)
+  tower_hidden: Sequence[int] = (64,)
   calibration_weight: float = 0.6
   dropout: float = 0.0
-  task_specific_params = ("heads",)
+
+  @property
+  def task_specific_params(self):
+    last = len(self.spec.tasks)
+    if last < 2:
+      return ("heads",)
+    return ("heads", f"transfer_{last - 1}", f"attention_{last}")
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -140,8 +166,9 @@ class AITM(nn.Module):
     _check_binary(self.spec, "AITM")
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     x = self.perturb("shared", x)  # the shared part; for rep-grad weighting
-    q = layers.StackedMLP(num_tasks, tuple(self.tower_hidden), self.dropout,
-                          name="towers")(x, train=train)  # [B, T, k]
+    q = layers.StackedMLP(num_tasks,
+                          tuple(self.bottom_hidden) + tuple(self.tower_hidden),
+                          self.dropout, name="towers")(x, train=train)  # [B, T, k]
     dim = q.shape[-1]
     z, attention = [q[:, 0]], []
     for t in range(1, num_tasks):
@@ -157,9 +184,10 @@ class AITM(nn.Module):
                                name="heads")(z, train=train)[..., 0]
     probs = jax.nn.sigmoid(logits)
     calibration = jnp.sum(jax.nn.relu(probs[:, 1:] - probs[:, :-1]), axis=1)
-    aux = {"shared": x, "task_inputs": z,
-           "attention": (jnp.stack(attention, axis=1) if attention else
-                         jnp.zeros((x.shape[0], 0, 2), x.dtype)),
-           "aux_losses": {
-               "aitm/calibration": self.calibration_weight * calibration}}
+    attention = (jnp.stack(attention, axis=1) if attention else
+                 jnp.zeros((x.shape[0], 0, 2), x.dtype))
+    aux = base.Aux(shared=x, task_inputs=z,
+                   aux_losses={"aitm/calibration":
+                               self.calibration_weight * calibration},
+                   diagnostics={"attention": attention})
     return {t: logits[:, i] for i, t in enumerate(self.spec.task_names)}, aux

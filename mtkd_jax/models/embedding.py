@@ -127,6 +127,20 @@ class FeatureEmbedding(nn.Module):
   spec: specs_lib.DatasetSpec
   embed_init: nn.initializers.Initializer = DEFAULT_EMBED_INIT
 
+  def _table(self, name: str, rows: int, dim: int):
+    """A float32[rows', dim] table param: `embed_init`'s [rows, dim] values,
+    then zero rows up to rows' (a multiple of `spec.table_row_multiple`, for
+    a table sharded over a mesh axis; ids never reach the padding)."""
+    multiple = self.spec.table_row_multiple
+    padded = -(-rows // multiple) * multiple
+
+    def init(key, shape, dtype):
+      del shape
+      table = self.embed_init(key, (rows, dim), dtype)
+      return jnp.pad(table, ((0, padded - rows), (0, 0)))
+
+    return self.param(name, init, (padded, dim), jnp.float32)
+
   def _record_site(self, name: str, ids, valid=None):
     """In row-grad mode, records a lookup of table `name` at `ids` (-1 where
     `valid` is False) and returns its `LOOKUP_ROWS` variable's name;
@@ -182,8 +196,7 @@ class FeatureEmbedding(nn.Module):
       vocab = [self.spec.sparse[i].vocab_size for i in idx]
       offsets = np.concatenate([[0], np.cumsum(vocab)[:-1]]).astype(np.int32)
       name = f"sparse_table_d{dim}"
-      table = self.param(name, self.embed_init, (int(sum(vocab)), dim),
-                         jnp.float32)
+      table = self._table(name, int(sum(vocab)), dim)
       # [B, F_g]; every field in this group: no column gather (XLA fused
       # one into the table gather, slowing it).
       cols = sparse if idx == tuple(range(sparse.shape[1])) else sparse[:, np.asarray(idx)]
@@ -197,8 +210,7 @@ class FeatureEmbedding(nn.Module):
       parts.append(self._lookup_concat(name, table, ids, tail))  # [B, F_g d + D]
     for field in self.spec.multi_hot:
       name = f"multi_hot_{field.name}"
-      table = self.param(name, self.embed_init,
-                         (field.vocab_size, field.embed_dim), jnp.float32)
+      table = self._table(name, field.vocab_size, field.embed_dim)
       ids = batch[f"multi_hot/{field.name}"]  # [B, K], -1 pads
       mask = (ids >= 0).astype(jnp.float32)
       emb = self._lookup(name, table, jnp.maximum(ids, 0), ids >= 0)
@@ -215,8 +227,7 @@ class FeatureEmbedding(nn.Module):
         target = self._lookup(name, table, target_ids)  # [B, d]
       else:
         name = f"sequence_table_{field.name}"
-        table = self.param(name, self.embed_init,
-                           (field.vocab_size, field.embed_dim), jnp.float32)
+        table = self._table(name, field.vocab_size, field.embed_dim)
         offset, target = 0, None
       emb = self._lookup(name, table, jnp.where(mask, ids + offset, 0), mask)
       emb = emb * mask[..., None].astype(emb.dtype)  # [B, L, d]

@@ -1,9 +1,9 @@
 """Gated mixtures of experts: OMoE, PLE (CGC levels) and DSelect-k.
 
-Same interface as `mtl.py`: `__call__(batch, *, train) -> (outputs, aux)`
-with `outputs = {task: float[B]}` and aux keys "shared", "task_inputs" and
-"gates" (float[B, T, E], each task's mixture weights over the E experts it
-mixes; the evaluator logs their mean as `gates/<task>/expert_<e>`).
+The contract of `base.py`: `__call__(batch, *, train) -> (outputs, aux)`
+with `outputs = {task: float[B]}` and `aux.gates` float[B, T, E], each task's
+mixture weights over the E experts it mixes (the evaluator logs their mean
+as `gates/<task>/expert_<e>`).
 """
 import math
 from typing import Sequence
@@ -15,6 +15,7 @@ import numpy as np
 
 from mtkd_jax import errors
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.models import base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
 from mtkd_jax.models import mtl
@@ -41,13 +42,14 @@ class OMoE(nn.Module):
 
   MMoE with ONE softmax gate g(x) = softmax(W_g x) shared by every task:
   y_t = h_t(sum_k g(x)_k f_k(x)); every tower receives the same mixture.
-  aux["gates"] is g broadcast to float[B, T, E] (identical across tasks).
+  aux.gates is g broadcast to float[B, T, E] (identical across tasks).
   """
   spec: specs_lib.DatasetSpec
   num_experts: int = 8
   expert_hidden: Sequence[int] = (256, 128)
   tower_hidden: Sequence[int] = (64,)
   dropout: float = 0.0
+  task_specific_params = ("towers",)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -64,7 +66,7 @@ class OMoE(nn.Module):
         task_inputs, train=train)
     gates = jnp.broadcast_to(gate[:, None],
                              (gate.shape[0], num_tasks, self.num_experts))
-    aux = {"shared": experts, "task_inputs": task_inputs, "gates": gates}
+    aux = base.Aux(shared=experts, task_inputs=task_inputs, gates=gates)
     return _task_outputs(self.spec, logits), aux
 
 
@@ -82,7 +84,7 @@ def ple_expert_index(num_tasks: int, num_specific: int,
 
   Returns:
     int32[T, m_k + m_s]: row t lists task t's own specific experts, then the
-    shared ones (the order of aux["gates"][:, t]).
+    shared ones (the order of aux.gates[:, t]).
   """
   shared = np.arange(num_tasks * num_specific,
                      num_tasks * num_specific + num_shared)
@@ -155,10 +157,10 @@ class PLE(nn.Module):
   gate's output of level j-1 (the embedding at level 1); the last level has
   no shared gate and its task outputs feed the towers: y_k = t^k(g^{k,N}(x)).
 
-  aux["gates"]: the LAST level's task gates, float[B, T, m_k + m_s]; for
+  aux.gates: the LAST level's task gates, float[B, T, m_k + m_s]; for
   task t, entries 0..m_k-1 weight task t's OWN specific experts and entries
   m_k.. the shared experts (so `gates/<task>/expert_0` of two tasks are
-  different experts). aux["shared"]: the last level's experts float[B, N, H]
+  different experts). aux.shared: the last level's experts float[B, N, H]
   in the fused order of `ple_expert_index`.
 
   Task-specific parameters (for gradient surgery): only the towers; a level's
@@ -171,6 +173,7 @@ class PLE(nn.Module):
   expert_hidden: Sequence[int] = (256, 128)
   tower_hidden: Sequence[int] = (64,)
   dropout: float = 0.0
+  task_specific_params = ("towers",)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -191,7 +194,7 @@ class PLE(nn.Module):
           name=f"level_{level}")(task_inputs, shared_input, train=train)
     logits = _towers(self.spec, self.tower_hidden, self.dropout)(
         task_inputs, train=train)
-    aux = {"shared": experts, "task_inputs": task_inputs, "gates": gates}
+    aux = base.Aux(shared=experts, task_inputs=task_inputs, gates=gates)
     return _task_outputs(self.spec, logits), aux
 
 
@@ -251,7 +254,7 @@ class DSelectK(nn.Module):
   Initialisation as the authors' code: G, A ~ U(-gamma/100, gamma/100),
   U(-0.05, 0.05) (selectors start near uniform).
 
-  aux["aux_losses"] (per-example, added to the training loss with weight 1):
+  aux.aux_losses (per-example, added to the training loss with weight 1):
     "dselect_k/entropy" if entropy_reg > 0: entropy_reg * sum_{t,i}
       H(r(z^(t,i))), the paper's entropy regulariser pushing selectors to
       binary (H(r) = -sum_e r_e log(r_e + 1e-6), as the authors' code);
@@ -259,7 +262,7 @@ class DSelectK(nn.Module):
       1 / sum_e r(z^(t,i))_e, the authors' term (>= T k, flat once the
       unreachable codes get zero weight) that keeps selectors off the codes
       n..2^m-1, which name no expert.
-  aux["selectors"]: float[B, T, k, n], each selector's weights over experts.
+  aux.diagnostics["selectors"]: float[B, T, k, n], each selector's weights over experts.
   """
   spec: specs_lib.DatasetSpec
   num_experts: int = 8
@@ -269,13 +272,14 @@ class DSelectK(nn.Module):
   expert_hidden: Sequence[int] = (256, 128)
   tower_hidden: Sequence[int] = (64,)
   dropout: float = 0.0
+  task_specific_params = ("towers",)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
     num_tasks, n, k = len(self.spec.tasks), self.num_experts, self.num_selectors
     if n < 2 or k < 1:
       raise errors.ConfigError(f"DSelect-k needs num_experts >= 2 and "
-                               f"dselect_k >= 1; got {n}, {k}.")
+                               f"num_selectors >= 1; got {n}, {k}.")
     m = binary_codes(n).shape[1]
     x = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     experts = layers.StackedMLP(n, self.expert_hidden, self.dropout,
@@ -299,6 +303,7 @@ class DSelectK(nn.Module):
     if n != 2**m:
       aux_losses["dselect_k/reachability"] = jnp.sum(
           1.0 / selectors.sum(-1), axis=(1, 2))
-    aux = {"shared": experts, "task_inputs": mixed, "gates": gates,
-           "selectors": selectors, "aux_losses": aux_losses}
+    aux = base.Aux(shared=experts, task_inputs=mixed, gates=gates,
+                   aux_losses=aux_losses,
+                   diagnostics={"selectors": selectors})
     return _task_outputs(self.spec, logits), aux

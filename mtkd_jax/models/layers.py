@@ -124,9 +124,8 @@ def _stacked_init(init):
 # `mixture = mix_experts(gates, E)`, and whose mixture slot t feeds task t's
 # output alone (spec order), may say so, for rep-grad weighting
 # (train/step.py `_rep_gram`): `self.perturb(MIXTURE_SITE, mixture)` and
-# aux[MIXTURE_GATES] = gates.
+# aux.mixture_gates = gates (models/base.py, contract rule 4).
 MIXTURE_SITE = "shared_mixture"
-MIXTURE_GATES = "mixture_gates"
 
 _MIX_UNROLL_MAX = 16  # mixtures summed term by term in the backward pass
 
@@ -169,7 +168,7 @@ def mix_members(module: nn.Module, gates, members, index=None, *,
   With rep-grad weighting perturbing "shared", the mixture reads the
   perturbed stack (`mix_experts`); otherwise it reads the members
   (`mix_expert_list`), and XLA drops the stack unless something else
-  reads it (aux["shared"]: feature-hint distillation). `from_list=False`
+  reads it (aux.shared: feature-hint distillation). `from_list=False`
   always mixes the stack (the earlier form; `benchmarks.step_ab`'s
   `mix=stack` variant). Both are the same function up to float summation
   order (tests/models/test_models.py).

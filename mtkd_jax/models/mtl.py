@@ -1,11 +1,8 @@
 """Multi-task architectures: Shared-Bottom and MMoE.
 
-Every model maps a batch to `(outputs, aux)`: `outputs = {task: float[B]}`
-(logits for binary tasks, predictions for regression tasks) and `aux`, a dict
-of what distillation and diagnostics read:
-  "shared":  float[B, H] or float[B, E, H], the shared representation;
-  "task_inputs": float[B, T, H], what each task tower receives;
-  "gates": float[B, T, E] (MMoE only), each task's softmax over experts.
+Every model follows the contract of `base.py`: it maps a batch to
+`(outputs, aux)`, `outputs = {task: float[B]}` (logits for binary tasks,
+predictions for regression tasks) and `aux` a `base.Aux`.
 """
 from typing import Sequence
 
@@ -13,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.models import base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
 
@@ -50,6 +48,7 @@ class SharedBottom(nn.Module):
   bottom_hidden: Sequence[int] = (256, 128)
   tower_hidden: Sequence[int] = (64,)
   dropout: float = 0.0
+  task_specific_params = ("towers",)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -61,8 +60,8 @@ class SharedBottom(nn.Module):
                                name="towers")
     logits = towers(h, train=train)
     num_tasks = len(self.spec.tasks)
-    aux = {"shared": h,
-           "task_inputs": jnp.broadcast_to(h[:, None], (h.shape[0], num_tasks, h.shape[-1]))}
+    aux = base.Aux(shared=h, task_inputs=jnp.broadcast_to(
+        h[:, None], (h.shape[0], num_tasks, h.shape[-1])))
     return _task_outputs(self.spec, logits), aux
 
 
@@ -78,6 +77,7 @@ class MMoE(nn.Module):
   expert_hidden: Sequence[int] = (256, 128)
   tower_hidden: Sequence[int] = (64,)
   dropout: float = 0.0
+  task_specific_params = ("towers",)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -94,6 +94,6 @@ class MMoE(nn.Module):
                                self.dropout, final_activation=False,
                                name="towers")
     logits = towers(mixed, train=train)
-    aux = {"shared": experts, "task_inputs": mixed, "gates": gates,
-           layers.MIXTURE_GATES: gates}  # only through this mixture
+    aux = base.Aux(shared=experts, task_inputs=mixed, gates=gates,
+                   mixture_gates=gates)  # E reaches the losses only here
     return _task_outputs(self.spec, logits), aux

@@ -1,6 +1,6 @@
 """One network (column) per task: cross-stitch networks and single-task models.
 
-Same interface as `mtl.py`: `__call__(batch, *, train) -> (outputs, aux)`.
+The contract of `base.py`: `__call__(batch, *, train) -> (outputs, aux)`.
 """
 from typing import Sequence
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from mtkd_jax import errors
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.models import base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
 from mtkd_jax.models import mtl
@@ -30,7 +31,7 @@ def cross_stitch_init(kind: str, num_tasks: int) -> np.ndarray:
     other = 0.1 / (num_tasks - 1)
     return (np.full((num_tasks, num_tasks), other) +
             (0.9 - other) * np.eye(num_tasks)).astype(np.float32)
-  raise errors.ConfigError(f"Unknown cross_stitch_init {kind!r}; valid: "
+  raise errors.ConfigError(f"Unknown cross-stitch alpha_init {kind!r}; valid: "
                            f"{', '.join(CROSS_STITCH_INITS)}.")
 
 
@@ -38,7 +39,7 @@ class CrossStitch(nn.Module):
   """Cross-stitch networks (Misra et al., CVPR 2016, eq. 1).
 
   One MLP column per task over the shared embedding (the input layer); after
-  each hidden layer l of the columns (sizes `column_hidden`), a cross-stitch
+  each hidden layer l of the columns (sizes `bottom_hidden`), a cross-stitch
   unit with a learned alpha^l in R^{T x T} mixes the tasks' activations,
     x~_t^l = sum_s alpha^l_{ts} x_s^l,
   then one tower per task (`tower_hidden` + (1,)). With alpha = I the model
@@ -46,14 +47,15 @@ class CrossStitch(nn.Module):
   with a larger learning rate; here it shares the optimizer's.)
 
   Params: column_{l} (the T columns' layer l, stacked), cross_stitch_{l}
-  (alpha^l, float[T, T]), towers. aux["shared"], aux["task_inputs"]: the
+  (alpha^l, float[T, T]), towers. aux.shared, aux.task_inputs: the
   stitched last column layer, float[B, T, H].
   """
   spec: specs_lib.DatasetSpec
-  column_hidden: Sequence[int] = (256, 128)
+  bottom_hidden: Sequence[int] = (256, 128)
   tower_hidden: Sequence[int] = (64,)
   alpha_init: str = "balanced"
   dropout: float = 0.0
+  task_specific_params = ("towers",)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
@@ -61,7 +63,7 @@ class CrossStitch(nn.Module):
     alpha0 = cross_stitch_init(self.alpha_init, num_tasks)
     h = embedding.FeatureEmbedding(self.spec, name="embedding")(batch)
     h = self.perturb("shared", h)  # the shared part; for rep-grad weighting
-    for l, width in enumerate(self.column_hidden):
+    for l, width in enumerate(self.bottom_hidden):
       h = layers.StackedMLP(num_tasks, (width,), self.dropout,
                             name=f"column_{l}")(h, train=train)  # [B, T, H]
       alpha = self.param(f"cross_stitch_{l}", lambda *_: jnp.asarray(alpha0))
@@ -72,8 +74,8 @@ class CrossStitch(nn.Module):
         num_tasks, tuple(self.tower_hidden) + (mtl.head_width(self.spec),),
         self.dropout, final_activation=False,
         name="towers")(h, train=train)
-    aux = {"shared": h, "task_inputs": h}
-    return mtl._task_outputs(self.spec, logits), aux
+    return mtl._task_outputs(self.spec, logits), base.Aux(shared=h,
+                                                          task_inputs=h)
 
 
 class _TaskNetwork(nn.Module):
@@ -102,7 +104,7 @@ class SingleTask(nn.Module):
   Task t has its own embedding tables, bottom MLP and tower (submodule
   `task_<name>`): y_t = tower_t(bottom_t(embed_t(x))). No parameter is
   shared, so no task's loss moves another task's output.
-  aux["shared"], aux["task_inputs"]: the per-task bottoms, float[B, T, H]
+  aux.shared, aux.task_inputs: the per-task bottoms, float[B, T, H]
   (nothing is shared; kept for the common aux interface).
   """
   spec: specs_lib.DatasetSpec
@@ -125,4 +127,4 @@ class SingleTask(nn.Module):
           self.dropout, width, name=f"task_{task}")(batch, train=train)
       bottoms.append(h)
     bottoms = jnp.stack(bottoms, axis=1)
-    return outputs, {"shared": bottoms, "task_inputs": bottoms}
+    return outputs, base.Aux(shared=bottoms, task_inputs=bottoms)

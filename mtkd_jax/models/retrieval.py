@@ -43,6 +43,7 @@ import numpy as np
 
 from mtkd_jax import errors
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.models import base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
 from mtkd_jax.models import mtl
@@ -117,14 +118,21 @@ class TwoTowerMTL(nn.Module):
   Attributes:
     spec: its tasks may include any number of "retrieval" tasks (each gets
       its own pair of towers) next to binary / regression / multiclass ones.
-    catalogue: the item catalogue for eval-time full-catalogue scores.
+    catalogue: the item catalogue for eval-time full-catalogue scores (not a
+      knob: `models.build_model` sets it from the loader's
+      `Splits.extras["catalogue"]`).
     num_experts, expert_hidden, tower_hidden, dropout: the MMoE's.
     two_tower_hidden: hidden widths of both towers.
     retrieval_dim: the width of u and v.
     temperature: tau.
-  Returns from `__call__`: ({task: output}, aux) with aux "shared" (the
-  experts) and "task_inputs" (the ranking tasks' mixtures); no "gates" (their
-  task axis would not match the spec's tasks).
+  Returns from `__call__`: ({task: output}, aux) with aux.shared (the
+  experts) and aux.task_inputs (the ranking tasks' mixtures; the embedding
+  when there are none); no gates (their task axis would not match the
+  spec's tasks).
+
+  Task-specific params: the ranking tasks' "towers" (the whole MMoE when
+  there is one ranking task) and each retrieval task's own
+  "user_tower_<task>" / "item_tower_<task>".
   """
   spec: specs_lib.DatasetSpec
   catalogue: Optional[Catalogue] = None
@@ -136,7 +144,25 @@ class TwoTowerMTL(nn.Module):
   retrieval_dim: int = 32
   temperature: float = 0.05
 
-  task_specific_params = ("towers", "user_tower", "item_tower")
+  dataset_extras = ("catalogue",)  # fields set from Splits.extras
+  supports_retrieval = True
+
+  @staticmethod
+  def from_extras(extras):
+    """The catalogue field's value from the loader's `Splits.extras`."""
+    catalogue = (extras or {}).get("catalogue")
+    return {"catalogue": None if catalogue is None else Catalogue(catalogue)}
+
+  @property
+  def task_specific_params(self):
+    names = [f"{side}_tower_{t.name}" for t in self.spec.tasks
+             if t.kind == "retrieval" for side in ("user", "item")]
+    ranking = [t for t in self.spec.tasks if t.kind != "retrieval"]
+    if len(ranking) == 1:  # the MMoE serves that task alone
+      names += ["experts", "gates", "towers"]
+    elif ranking:
+      names.append("towers")
+    return tuple(names)
 
   def _retrieval_towers(self, task):
     hidden = tuple(self.two_tower_hidden)
@@ -155,7 +181,7 @@ class TwoTowerMTL(nn.Module):
     retrieval = tuple(t for t in spec.tasks if t.kind == "retrieval")
     embed = embedding.FeatureEmbedding(spec, name="embedding")
     x = embed(batch)
-    outputs, aux = {}, {}
+    outputs, aux = {}, base.Aux(shared=x, task_inputs=x[:, None])
     if ranking:
       sub = dataclasses.replace(spec, tasks=ranking)
       experts = layers.StackedMLP(self.num_experts, self.expert_hidden,
@@ -170,7 +196,7 @@ class TwoTowerMTL(nn.Module):
           self.dropout, final_activation=False, name="towers")(mixed,
                                                                train=train)
       outputs.update(mtl._task_outputs(sub, logits))
-      aux = {"shared": experts, "task_inputs": mixed}
+      aux = base.Aux(shared=experts, task_inputs=mixed)
     if retrieval:
       x_item, x_user = split_embedding(spec, x)
       if not train:

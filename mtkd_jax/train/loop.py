@@ -12,7 +12,6 @@ once, on test; results go to <workdir>/results.json.
 """
 import json
 import math
-import os
 import time
 from typing import Dict, List
 
@@ -21,13 +20,20 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mtkd_jax import config_checks
 from mtkd_jax import errors
+from mtkd_jax import paths
+from mtkd_jax import serving_info
 from mtkd_jax.data import pipeline
 from mtkd_jax.train import checkpoint as checkpoint_lib
 from mtkd_jax.train import host_memory
+from mtkd_jax.train import mesh as mesh_lib
+from mtkd_jax.train import hosts
 from mtkd_jax.train import model_stats
+from mtkd_jax.train import preemption
 from mtkd_jax.train import step as step_lib
 from mtkd_jax.train import trainer as trainer_lib
+from mtkd_jax.train import workdir as workdir_lib
 from mtkd_jax.train import writers
 
 
@@ -123,19 +129,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     The final results: {"validation": {...}, "test": {...}, "best_step": s}.
   """
-  if config.train.distributed:
-    jax.distributed.initialize()
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  config_checks.check_config(config)
+  wd = paths.workdir(workdir)  # a bad scheme stops here, before any work
+  multihost = hosts.initialize(config.train)
+  with workdir_lib.claim(workdir, config):
+    return _train_and_evaluate(config, workdir, wd, multihost)
 
+
+def _train_and_evaluate(config, workdir, wd, multihost):
   trainer = trainer_lib.build(config, workdir)
   splits, spec, model = trainer.splits, trainer.spec, trainer.model
-  total_steps, distill = trainer.total_steps, trainer.distill
+  total_steps, distill, mesh = trainer.total_steps, trainer.distill, trainer.mesh
   init_state = trainer.init_state
+  if jax.process_index() == 0:  # what an export needs besides the checkpoint
+    serving_info.save(workdir, spec, next(pipeline.eval_batches(
+        splits.test, serving_info.NUM_EXAMPLES)), splits.extras)
   tcfg = config.train
-  state = trainer.replicate(init_state)
+  state = mesh_lib.place_state(init_state, mesh)  # tables sharded, if asked
   host_memory.release_freed_memory()  # init's compilations
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{sum(x.size for x in jax.tree.leaves(init_state.params)):,}")
@@ -154,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run_eval = trainer.evaluate
 
   def save_latest(step):
-    ckpt.save_latest(step, state, loop_state)
+    ckpt.save_latest(step, hosts.as_global(state, mesh), loop_state)
 
   step = start_step
   done = step >= total_steps or loop_state["stopped_early"]
@@ -162,6 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = None if done else _progress(total_steps, start_step)
   buffer, buffer_start = [], step + 1
   last_time, last_step = time.perf_counter(), step
+  watcher, preempted = preemption.Watcher(multihost), False
   try:
     while not done:
       state, metrics = advance(trainer, state, next(batches), step,
@@ -195,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         value = val[tcfg.select_metric]
         if _is_better(value, loop_state["best_value"], tcfg.select_mode):
           loop_state.update(best_value=value, best_step=step, evals_since_best=0)
-          ckpt.save_best(step, state, val)
+          ckpt.save_best(step, hosts.as_global(state, mesh), val)
         else:
           loop_state["evals_since_best"] += 1
           if tcfg.patience and loop_state["evals_since_best"] >= tcfg.patience:
@@ -206,13 +217,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_time = time.perf_counter()  # eval time is not train throughput
       if is_ckpt:
         save_latest(step)
+      if not (done or is_last) and watcher.requested(step):
+        save_latest(step)
+        preempted = done = True
       done = done or is_last
+  except BaseException:
+    watcher.close()
+    raise
   finally:
     if progress is not None:
       progress.close()
   ckpt.wait()
+  if preempted:
+    watcher.close()
+    writer.close()
+    ckpt.close()
+    raise preemption.Preempted(step, workdir)
 
-  best_state, best_val = ckpt.restore_best(state)
+  best_state, best_val = ckpt.restore_best(hosts.as_global(state, mesh))
   test = run_eval(best_state.params, "test")
   best_step = ckpt.best_step()
   writer.write(best_step, "test", test)
@@ -228,9 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
          "validation": t.validation, "test": t.test}
         for t in distill.teachers]
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    (wd / "results.json").write_text(json.dumps(results, indent=2))
   ckpt.close()
+  watcher.close()
   _log_summary(spec, results)
   return results
 

@@ -54,6 +54,8 @@ import numpy as np
 from absl import logging
 
 from mtkd_jax import errors
+from mtkd_jax.distill import plugin as distill_plugin
+from mtkd_jax.train import hosts
 from mtkd_jax.train import loop
 from mtkd_jax.train import trainer as trainer_lib
 from mtkd_jax.train import writers
@@ -74,6 +76,12 @@ def _summary(host, seed_index, now, last_time, steps):
       sum(float(m["num_examples"]) for m in per_seed) / elapsed)
   summary["steps_per_sec"] = steps / elapsed
   return per_seed, summary
+
+
+def can_vmap(config) -> bool:
+  """False for a config that must train one seed per program: distillation
+  from teachers (each seed has its own), DML peers or CrossDistil."""
+  return not distill_plugin.needs_teachers_or_peers(config)
 
 
 def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
@@ -99,8 +107,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
   if len(dirs) != len(seeds):
     raise ValueError("seed_workdirs must have one entry per seed.")
   num_seeds = len(seeds)
-  if config.train.distributed:
-    jax.distributed.initialize()
+  hosts.initialize(config.train)
   is_main = jax.process_index() == 0
   for seed, d in zip(seeds, dirs):
     os.makedirs(d, exist_ok=True)

@@ -6,6 +6,9 @@ Both modes run the same pmap-style function (explicit collectives over the
             mesh; params replicated, the batch split on its leading axis.
   * "pmap": `jax.pmap(fn, in_axes=(None, 0))`; the batch gets a leading
             device axis.
+On a 2-D mesh (`train.mesh`, see `mesh.py`) "jit" is manual over `data`
+only: the embedding tables stay sharded over `model` and XLA partitions
+their gathers; the per-device code is unchanged.
 `check_vma=False` gives shard_map pmap's semantics for `grad`: a device's
 gradient is its local gradient, and the step sums them explicitly. (With
 `check_vma=True` gradients of replicated params come back already summed,
@@ -20,17 +23,21 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mtkd_jax import errors
+from mtkd_jax import native
+from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train.step import AXIS
 
 MODES = ("jit", "pmap")
 
 
-def make_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D mesh, axis `data` (Auto type), over every device of every host.
+def make_mesh(num_devices: int = 0, spec: str = "") -> Mesh:
+  """A 1-D mesh, axis `data` (Auto type), over every device of every host,
+  or the 2-D (`data`, `model`) mesh of `spec` (`mesh.parse`).
 
   Args:
     num_devices: > 0 uses only the first `num_devices` devices (single-host
       only; e.g. to compare 1 and 8 devices in one process).
+    spec: `train.mesh`, e.g. "data:4,model:2"; "" for 1-D.
   """
   devices = jax.devices()
   if num_devices:
@@ -40,15 +47,16 @@ def make_mesh(num_devices: int = 0) -> Mesh:
       raise errors.ConfigError(f"num_devices={num_devices} but only {len(devices)} "
                        "devices exist.")
     devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), (AXIS,))
+  return mesh_lib.build(devices, spec)
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """Returns the per-host batch size; the global one must split evenly."""
-  n = mesh.devices.size
+  """Returns the per-host batch size; the global one must split evenly
+  over the mesh's `data` axis."""
+  n = mesh.shape[AXIS]
   if global_batch_size % n:
     raise errors.ConfigError(f"Batch size {global_batch_size} is not divisible by the "
-                     f"{n} devices; choose a multiple of {n}.")
+                     f"{n} devices of the data axis; choose a multiple of {n}.")
   return global_batch_size // jax.process_count()
 
 
@@ -69,10 +77,13 @@ def compile_step(per_device_fn: Callable, mode: str, mesh: Mesh, *,
   donate = (0,) if donate_state else ()
   if mode == "jit":
     out_spec = P(AXIS) if out_batched else P()
-    fn = jax.shard_map(per_device_fn, mesh=mesh,
+    fn = jax.shard_map(_sharded_tables_ok(per_device_fn, mesh), mesh=mesh,
                        in_specs=(P(), P(AXIS)) + (P(),) * extra_args,
-                       out_specs=out_spec, check_vma=False)
+                       out_specs=out_spec, axis_names={AXIS}, check_vma=False)
     return jax.jit(fn, donate_argnums=donate)
+  if mesh_lib.model_size(mesh) > 1:
+    raise errors.ConfigError("A mesh with a model axis needs parallel mode "
+                             "'jit'.")
   if mode == "pmap":
     fn = jax.pmap(per_device_fn, axis_name=AXIS,
                   in_axes=(None, 0) + (None,) * extra_args,
@@ -84,6 +95,19 @@ def compile_step(per_device_fn: Callable, mode: str, mesh: Mesh, *,
       return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), fn(*args))
     return flat
   raise errors.ConfigError(f"Unknown parallel mode {mode!r}; valid: {', '.join(MODES)}.")
+
+
+def _sharded_tables_ok(per_device_fn: Callable, mesh: Mesh) -> Callable:
+  """`per_device_fn`, traced without the native CPU kernels when the mesh
+  shards the tables: XLA cannot partition a custom call, so it would gather
+  a whole table onto every device for one."""
+  if mesh_lib.model_size(mesh) == 1:
+    return per_device_fn
+
+  def fn(*args):
+    with native.off():
+      return per_device_fn(*args)
+  return fn
 
 
 def shard_batch(local_batch: dict, mode: str, mesh: Mesh) -> dict:

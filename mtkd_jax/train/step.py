@@ -5,7 +5,7 @@ explicit collectives over the `data` axis; `parallel.py` runs them under
 `jax.jit` + `shard_map` on a device mesh or under `jax.pmap`.
 
 Loss terms. The model's tasks (and any auxiliary losses a model returns in
-`aux["aux_losses"]`, e.g. AITM's calibrator) are named terms
+`aux.aux_losses`, e.g. AITM's calibrator) are named terms
 L'_t = w_t * L_t, where w_t is the term's fixed weight (the task spec's) and
 L_t the global weighted mean of its per-example loss. A weighting method
 (`mtkd_jax.weighting`) turns them into coefficients c_t; the update follows
@@ -47,6 +47,7 @@ from mtkd_jax import losses as losses_lib
 from mtkd_jax import weighting
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.distill import plugin as distill_plugin
+from mtkd_jax.models import base as model_base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
 from mtkd_jax.train import collectives
@@ -77,19 +78,16 @@ def term_names(model: nn.Module, params, batch,
   the distillation terms (kd/..., rank/...)."""
   _, aux = jax.eval_shape(
       lambda p: model.apply({"params": p}, batch, train=False), params)
-  names = tuple(t.name for t in tasks) + tuple(sorted(aux.get("aux_losses", {})))
+  names = tuple(t.name for t in tasks) + tuple(sorted(aux.aux_losses))
   return names + (distill.term_names() if distill is not None else ())
 
 
 def is_task_specific(path, model: nn.Module) -> bool:
-  """Whether a parameter belongs to one task only (e.g. under "towers").
-
-  Models name their task-specific top-level submodules in a class attribute
-  `task_specific_params` (default: ("towers",)).
-  """
-  prefixes = getattr(model, "task_specific_params", ("towers",))
-  top = path[0].key if hasattr(path[0], "key") else str(path[0])
-  return top in prefixes or top in distill_plugin.EXTRA_PARAMS
+  """Whether a parameter belongs to one task only (e.g. under "towers"):
+  the model's `task_specific_params` (models/base.py), and the params
+  distillation adds (the hint projector, `distill_plugin.EXTRA_PARAMS`)."""
+  return (model_base.is_task_specific(path, model) or
+          model_base.top_name(path) in distill_plugin.EXTRA_PARAMS)
 
 
 # Metrics computed on some updates only (StepConfig.norm_periods and
@@ -243,7 +241,7 @@ def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig,
   `rows`: the zero `LOOKUP_ROWS` perturbations (row-gradient path); then
   returns (terms, {table path: (ids of each lookup site, ...)}).
   `with_gates`: returns (terms or the pair above, the model's
-  aux[layers.MIXTURE_GATES] or None), for `_rep_gram`.
+  aux.mixture_gates), for `_rep_gram`.
   """
   dtype = cfg.compute_dtype  # mixed precision: a cast copy of the params
   variables = {"params": cast_floats(params, dtype)}
@@ -259,7 +257,7 @@ def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig,
     outputs, aux = cfg.model.apply(variables, inputs, train=True,
                                    rngs={"dropout": rng})
   sums, _ = task_loss_sums(outputs, batch, cfg.tasks)
-  per_example = dict(aux.get("aux_losses", {}))
+  per_example = dict(aux.aux_losses)
   if cfg.distill is not None:
     per_example.update(cfg.distill.per_example_terms(
         outputs, aux, params, batch, targets))
@@ -270,7 +268,7 @@ def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig,
     terms = terms, row_grads_lib.flatten_sites(
         lookups.get(embedding.LOOKUP_IDS, {}))
   if with_gates:
-    return terms, aux.get(layers.MIXTURE_GATES)
+    return terms, aux.mixture_gates
   return terms
 
 
@@ -376,7 +374,7 @@ def _rep_gram(vjp_fn, perturbations, gates, num_terms: int, dtype,
 
   Where the model mixes that representation E [B, E, H] only through
   `layers.mix_experts` and exposes the mixture (perturbation
-  `layers.MIXTURE_SITE`, gates aux[layers.MIXTURE_GATES] = A [B, T, E]),
+  `layers.MIXTURE_SITE`, gates aux.mixture_gates = A [B, T, E]),
   term s's gradient w.r.t. E is R_s[b] = A[b]^T C_s[b], C_s = dL_s/d(mixture)
   [B, T, H], so <R_s, R_r> = sum_b sum_{t,u} (A A^T)[b, t, u]
   <C_s[b, t], C_r[b, u]>: computed from the mixture gradients (the towers'
@@ -649,6 +647,6 @@ def eval_step(params, batch: Mapping[str, jax.Array], *, model: nn.Module,
   aux = cast_floats(aux, jnp.float32 if compute_dtype else None)
   result = {f"outputs/{name}": value for name, value in outputs.items()}
   for key in ("gates", "cvr_logits"):
-    if key in aux:
-      result[key] = aux[key]
+    if getattr(aux, key) is not None:
+      result[key] = getattr(aux, key)
   return result

@@ -8,6 +8,7 @@ iterators. With `seeds`, the same pieces for S seeds in one program: the
 states stacked on a leading axis, the per-device steps under `jax.vmap`
 (batches [B, S, ...], outputs [b, S, ...]); that is the only difference.
 """
+import dataclasses
 import functools
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
@@ -24,6 +25,7 @@ from mtkd_jax.data import pipeline
 from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.train import evaluate
 from mtkd_jax.train import host_memory
+from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
@@ -49,16 +51,19 @@ def setup(config: ml_collections.ConfigDict, splits=None) -> Experiment:
   if splits is None:
     splits = data_lib.load_dataset(config.data)
     host_memory.release_freed_memory()  # the loaders' temporaries
-  spec = splits.spec.with_task_overrides(config.tasks.to_dict())
+  tcfg = config.train
+  mesh = parallel.make_mesh(tcfg.num_devices, tcfg.get("mesh", ""))
+  mesh_lib.check_config(config, mesh)
+  spec = dataclasses.replace(  # tables padded to split evenly over `model`
+      splits.spec.with_task_overrides(config.tasks.to_dict()),
+      table_row_multiple=mesh_lib.model_size(mesh))
   for task in spec.tasks:  # fail on a bad loss name now, not inside jit
     losses.get_loss(task.loss)
   model = distill_plugin.student_model(
       models.build_model(spec, config.model, splits.extras), spec, config)
-  tcfg = config.train
   if tcfg.select_mode not in ("max", "min"):
     raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
                              f"{tcfg.select_mode!r}.")
-  mesh = parallel.make_mesh(tcfg.num_devices)
   parallel.check_batch_size(tcfg.batch_size, mesh)
   parallel.check_batch_size(config.eval.batch_size, mesh)
   per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
@@ -216,7 +221,7 @@ def _init_states(config, exp, workdir, seeds):
       exp.example_batch,
       predict=_predictor(exp.mesh, mode, config.eval.batch_size),
       replicate=functools.partial(parallel.replicate, mesh=exp.mesh),
-      workdir=workdir)
+      table_row_multiple=mesh_lib.table_row_multiple, workdir=workdir)
   if distill.extra_params:  # + the hint projector: a new optimizer state
     states = [s.replace(params=distill.add_params(s.params)) for s in states]
     states = [s.replace(opt_state=exp.tx.init(s.params)) for s in states]

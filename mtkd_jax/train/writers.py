@@ -8,10 +8,12 @@ step it resumes from, so the file reads like one uninterrupted run.
 """
 import json
 import math
-import os
 from typing import Mapping
 
 import jax
+from absl import logging
+
+from mtkd_jax import paths
 
 
 def _jsonable(value):
@@ -25,14 +27,22 @@ class MetricWriter:
   def __init__(self, workdir: str, *, resume_step: int = 0,
                tensorboard: bool = True):
     self._active = jax.process_index() == 0
-    self._path = os.path.join(workdir, "metrics.jsonl")
+    self._path = paths.workdir(workdir) / "metrics.jsonl"
     self._tb = None
     if not self._active:
       return
     _truncate_after(self._path, resume_step)
-    if tensorboard:
+    # Object stores (gs://, s3://) cannot append: rewrite the file instead.
+    self._lines = None
+    if not paths.is_local(workdir):
+      self._lines = (self._path.read_text().splitlines(keepends=True)
+                     if self._path.exists() else [])
+    if tensorboard and paths.scheme(workdir) not in ("", "gs", "s3"):
+      logging.warning("No TensorBoard events: tensorboardX writes only to "
+                      "local, gs:// and s3:// directories, not %s", workdir)
+    elif tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+      self._tb = SummaryWriter(str(paths.workdir(workdir) / "tensorboard"),
                                purge_step=resume_step or None)
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
@@ -40,8 +50,13 @@ class MetricWriter:
       return
     record = {"step": int(step), "split": split}
     record.update({k: _jsonable(v) for k, v in scalars.items()})
-    with open(self._path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if self._lines is None:
+      with self._path.open("a") as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      self._path.write_text("".join(self._lines))
     if self._tb is not None:
       for name, value in scalars.items():
         self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
@@ -55,12 +70,11 @@ class MetricWriter:
       self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
+def _truncate_after(path, step: int) -> None:
   """Drops records with step > `step` (written after the resumed checkpoint)."""
-  if not os.path.exists(path):
+  if not path.exists():
     return
-  with open(path) as f:
-    lines = f.readlines()
+  lines = path.read_text().splitlines(keepends=True)
   kept = []
   for line in lines:
     try:
@@ -69,11 +83,10 @@ def _truncate_after(path: str, step: int) -> None:
       continue
     if record.get("step", 0) <= step and record.get("split") != "test":
       kept.append(line)
-  with open(path, "w") as f:
-    f.writelines(kept)
+  path.write_text("".join(kept))
 
 
 def read_metrics(workdir: str):
   """All records of `<workdir>/metrics.jsonl` as a list of dicts."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (paths.workdir(workdir) / "metrics.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

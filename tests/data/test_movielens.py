@@ -316,3 +316,24 @@ def test_split_users_small_users_go_to_train():
   item = np.arange(5)
   np.testing.assert_array_equal(movielens.split_users(user, ts, item),
                                 [0, 0, 2, 1, 0])
+
+
+def test_rating_outside_1_to_5_names_file_and_line(tmp_path):
+  raw = _write_fake(tmp_path / "raw", _fake_ratings() + [(1, 2, 99, 1)])
+  with pytest.raises(errors.DataError,
+                     match=r"u\.data:13: rating 99 is outside 1\.\.5"):
+    movielens.read_raw(raw)
+
+
+def test_failed_preparation_keeps_the_prepared_data(tmp_path):
+  """Raw files that fail to parse do not remove the data prepared before."""
+  raw = _write_fake(tmp_path / "raw", _fake_ratings())
+  cfg = _cfg(raw, tmp_path / "tfds")
+  first = movielens.load(cfg)
+  prepared = sorted(p.name for p in (tmp_path / "tfds").rglob("*"))
+  bad = _write_fake(tmp_path / "bad", _fake_ratings() + [(9, 1, 5, 1)])
+  with pytest.raises(errors.DataError, match="user id 9 is not in u.user"):
+    movielens.load(_cfg(bad, tmp_path / "tfds"))
+  assert sorted(p.name for p in (tmp_path / "tfds").rglob("*")) == prepared
+  again = movielens.load(cfg)  # served from the kept preparation
+  np.testing.assert_array_equal(again.test["sparse"], first.test["sparse"])

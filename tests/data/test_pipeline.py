@@ -92,6 +92,25 @@ def test_validate_columns_names_field_and_row(mutate, message):
   assert message in str(e.value) and str(e.value).startswith("train:")
 
 
+def test_regression_label_outside_its_declared_range():
+  spec = specs.DatasetSpec(
+      name="t", sparse=(specs.SparseField("user", 5),), dense=(),
+      tasks=(specs.TaskSpec("rating", "regression", "mse",
+                            label_range=(1.0, 5.0)),))
+  cols = {"sparse": np.array([[0], [1], [2]], np.int32),
+          "dense": np.zeros((3, 0), np.float32),
+          "labels/rating": np.array([1, 5, 3], np.float32),
+          "weights": np.ones(3, np.float32)}
+  columns_lib.validate_columns(spec, cols, "train")
+  cols["labels/rating"][1] = 99
+  with pytest.raises(errors.DataError, match=r"train: regression task "
+                     r"'rating' row 1 has label 99.0, outside its declared "
+                     r"range \[1, 5\]"):
+    columns_lib.validate_columns(spec, cols, "train")
+  with pytest.raises(errors.ConfigError, match="only regression tasks"):
+    specs.TaskSpec("like", "binary", "bce", label_range=(0.0, 1.0))
+
+
 def test_task_overrides():
   spec = SPEC.with_task_overrides({"like": {"loss": "mse", "weight": 2.0}})
   assert spec.task("like").loss == "mse" and spec.task("like").weight == 2.0

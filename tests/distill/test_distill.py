@@ -145,8 +145,8 @@ def test_hint_projector_is_trained_and_its_loss_is_fitnets(teacher_dir,
   _, s_aux = exp.model.apply({"params": state.params}, batch)
   teacher = distill.teachers[0]
   _, t_aux = teacher.model.apply({"params": teacher.params}, batch)
-  hs = np.asarray(s_aux["task_inputs"]).reshape(len(batch["weights"]), -1)
-  ht = np.asarray(t_aux["task_inputs"]).reshape(len(batch["weights"]), -1)
+  hs = np.asarray(s_aux.task_inputs).reshape(len(batch["weights"]), -1)
+  ht = np.asarray(t_aux.task_inputs).reshape(len(batch["weights"]), -1)
   assert proj["kernel"].shape == (hs.shape[1], ht.shape[1])
   pred = hs @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
   per_row = 0.5 * np.sum((pred - ht) ** 2, axis=1)
@@ -219,7 +219,7 @@ def test_dml_peers_and_their_mutual_term(tmp_path):
   kernels = jax.tree.leaves(state.params)[0]
   assert kernels.shape[0] == 3 and not np.allclose(kernels[0], kernels[1])
   outputs, aux = exp.model.apply({"params": state.params}, exp.example_batch)
-  peers = np.asarray(aux["peer_outputs"]["ctr"], np.float64)  # [K, B]
+  peers = np.asarray(aux.diagnostics["peer_outputs"]["ctr"], np.float64)  # [K, B]
   np.testing.assert_allclose(outputs["ctr"], peers[0], rtol=1e-6)
   w = np.asarray(exp.example_batch["weights"])
   total = 0.0
@@ -272,13 +272,13 @@ def test_dml_with_two_peers_is_kd_from_a_moving_teacher(tmp_path):
     for task in ("ctr", "cvr"):
       hard = jnp.sum(w * kd_losses.binary_cross_entropy(
           out[task], batch[f"labels/{task}"]))
-      total += hard + sum(jnp.sum(w * v) for k, v in aux["aux_losses"].items()
+      total += hard + sum(jnp.sum(w * v) for k, v in aux.aux_losses.items()
                           if k.endswith("/" + task))
     return total / jnp.sum(w)
 
   def kd_from_peer1(params):  # peer 0 only; peer 1 is a frozen teacher
     out, aux = exp.model.apply({"params": params}, batch)
-    peer1 = jax.lax.stop_gradient(aux["peer_outputs"])
+    peer1 = jax.lax.stop_gradient(aux.diagnostics["peer_outputs"])
     total = 0.0
     for task in ("ctr", "cvr"):
       total += jnp.sum(w * kd_losses.binary_cross_entropy(
@@ -351,7 +351,8 @@ def test_distillation_sweep_reports_teacher_student_and_gap(ml100k_dir,
          for n in ("teacher", "student", "student_kd")}
   share = 100 * (auc["student_kd"] - auc["student"]) / (
       auc["teacher"] - auc["student"])
-  assert rep.gap["test/like/auc"]["of_means"] == pytest.approx(share)
+  assert rep.gap["test/like/auc"]["student_kd"]["of_means"] == (
+      pytest.approx(share))
   text = report.to_markdown(rep, title="kd")
   assert "gap closed by distillation" in text
 

@@ -110,15 +110,15 @@ def test_omoe_one_gate_shared_by_all_tasks():
                        for k in range(4)], axis=1)
   mixed = jnp.einsum("be,beh->bh", g, experts)
   for t, task in enumerate(SPEC.task_names):
-    np.testing.assert_allclose(aux["gates"][:, t], g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(aux.gates[:, t], g, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(
         outputs[task], stacked_mlp(params["towers"], mixed, t, 2, False)[:, 0],
         rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(aux["gates"][:, 0], aux["gates"][:, 1])
-  np.testing.assert_array_equal(aux["task_inputs"][:, 0], aux["task_inputs"][:, 1])
+  np.testing.assert_array_equal(aux.gates[:, 0], aux.gates[:, 1])
+  np.testing.assert_array_equal(aux.task_inputs[:, 0], aux.task_inputs[:, 1])
   mmoe = build("mmoe")
   _, mmoe_aux = apply(mmoe, init(mmoe, batch), batch)
-  assert not np.allclose(mmoe_aux["gates"][:, 0], mmoe_aux["gates"][:, 1])
+  assert not np.allclose(mmoe_aux.gates[:, 0], mmoe_aux.gates[:, 1])
 
 
 # --------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_cgc_matches_paper_equations():
     mixed = sum(g[:, e:e + 1] * own[e] for e in range(3))
     y = stacked_mlp(params["towers"], mixed, t, 2, False)[:, 0]
     np.testing.assert_allclose(outputs[task], y, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(aux["gates"][:, t], g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(aux.gates[:, t], g, rtol=1e-5, atol=1e-7)
 
 
 def test_cgc_with_shared_experts_only_is_mmoe():
@@ -166,7 +166,7 @@ def test_cgc_with_shared_experts_only_is_mmoe():
   (mo, ma), (po, pa) = apply(mmoe, mp, batch), apply(ple, pp, batch)
   for task in SPEC.task_names:
     np.testing.assert_allclose(po[task], mo[task], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(pa["gates"], ma["gates"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(pa.gates, ma.gates, rtol=1e-5, atol=1e-7)
 
 
 def member(leaf, index):
@@ -206,8 +206,8 @@ def test_ple_two_levels_progressive_sharing():
   assert "shared_gate" not in params["level_2"]
   assert params["level_1"]["shared_gate"]["kernel"].shape[-1] == 4  # all experts
   outputs, aux = apply(model, params, batch)
-  assert aux["gates"].shape == (8, 2, 3)
-  np.testing.assert_allclose(aux["gates"].sum(-1), 1.0, rtol=1e-6)
+  assert aux.gates.shape == (8, 2, 3)
+  np.testing.assert_allclose(aux.gates.sum(-1), 1.0, rtol=1e-6)
   assert all(np.isfinite(v).all() for v in outputs.values())
   g = task_grads(model, params, batch)["cvr"]
   assert is_zero(jax.tree.map(lambda x: member(x, 0), g["level_2"]["experts"]))  # ctr's
@@ -236,22 +236,22 @@ def test_smooth_step_is_the_papers_cubic(gamma):
 
 def test_dselect_selectors_sum_to_one():
   batch = toy_batch()
-  model = build("dselect_k", num_experts=4, dselect_k=2)
+  model = build("dselect_k", num_experts=4, num_selectors=2)
   params = init(model, batch)
   # Move the selectors off their near-uniform start.
   params["selector_logits"]["kernel"] = jax.random.normal(
       jax.random.PRNGKey(3), params["selector_logits"]["kernel"].shape)
   outputs, aux = apply(model, params, batch)
-  assert aux["selectors"].shape == (8, 2, 2, 4)
-  np.testing.assert_allclose(aux["selectors"].sum(-1), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(aux["gates"].sum(-1), 1.0, rtol=1e-6)
-  assert (np.asarray(aux["selectors"]) >= 0).all()
-  assert aux["aux_losses"] == {}  # 4 experts, no entropy term
+  assert aux.diagnostics["selectors"].shape == (8, 2, 2, 4)
+  np.testing.assert_allclose(aux.diagnostics["selectors"].sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(aux.gates.sum(-1), 1.0, rtol=1e-6)
+  assert (np.asarray(aux.diagnostics["selectors"]) >= 0).all()
+  assert aux.aux_losses == {}  # 4 experts, no entropy term
   # y_t = h_t(sum_e q_e f_e(x)).
   x = embed(SPEC, params["embedding"], batch)
   experts = jnp.stack([stacked_mlp(params["experts"], x, k, 2)
                        for k in range(4)], axis=1)
-  mixed = jnp.einsum("be,beh->bh", aux["gates"][:, 1], experts)
+  mixed = jnp.einsum("be,beh->bh", aux.gates[:, 1], experts)
   np.testing.assert_allclose(
       outputs["cvr"], stacked_mlp(params["towers"], mixed, 1, 2, False)[:, 0],
       rtol=1e-5, atol=1e-6)
@@ -261,8 +261,8 @@ def test_dselect_saturated_gate_is_exactly_k_sparse():
   """|z| >= gamma/2 everywhere: each selector is one-hot on the expert its
   binary code names, and at most k experts have nonzero weight."""
   batch = toy_batch()
-  model = build("dselect_k", num_experts=4, dselect_k=2, dselect_gamma=1.0,
-                dselect_entropy_reg=0.1)
+  model = build("dselect_k", num_experts=4, num_selectors=2, gamma=1.0,
+                entropy_reg=0.1)
   params = init(model, batch)
   chosen = [[3, 1], [2, 2]]  # task -> its two selectors' experts
   bits = np.array([[[(e >> (1 - j)) & 1 for j in range(2)] for e in row]
@@ -272,11 +272,11 @@ def test_dselect_saturated_gate_is_exactly_k_sparse():
       params["selector_logits"]["kernel"])
   params["selector_logits"]["bias"] = jnp.asarray(z)
   _, aux = apply(model, params, batch)
-  sel = np.asarray(aux["selectors"])
+  sel = np.asarray(aux.diagnostics["selectors"])
   for t, row in enumerate(chosen):
     for i, e in enumerate(row):
       np.testing.assert_array_equal(sel[:, t, i], np.eye(4)[e][None].repeat(8, 0))
-  gates = np.asarray(aux["gates"])
+  gates = np.asarray(aux.gates)
   assert ((gates > 0).sum(-1) <= 2).all()
   assert set(np.nonzero(gates[0, 0])[0]) == {1, 3}
   np.testing.assert_array_equal(np.nonzero(gates[0, 1])[0], [2])
@@ -286,22 +286,22 @@ def test_dselect_saturated_gate_is_exactly_k_sparse():
   sw = jax.nn.softmax((x @ w["kernel"] + w["bias"]).reshape(-1, 2, 2), axis=-1)
   np.testing.assert_allclose(gates[:, 0, 3], sw[:, 0, 0], rtol=1e-5)
   # Binary selectors have zero entropy (up to the 1e-6 inside the log).
-  np.testing.assert_allclose(aux["aux_losses"]["dselect_k/entropy"], 0.0, atol=1e-5)
+  np.testing.assert_allclose(aux.aux_losses["dselect_k/entropy"], 0.0, atol=1e-5)
 
 
 def test_dselect_non_power_of_two_adds_reachability_term():
   batch = toy_batch()
-  model = build("dselect_k", num_experts=3, dselect_k=2)
+  model = build("dselect_k", num_experts=3, num_selectors=2)
   params = init(model, batch)
   _, aux = apply(model, params, batch)
   # Near-uniform start over 4 codes: each selector gives 3/4 to real experts.
-  np.testing.assert_allclose(aux["aux_losses"]["dselect_k/reachability"],
+  np.testing.assert_allclose(aux.aux_losses["dselect_k/reachability"],
                              2 * 2 / 0.75, rtol=0.05)
   params["selector_logits"]["kernel"] = jnp.zeros_like(
       params["selector_logits"]["kernel"])
   params["selector_logits"]["bias"] = jnp.full((8,), -3.0)  # all pick expert 0
   _, aux = apply(model, params, batch)
-  np.testing.assert_allclose(aux["aux_losses"]["dselect_k/reachability"], 4.0)
+  np.testing.assert_allclose(aux.aux_losses["dselect_k/reachability"], 4.0)
   assert step_lib.term_names(model, params, batch, SPEC.tasks) == (
       "ctr", "cvr", "dselect_k/reachability")
 
@@ -351,7 +351,7 @@ def test_esmm_pctcvr_is_pctr_times_pcvr(ctr, cvr):
   towers[f"bias_{last}"] = jnp.array([[ctr], [cvr]])
   outputs, aux = apply(model, params, batch)
   np.testing.assert_allclose(outputs["ctr"], ctr)
-  np.testing.assert_allclose(aux["cvr_logits"], cvr)
+  np.testing.assert_allclose(aux.cvr_logits, cvr)
   assert np.isfinite(outputs["ctcvr"]).all()
   expected = jax.nn.sigmoid(np.float64(ctr)) * jax.nn.sigmoid(np.float64(cvr))
   np.testing.assert_allclose(jax.nn.sigmoid(outputs["ctcvr"]), expected, rtol=1e-5)
@@ -374,11 +374,11 @@ def test_esmm_towers_share_one_embedding():
 
 
 def test_esmm_needs_the_configured_funnel_tasks():
-  with pytest.raises(errors.ConfigError, match="esmm_tasks"):
+  with pytest.raises(errors.ConfigError, match="funnel_tasks"):
     model = build("esmm", spec=SPEC)
     init(model, toy_batch())
   with pytest.raises(errors.ConfigError, match="dataset's order"):
-    model = build("esmm", spec=FUNNEL, esmm_tasks=("ctcvr", "ctr"))
+    model = build("esmm", spec=FUNNEL, funnel_tasks=("ctcvr", "ctr"))
     init(model, toy_batch())
 
 
@@ -395,7 +395,7 @@ def _aitm_params(tasks):
 def _aitm_with_logits(spec, logits, weight=0.6):
   """AITM whose output heads give these logits for every example."""
   batch = toy_batch()
-  model = build("aitm", spec=spec, aitm_calibration_weight=weight)
+  model = build("aitm", spec=spec, calibration_weight=weight)
   params = jax.tree.map(lambda x: x, _aitm_params(spec.task_names))  # a copy
   params["heads"]["kernel_0"] = jnp.zeros_like(params["heads"]["kernel_0"])
   params["heads"]["bias_0"] = jnp.asarray(logits, jnp.float32)[:, None]
@@ -406,18 +406,18 @@ def test_aitm_calibrator_penalises_only_increasing_probabilities():
   """L_lc = alpha sum_{t>=2} max(y_t - y_{t-1}, 0) (Xi et al. 2021, eq. 6)."""
   sig = lambda v: 1 / (1 + np.exp(-v))
   _, aux = _aitm_with_logits(FUNNEL, [1.0, -1.0])  # p_2 < p_1
-  np.testing.assert_array_equal(aux["aux_losses"]["aitm/calibration"], 0.0)
+  np.testing.assert_array_equal(aux.aux_losses["aitm/calibration"], 0.0)
   _, aux = _aitm_with_logits(FUNNEL, [0.5, 0.5])  # p_2 = p_1
-  np.testing.assert_array_equal(aux["aux_losses"]["aitm/calibration"], 0.0)
+  np.testing.assert_array_equal(aux.aux_losses["aitm/calibration"], 0.0)
   _, aux = _aitm_with_logits(FUNNEL, [-1.0, 2.0])  # p_2 > p_1
-  np.testing.assert_allclose(aux["aux_losses"]["aitm/calibration"],
+  np.testing.assert_allclose(aux.aux_losses["aitm/calibration"],
                              0.6 * (sig(2.0) - sig(-1.0)), rtol=1e-5)
   three = make_spec(("click", "cart", "buy"))
   _, aux = _aitm_with_logits(three, [0.0, 1.0, -2.0], weight=2.0)
-  np.testing.assert_allclose(aux["aux_losses"]["aitm/calibration"],
+  np.testing.assert_allclose(aux.aux_losses["aitm/calibration"],
                              2.0 * (sig(1.0) - sig(0.0)), rtol=1e-5)
   _, aux = _aitm_with_logits(three, [0.0, 1.0, 3.0], weight=1.0)
-  np.testing.assert_allclose(aux["aux_losses"]["aitm/calibration"],
+  np.testing.assert_allclose(aux.aux_losses["aitm/calibration"],
                              sig(3.0) - sig(0.0), rtol=1e-5)
 
 
@@ -442,8 +442,8 @@ def test_aitm_matches_paper_equations():
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(outputs["ctcvr"], (z2 @ hd["kernel_0"][:, 1] + hd["bias_0"][1])[:, 0],
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(aux["attention"][:, 0], w, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(aux["attention"].sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(aux.diagnostics["attention"][:, 0], w, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(aux.diagnostics["attention"].sum(-1), 1.0, rtol=1e-6)
 
 
 def test_aitm_earlier_tasks_ignore_later_tasks_parameters():
@@ -469,7 +469,7 @@ def test_aitm_earlier_tasks_ignore_later_tasks_parameters():
 
 def test_cross_stitch_at_identity_is_independent_networks():
   batch = toy_batch()
-  model = build("cross_stitch", cross_stitch_init="identity")
+  model = build("cross_stitch", alpha_init="identity")
   params = init(model, batch)
   np.testing.assert_array_equal(params["cross_stitch_0"], np.eye(2))
   outputs, _ = apply(model, params, batch)
@@ -490,7 +490,7 @@ def test_cross_stitch_at_identity_is_independent_networks():
 def test_cross_stitch_balanced_units_mix_the_columns():
   """x~_t = sum_s alpha_ts x_s after every column layer (Misra et al. eq. 1)."""
   batch = toy_batch()
-  model = build("cross_stitch", cross_stitch_init="balanced")
+  model = build("cross_stitch", alpha_init="balanced")
   params = init(model, batch)
   np.testing.assert_allclose(params["cross_stitch_0"], [[0.9, 0.1], [0.1, 0.9]])
   params["cross_stitch_1"] = jnp.array([[0.7, 0.3], [-0.2, 1.1]])
@@ -536,7 +536,7 @@ def test_single_task_models_share_nothing():
 # --------------------------------------------------------------------------
 
 def test_ple_gates_reach_the_eval_step():
-  """aux["gates"] float[B, T, m_k + m_s] is what the evaluator logs."""
+  """aux.gates float[B, T, m_k + m_s] is what the evaluator logs."""
   batch = toy_batch()
   model = build("ple", num_specific_experts=1, num_shared_experts=2)
   params = init(model, batch)

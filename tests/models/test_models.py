@@ -213,8 +213,8 @@ def test_mmoe_matches_paper_equations():
     h = jax.nn.relu(mixed @ tw["kernel_0"][:, t] + tw["bias_0"][t])
     y = (h @ tw["kernel_1"][:, t] + tw["bias_1"][t])[:, 0]
     np.testing.assert_allclose(outputs[task], y, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(aux["gates"][:, t], g, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(aux["gates"].sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(aux.gates[:, t], g, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(aux.gates.sum(-1), 1.0, rtol=1e-6)
 
 
 def test_mmoe_gates_are_per_task():
@@ -227,8 +227,8 @@ def test_mmoe_gates_are_per_task():
   params2["gates"]["kernel"] = kernel.at[:, 0].add(1.0)  # task 0, expert 0
   _, aux1 = model.apply({"params": params}, batch)
   _, aux2 = model.apply({"params": params2}, batch)
-  assert not np.allclose(aux1["gates"][:, 0], aux2["gates"][:, 0])
-  np.testing.assert_allclose(aux1["gates"][:, 1], aux2["gates"][:, 1])
+  assert not np.allclose(aux1.gates[:, 0], aux2.gates[:, 0])
+  np.testing.assert_allclose(aux1.gates[:, 1], aux2.gates[:, 1])
 
 
 def test_shared_bottom_towers_see_the_same_representation():
@@ -238,7 +238,7 @@ def test_shared_bottom_towers_see_the_same_representation():
   outputs, aux = model.apply({"params": params}, batch)
   assert set(outputs) == {"ctr", "rating"}
   assert outputs["ctr"].shape == (6,)
-  np.testing.assert_allclose(aux["task_inputs"][:, 0], aux["task_inputs"][:, 1])
+  np.testing.assert_allclose(aux.task_inputs[:, 0], aux.task_inputs[:, 1])
   # The ctr output does not depend on the rating tower's weights.
   params2 = jax.tree.map(lambda x: x, params)
   params2["towers"]["kernel_1"] = params["towers"]["kernel_1"].at[:, 1].add(5.0)
@@ -289,7 +289,7 @@ def test_mmoe_factored_rep_gram_equals_representation_gradients(num_tasks):
     outputs, aux = model.apply({"params": params, "perturbations": z}, batch)
     losses = jnp.stack([jnp.sum(jnp.tanh(outputs[t.name]) * w[k])
                         for k, t in enumerate(tasks)])
-    return losses, aux[layers.MIXTURE_GATES]
+    return losses, aux.mixture_gates
 
   jac = jax.jacrev(lambda s: per_task({**zeros, "shared": s})[0])(zeros["shared"])
   flat = np.asarray(jac, np.float64).reshape(num_tasks, -1)
