@@ -49,8 +49,9 @@ setuptools.setup(
         "cuda": [JAX.replace("jax", "jax[cuda12]", 1)],
         "tpu": [JAX.replace("jax", "jax[tpu]", 1)],
         # setuptools: tests/test_packaging.py reads setup.py's arguments
-        # (venvs of Python >= 3.12 come without it).
+        # (venvs of Python >= 3.12 come without it); fsspec: the fake gs://
+        # filesystem of tests/test_paths.py.
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4",
-                 "scikit-learn>=1.4,<2", "setuptools>=68"],
+                 "scikit-learn>=1.4,<2", "setuptools>=68", "fsspec>=2023.1"],
     },
 )

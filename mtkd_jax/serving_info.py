@@ -11,13 +11,13 @@ workdir at training time, so an export never loads the data set.
                       retrieval tower's item catalogue), one array per
                       "<extra>/<column>".
 """
-import json
-import os
+import io
 from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
 from mtkd_jax import errors
+from mtkd_jax import paths
 from mtkd_jax.data import specs as specs_lib
 
 DIRNAME = "serving"
@@ -39,41 +39,47 @@ class ServingInfo(NamedTuple):
   extras: Optional[dict]  # {extra name: {column: array}} or None
 
 
+def _write_npz(path, arrays) -> None:
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  path.write_bytes(buffer.getvalue())
+
+
+def _read_npz(path) -> dict:
+  with np.load(io.BytesIO(path.read_bytes())) as z:
+    return {k: z[k] for k in z.files}
+
+
 def save(workdir: str, spec: specs_lib.DatasetSpec,
          example_batch: Mapping[str, np.ndarray], extras=None) -> None:
   """Writes <workdir>/serving/ (see the module docstring)."""
-  directory = os.path.join(workdir, DIRNAME)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "spec.json"), "w") as f:
-    json.dump(specs_lib.spec_to_dict(spec), f, indent=2)
-  np.savez(os.path.join(directory, "example_inputs.npz"),
-           **{k: np.asarray(v)[:NUM_EXAMPLES] for k, v in example_batch.items()
-              if is_input(k)})
+  directory = paths.workdir(workdir) / DIRNAME
+  directory.mkdir(parents=True, exist_ok=True)
+  paths.write_json(directory / "spec.json", specs_lib.spec_to_dict(spec))
+  _write_npz(directory / "example_inputs.npz",
+             {k: np.asarray(v)[:NUM_EXAMPLES]
+              for k, v in example_batch.items() if is_input(k)})
   arrays = {f"{name}/{col}": np.asarray(v)
             for name, extra in (extras or {}).items() if name in MODEL_EXTRAS
             for col, v in extra.items()}
   if arrays:
-    np.savez(os.path.join(directory, "extras.npz"), **arrays)
+    _write_npz(directory / "extras.npz", arrays)
 
 
 def load(workdir: str) -> ServingInfo:
   """The serving info a run saved; a clear error if it saved none."""
-  directory = os.path.join(workdir, DIRNAME)
-  path = os.path.join(directory, "spec.json")
-  if not os.path.exists(path):
+  directory = paths.workdir(workdir) / DIRNAME
+  path = directory / "spec.json"
+  if not path.exists():
     raise errors.ConfigError(
         f"Run {workdir!r} has no serving info ({path}); it was trained by an "
         "older version: export it where its data set is available, or retrain.")
-  with open(path) as f:
-    spec = specs_lib.spec_from_dict(json.load(f))
-  with np.load(os.path.join(directory, "example_inputs.npz")) as z:
-    example = {k: z[k] for k in z.files}
+  spec = specs_lib.spec_from_dict(paths.read_json(path))
+  example = _read_npz(directory / "example_inputs.npz")
   extras = None
-  extras_path = os.path.join(directory, "extras.npz")
-  if os.path.exists(extras_path):
+  if (directory / "extras.npz").exists():
     extras = {}
-    with np.load(extras_path) as z:
-      for key in z.files:
-        name, col = key.split("/", 1)
-        extras.setdefault(name, {})[col] = z[key]
+    for key, value in _read_npz(directory / "extras.npz").items():
+      name, col = key.split("/", 1)
+      extras.setdefault(name, {})[col] = value
   return ServingInfo(spec, example, extras)

@@ -5,17 +5,20 @@
 method's hyper-parameters, flat, named `<method>_<param>`, with the papers'
 defaults). The update functions receive that ConfigDict as `params`.
 
-Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo.
+Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
+scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
-gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl; and dbmtl (flat
-gradients, param mode only).
+gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; and
+dbmtl (flat gradients, param mode only).
 """
 from typing import Callable, Dict
 
 from mtkd_jax import registry
 from mtkd_jax.weighting import base
+from mtkd_jax.weighting import gradient_allocation
 from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
+from mtkd_jax.weighting import scalarization
 from mtkd_jax.weighting.defaults import default_config
 
 METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
@@ -24,6 +27,9 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "dwa": loss_level.dwa,
     "rlw": loss_level.rlw,
     "famo": loss_level.famo,
+    "gls": scalarization.gls,
+    "stch": scalarization.stch,
+    "imtl_l": scalarization.imtl_l,
     "gradnorm": gradient_level.gradnorm,
     "pcgrad": gradient_level.pcgrad,
     "gradvac": gradient_level.gradvac,
@@ -33,6 +39,8 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "nash_mtl": gradient_level.nash_mtl,
     "aligned_mtl": gradient_level.aligned_mtl,
     "dbmtl": gradient_level.dbmtl,
+    "upgrad": gradient_allocation.upgrad,
+    "fairgrad": gradient_allocation.fairgrad,
 }
 
 

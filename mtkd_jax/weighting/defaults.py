@@ -31,6 +31,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.famo_lr = 0.025
   c.famo_gamma = 0.01
   c.famo_min_loss = 0.0
+  # STCH (Lin et al. 2024): smoothing mu; warm-up steps whose mean loss is
+  # the nadir point.
+  c.stch_mu = 1.0
+  c.stch_warmup_steps = 100
+  # IMTL-L (Liu et al. 2021): Adam learning rate of the loss scales s_t.
+  c.imtl_l_lr = 1e-3
   # DB-MTL (Lin et al. 2023): EMA rate beta / k^beta_sigma.
   c.dbmtl_beta = 0.9
   c.dbmtl_beta_sigma = 0.5
@@ -42,14 +48,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.gradvac_beta = 0.01
   # MGDA (Sener & Koltun 2018): none | l2 | loss | loss+.
   c.mgda_normalization = "none"
-  c.mgda_iters = 250
-  c.mgda_tol = 1e-5
   # CAGrad (Liu et al. 2021): rescale 0: none, 1: / (1 + c^2), 2: / (1 + c).
   c.cagrad_c = 0.4
   c.cagrad_rescale = 1
-  c.cagrad_iters = 100
-  # Nash-MTL (Navon et al. 2022): Newton steps of the bargaining solver.
+  # Nash-MTL (Navon et al. 2022): the most Newton steps of the bargaining
+  # solver (it stops at float accuracy, usually after fewer than 10).
   c.nash_max_iter = 20
+  # UPGrad (Quinton & Rey 2024): TorchJD's Gram normalisation and ridge.
+  c.upgrad_norm_eps = 1e-4
+  c.upgrad_reg_eps = 1e-4
+  # FairGrad (Ban & Ji 2024): the fairness alpha > 0 (1: proportional).
+  c.fairgrad_alpha = 1.0
   # Aligned-MTL (Senushkin et al. 2023): min | median | rmse.
   c.aligned_mtl_scale_mode = "min"
   return c

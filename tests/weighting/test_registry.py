@@ -108,14 +108,15 @@ def test_default_config_fields():
   assert cfg.gradnorm_alpha == 1.5 and cfg.cagrad_c == 0.4
   assert cfg.famo_lr == 0.025 and cfg.famo_gamma == 0.01
   assert cfg.dbmtl_beta == 0.9 and cfg.dbmtl_beta_sigma == 0.5
-  assert cfg.mgda_normalization == "none" and cfg.mgda_iters == 250
+  assert cfg.mgda_normalization == "none"
   assert cfg.nash_max_iter == 20 and cfg.gradvac_beta == 0.01
   assert cfg.rlw_distribution == "normal"
 
 
 def test_flags():
-  loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo"}
-  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl"}
+  loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo", "gls", "stch",
+                  "imtl_l"}
+  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl", "upgrad"}
   for name in weighting.METHODS:
     method = weighting.get_method(name)
     assert isinstance(method, base.WeightingMethod)
