@@ -45,18 +45,3 @@ def ml100k_tfds_dir(tmp_path_factory, ml100k_dir):
   (about 20 s of CPU); tests that load the real data use this directory."""
   del ml100k_dir  # only for its skip
   return tmp_path_factory.mktemp("ml100k_tfds")
-
-
-def pytest_configure(config):
-  config.addinivalue_line(
-      "markers", "slow: minutes of CPU; runs only with MTKD_RUN_SLOW=1")
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  if os.environ.get("MTKD_RUN_SLOW") == "1":
-    return
-  skip = pytest.mark.skip(reason="slow; set MTKD_RUN_SLOW=1 to run")
-  for item in items:
-    if "slow" in item.keywords:
-      item.add_marker(skip)
