@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from mtkd_jax import errors
+from mtkd_jax import paths
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.distill import terms
@@ -98,7 +98,7 @@ def _compiled_targets_fn(dspec, mesh, mode):
 
 def _cache_key(dspec: terms.DistillSpec, teachers, num_rows: int) -> str:
   blob = json.dumps({
-      "teachers": [os.path.abspath(t.workdir) for t in teachers],
+      "teachers": [str(paths.path(t.workdir)) for t in teachers],
       "calibration": [dict(t.calibration) for t in teachers],
       "tasks": [t.name for t in dspec.tasks],
       "weights": {k: np.asarray(v).tolist()
@@ -111,32 +111,31 @@ def _cache_key(dspec: terms.DistillSpec, teachers, num_rows: int) -> str:
 def offline_targets(dspec, teachers, columns, mesh, mode, batch_size):
   """{"teacher/<name>": np.ndarray[N, ...]} over `columns`, cached on disk."""
   n = len(columns["weights"])
-  path = os.path.join(teachers[0].workdir, "distill_targets",
-                      f"train_{_cache_key(dspec, teachers, n)}.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      logging.info("Offline teacher targets from %s.", path)
-      return {k: f[k] for k in f.files}
+  path = (paths.path(teachers[0].workdir) / "distill_targets" /
+          f"train_{_cache_key(dspec, teachers, n)}.npz")
+  if path.exists():
+    logging.info("Offline teacher targets from %s.", path)
+    return paths.load_npz(path)
   fn = _compiled_targets_fn(dspec, mesh, mode)
   put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
   params = parallel.replicate(tuple(t.params for t in teachers), mesh)
   preds = evaluate.predict(fn, params, columns, batch_size, put)
   out = {f"teacher/{k}": np.asarray(v) for k, v in preds.items()}
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **out)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp.npz")
+    paths.save_npz(tmp, out)
+    tmp.replace(path)  # atomic locally: a crash never leaves half a file
     logging.info("Offline teacher targets written to %s.", path)
   return out
 
 
-def resolve_workdirs(paths, workdir: str, seed: int) -> Tuple[str, ...]:
+def resolve_workdirs(templates, workdir: str, seed: int) -> Tuple[str, ...]:
   """Teacher workdirs with "{parent}" (the directory holding the student's
   workdir, e.g. a sweep dir) and "{seed}" (the student's seed) filled in."""
-  parent = os.path.dirname(os.path.abspath(workdir))
+  parent = str(paths.path(workdir).parent)
   return tuple(p.replace("{parent}", parent).replace("{seed}", str(seed))
-               for p in paths)
+               for p in templates)
 
 
 def prepare(config, splits, spec, model, init_params, example_batch, mesh,
