@@ -13,7 +13,8 @@ the two recovers it). Pending runs are started either
     the same locked-config flag path as a hand-started run. Children get
     SIGKILL when the driver dies (Linux `PR_SET_PDEATHSIG`), so a killed
     driver leaves no orphan writing to a run dir; their output goes to
-    `<sweep dir>/logs/<job>.log`.
+    `<sweep dir>/logs/<job>.log`. On a GPU or TPU machine each of the
+    `parallel` slots gets its share of the accelerators (`devices.py`).
 
 A killed run resumes from its latest checkpoint when the driver is started
 again (`train_and_evaluate` on the same workdir). With `vmap_seeds`, the
@@ -51,6 +52,7 @@ import ml_collections
 from mtkd_jax import errors
 from mtkd_jax import paths
 from mtkd_jax import sweeps
+from mtkd_jax.ablation import devices
 from mtkd_jax.ablation import store
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -310,8 +312,8 @@ def job_command(job: Job, sweep_dir: str, config_path: str,
   return head + sweeps.cli_overrides(shared) + sweeps.cli_overrides(own)
 
 
-def _env():
-  env = dict(os.environ)
+def _env(extra: Mapping[str, str] = ()):
+  env = dict(os.environ, **dict(extra))
   env["PYTHONPATH"] = os.pathsep.join(
       [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                      if p])
@@ -338,8 +340,13 @@ def _run_subprocesses(jobs, parallel, sweep_dir, config_path,
   # copied to <sweep dir>/logs when each child ends.
   local = paths.is_local(sweep_dir)
   local_dir = str(log_dir) if local else tempfile.mkdtemp(prefix="mtkd_logs_")
+  platform, ids = devices.probe()  # before any run holds an accelerator
+  print(devices.describe(platform, ids, parallel), flush=True)
+  slot_envs = [devices.slot_env(platform, ids, s, parallel)
+               for s in range(parallel)]
+  free_slots = list(range(parallel))
   queue = collections.deque(jobs)
-  running = []  # (job, Popen, log file, start time)
+  running = []  # (job, Popen, log file, start time, slot)
 
   def keep(log) -> str:
     """Closes a child's log; returns where it is kept."""
@@ -360,18 +367,20 @@ def _run_subprocesses(jobs, parallel, sweep_dir, config_path,
         cmd = job_command(job, sweep_dir, config_path, global_overrides)
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
+        slot = free_slots.pop(0)
         proc = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
-            cmd, cwd=os.getcwd(), env=_env(), stdout=log,
+            cmd, cwd=os.getcwd(), env=_env(slot_envs[slot]), stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent(os.getpid()))
-        running.append((job, proc, log, time.perf_counter()))
+        running.append((job, proc, log, time.perf_counter(), slot))
       time.sleep(0.2)
       still = []
-      for job, proc, log, t0 in running:
+      for job, proc, log, t0, slot in running:
         rc = proc.poll()
         if rc is None:
-          still.append((job, proc, log, t0))
+          still.append((job, proc, log, t0, slot))
           continue
+        free_slots = sorted(free_slots + [slot])
         log.close()
         error = _last_error_line(log.name)
         kept = keep(log)
@@ -384,7 +393,7 @@ def _run_subprocesses(jobs, parallel, sweep_dir, config_path,
             recorder.failed(run, f"exit {rc}: {error} (log: {kept})")
       running = still
   finally:
-    for _, proc, log, _ in running:  # interrupted: stop what we started
+    for _, proc, log, _, _ in running:  # interrupted: stop what we started
       if proc.poll() is None:
         proc.kill()
         proc.wait()
