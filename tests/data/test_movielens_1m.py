@@ -8,7 +8,9 @@ the TFDS preparation and cache, the download path and a short training run
 through the dataset registry.
 """
 import pathlib
+import socket
 import types
+import urllib.request
 
 import numpy as np
 import pytest
@@ -225,6 +227,7 @@ def test_failed_download_asks_for_the_local_dir_in_one_line(tmp_path,
 
   monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
                       no_network)
+  monkeypatch.setattr(movielens, "check_host_resolves", lambda url: None)
   with pytest.raises(errors.MissingDataError) as err:
     movielens_1m.load(_cfg("", tmp_path / "tfds"))
   msg = str(err.value)
@@ -233,6 +236,28 @@ def test_failed_download_asks_for_the_local_dir_in_one_line(tmp_path,
                         "(ConnectionError: Failed to resolve")
   assert msg.endswith("pass the unzipped ml-1m folder with "
                       "--config.data.data_dir=/path/to/ml-1m.")
+
+
+def test_unresolvable_host_fails_at_once_without_retrying(tmp_path,
+                                                         monkeypatch):
+  """Offline, the host does not resolve: one line at once, instead of TFDS's
+  minutes of retries (no download is attempted)."""
+  attempts = []
+
+  def no_dns(host, port, *args, **kwargs):
+    raise socket.gaierror(-2, f"Name or service not known: {host}:{port}")
+
+  monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+  monkeypatch.setattr(urllib.request, "getproxies", dict)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      lambda self, url: attempts.append(url))
+  with pytest.raises(errors.MissingDataError) as err:
+    movielens_1m.load(_cfg("", tmp_path / "tfds"))
+  assert attempts == []
+  assert str(err.value) == (
+      f"Could not download {movielens_1m.ML1M.url} (gaierror: [Errno -2] "
+      "Name or service not known: files.grouplens.org:443); pass the "
+      "unzipped ml-1m folder with --config.data.data_dir=/path/to/ml-1m.")
 
 
 def test_without_data_dir_reads_the_downloaded_zip(tmp_path, monkeypatch):
@@ -246,6 +271,7 @@ def test_without_data_dir_reads_the_downloaded_zip(tmp_path, monkeypatch):
 
   monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
                       fake_download_and_extract)
+  monkeypatch.setattr(movielens, "check_host_resolves", lambda url: None)
   splits = movielens_1m.load(_cfg("", tmp_path / "tfds"))
   assert urls == ["https://files.grouplens.org/datasets/movielens/ml-1m.zip"]
   assert len(splits.train["user_id"]) == 4
