@@ -293,9 +293,14 @@ def test_cache_regeneration_and_load_options(tmp_path, monkeypatch):
     again = movielens_1m.load(cfg)
     funnel = movielens_1m.load(_cfg(raw, tmp_path / "tfds",
                                     task_group="like_love"))
+    small = movielens_1m.load(_cfg(raw, tmp_path / "tfds", max_examples=2))
   for split in SPLITS:
     for k, v in first.split(split).items():
       np.testing.assert_array_equal(again.split(split)[k], v, err_msg=k)
+  # max_examples: the first rows, 2 of train and max(1, 2 // 8) of the rest.
+  for split, n in zip(SPLITS, (2, 1, 1)):
+    np.testing.assert_array_equal(small.split(split)["sparse"],
+                                  first.split(split)["sparse"][:n])
   assert funnel.spec.task_names == ("like", "love")
   np.testing.assert_array_equal(funnel.test["labels/love"], [0, 0, 1, 0])
   # History: each test rating sees the user's train then validation items.
