@@ -46,7 +46,7 @@ from mtkd_jax import errors
 from mtkd_jax import losses as losses_lib
 from mtkd_jax import weighting
 from mtkd_jax.data import specs as specs_lib
-from mtkd_jax.distill import terms as distill_terms
+from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.models import base as model_base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
@@ -84,10 +84,10 @@ def term_names(model: nn.Module, params, batch,
 
 def is_task_specific(path, model: nn.Module) -> bool:
   """Whether a parameter belongs to one task only (e.g. under "towers"):
-  the model's `task_specific_params` (models/base.py), and the hint
-  projector of feature distillation."""
+  the model's `task_specific_params` (models/base.py), and the params
+  distillation adds (the hint projector, `distill_plugin.EXTRA_PARAMS`)."""
   return (model_base.is_task_specific(path, model) or
-          model_base.top_name(path) == distill_terms.HINT_PARAMS)
+          model_base.top_name(path) in distill_plugin.EXTRA_PARAMS)
 
 
 # Metrics computed on some updates only (StepConfig.norm_periods and
@@ -102,7 +102,7 @@ class StepConfig:
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation,
                tasks: Sequence[specs_lib.TaskSpec], terms: Sequence[str],
                method: weighting_base.WeightingMethod, method_params=None,
-               rep_grad: bool = False, distill=None, alpha: float = 0.0,
+               rep_grad: bool = False, distill=None,
                row_grads: bool = False, compute_dtype=None,
                norm_periods: Sequence[int] = (1,), norm_last_step: int = 0):
     self.model, self.tx, self.tasks, self.terms = model, tx, tuple(tasks), tuple(terms)
@@ -118,12 +118,10 @@ class StepConfig:
     # Table gradients as rows (row_grads.py); a row-sparse optimizer needs them.
     self.row_grads = row_grads or (isinstance(tx, row_optim.SplitOptimizer)
                                    and not tx.rows.moves_all_rows)
-    self.distill = distill  # a distill.terms.DistillSpec or None
+    self.distill = distill  # extra terms (distill_plugin.Distillation.spec)
     self.compute_dtype = compute_dtype  # None: the params' own (float32)
-    fixed = {t.name: t.weight * distill_terms.hard_term_scale(distill, t.name, alpha)
-             for t in tasks}
-    if distill is not None:
-      fixed.update(distill.term_weights)
+    fixed = ({t.name: t.weight for t in tasks} if distill is None
+             else distill.fixed_weights(tasks))
     self.fixed_weights = jnp.asarray([fixed.get(n, 1.0) for n in self.terms],
                                      jnp.float32)
     self.method, self.method_params, self.rep_grad = method, method_params, rep_grad
@@ -134,7 +132,7 @@ def make_step_config(config, model, tx, spec, params, example_batch,
   """The step's static pieces: terms, weighting method, gradient mode.
 
   Args:
-    distill: a `distill.terms.DistillSpec` (None: no distillation terms).
+    distill: the extra terms, `distill_plugin.Distillation.spec` (None: none).
     total_steps: the run's last update, whose norm metrics are computed too
       (with the multiples of `train.log_every`, `eval_every` and
       `checkpoint_every`: the steps at which the loop reads the metrics).
@@ -151,7 +149,6 @@ def make_step_config(config, model, tx, spec, params, example_batch,
   terms = term_names(model, params, example_batch, spec.tasks, distill)
   return StepConfig(model, tx, spec.tasks, terms, method,
                     config.weighting, rep_grad=mode == "rep", distill=distill,
-                    alpha=config.distill.alpha if "distill" in config else 0.0,
                     row_grads=_use_row_grads(config, tx, method, params),
                     compute_dtype=compute_dtype(config),
                     norm_periods=(config.train.log_every,
@@ -262,8 +259,8 @@ def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig,
   sums, _ = task_loss_sums(outputs, batch, cfg.tasks)
   per_example = dict(aux.aux_losses)
   if cfg.distill is not None:
-    per_example.update(distill_terms.per_example_terms(
-        outputs, aux, params, batch, targets, cfg.distill))
+    per_example.update(cfg.distill.per_example_terms(
+        outputs, aux, params, batch, targets))
   for name, values in per_example.items():
     sums[name] = jnp.sum(batch["weights"] * values)
   terms = jnp.stack([sums[n] for n in cfg.terms]) / denom * cfg.fixed_weights
@@ -353,16 +350,10 @@ def _per_term_grads(params, batch, rng, denom, cfg: StepConfig, targets,
 
 
 def _teacher_targets(teacher_params, batch, cfg: StepConfig):
-  """The teachers' outputs: computed here (online) or read from the batch."""
-  dspec = cfg.distill
-  if dspec is None or not dspec.uses_teachers:
+  """What the extra terms read (the teachers' outputs), or None."""
+  if cfg.distill is None:
     return None
-  if dspec.offline:
-    return distill_terms.targets_from_batch(batch, dspec)
-  if teacher_params is None:
-    raise ValueError("This step distils from teachers: call it with their "
-                     "params (train_step(state, batch, teacher_params)).")
-  return distill_terms.teacher_targets(teacher_params, batch, dspec)
+  return cfg.distill.step_targets(batch, teacher_params)
 
 
 def _zero_perturbations(params, batch, cfg: StepConfig):
