@@ -8,8 +8,9 @@ defaults). The update functions receive that ConfigDict as `params`.
 Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
 scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
-gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; and
-dbmtl (flat gradients, param mode only).
+gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad, and
+the stochastic multi-objective modo, sdmgrad; and dbmtl, moco (flat
+gradients, param mode only).
 """
 from typing import Callable, Dict
 
@@ -19,6 +20,7 @@ from mtkd_jax.weighting import gradient_allocation
 from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
 from mtkd_jax.weighting import scalarization
+from mtkd_jax.weighting import stochastic_moo
 from mtkd_jax.weighting.defaults import default_config
 
 METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
@@ -41,6 +43,9 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "dbmtl": gradient_level.dbmtl,
     "upgrad": gradient_allocation.upgrad,
     "fairgrad": gradient_allocation.fairgrad,
+    "modo": stochastic_moo.modo,
+    "sdmgrad": stochastic_moo.sdmgrad,
+    "moco": stochastic_moo.moco,
 }
 
 

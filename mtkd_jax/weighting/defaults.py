@@ -61,4 +61,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.fairgrad_alpha = 1.0
   # Aligned-MTL (Senushkin et al. 2023): min | median | rmse.
   c.aligned_mtl_scale_mode = "min"
+  # MoDo (Chen et al. 2023): lambda's step size and l2 regularisation.
+  c.modo_gamma = 1e-3
+  c.modo_rho = 0.1
+  # SDMGrad (Xiao et al. 2023): the pull lambda towards the mean gradient;
+  # the inner projected-SGD loop (the authors' code's settings).
+  c.sdmgrad_lambda = 0.3
+  c.sdmgrad_num_iter = 20
+  c.sdmgrad_lr = 5.0
+  c.sdmgrad_momentum = 0.5
+  # MoCo (Fernando et al. 2023): step sizes beta / k^beta_sigma (gradient
+  # tracking) and gamma / k^gamma_sigma (lambda), l2 regularisation rho;
+  # h_t = L_t g_t / ||g_t|| as in the authors' code.
+  c.moco_beta = 0.5
+  c.moco_beta_sigma = 0.5
+  c.moco_gamma = 0.1
+  c.moco_gamma_sigma = 0.5
+  c.moco_rho = 0.0
+  c.moco_normalize_grads = True
   return c

@@ -116,14 +116,16 @@ def test_default_config_fields():
 def test_flags():
   loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo", "gls", "stch",
                   "imtl_l"}
-  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl", "upgrad"}
+  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl", "upgrad",
+             "modo", "sdmgrad", "moco"}
+  flat = {"dbmtl", "moco"}
   for name in weighting.METHODS:
     method = weighting.get_method(name)
     assert isinstance(method, base.WeightingMethod)
     assert method.needs_grads == (name not in loss_methods), name
     assert method.scales_specific == (name not in surgery), name
-    assert method.needs_full_grads == (name == "dbmtl"), name
-    assert method.supports_rep_grad == (name != "dbmtl"), name
+    assert method.needs_full_grads == (name in flat), name
+    assert method.supports_rep_grad == (name not in flat), name
 
 
 def test_state_names_are_static():
