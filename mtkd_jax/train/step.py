@@ -228,7 +228,10 @@ def init_weighting(step_cfg, weighting_config, params):
   if method.needs_full_grads:
     shared = shared_params(params, step_cfg.model)
     size = sum(x.size for x in jax.tree.leaves(shared))
-    return method.init(step_cfg.terms, weighting_config, num_shared_params=size)
+    layout = ({"param_layout": weighting_base.param_layout(shared)}
+              if method.needs_param_layout else {})
+    return method.init(step_cfg.terms, weighting_config, num_shared_params=size,
+                       **layout)
   return method.init(step_cfg.terms, weighting_config)
 
 

@@ -9,13 +9,14 @@ Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
 scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
 gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad, and
-the stochastic multi-objective modo, sdmgrad; and dbmtl, moco (flat
-gradients, param mode only).
+the stochastic multi-objective modo, sdmgrad; and, on the flat gradients
+(param mode only): dbmtl, moco, graddrop, excess_mtl, gradvac_layers.
 """
 from typing import Callable, Dict
 
 from mtkd_jax import registry
 from mtkd_jax.weighting import base
+from mtkd_jax.weighting import flat_gradient
 from mtkd_jax.weighting import gradient_allocation
 from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
@@ -46,6 +47,9 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "modo": stochastic_moo.modo,
     "sdmgrad": stochastic_moo.sdmgrad,
     "moco": stochastic_moo.moco,
+    "graddrop": flat_gradient.graddrop,
+    "excess_mtl": flat_gradient.excess_mtl,
+    "gradvac_layers": flat_gradient.gradvac_layers,
 }
 
 

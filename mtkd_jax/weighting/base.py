@@ -39,8 +39,12 @@ values, static).
 weighted); gradient-surgery methods act on shared parameters only, so their
 task-specific parameters follow the unweighted sum (c_t = 1 there), as in
 the papers.
+
+`needs_full_grads` methods get `num_shared_params=P` in `init`; those that
+also set `needs_param_layout` get `param_layout`, the flat gradient's
+segments by parameter (`param_layout`), e.g. to act per layer.
 """
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 
@@ -62,3 +66,15 @@ class WeightingMethod(NamedTuple):
   scales_specific: bool = True
   needs_full_grads: bool = False
   supports_rep_grad: bool = True  # can act on representation gradients
+  # init also takes param_layout=`param_layout(shared params)` (groups of
+  # the flat gradient by layer); only with needs_full_grads.
+  needs_param_layout: bool = False
+
+
+def param_layout(shared) -> Tuple[Tuple[str, int], ...]:
+  """((path, size), ...) of the leaves of `shared` in the order in which
+  `jax.flatten_util.ravel_pytree` concatenates them into the flat gradient;
+  path is the leaf's keys joined by "/" (e.g. "experts_0/Dense_0/kernel")."""
+  leaves = jax.tree_util.tree_flatten_with_path(shared)[0]
+  return tuple(("/".join(str(getattr(k, "key", getattr(k, "idx", k)))
+                         for k in path), int(x.size)) for path, x in leaves)

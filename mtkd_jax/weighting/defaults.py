@@ -46,6 +46,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.gradnorm_lr = 0.025
   # GradVac (Wang et al. 2021): EMA rate of the cosine targets.
   c.gradvac_beta = 0.01
+  # gradvac_layers: the parameter groups, "layer" | "matrix".
+  c.gradvac_grouping = "layer"
+  # GradDrop (Chen et al. 2020): the leak, fraction of every gradient kept.
+  c.graddrop_leak = 0.0
+  # ExcessMTL (He et al. 2024): the weights' exponentiated-gradient step.
+  c.excess_mtl_step_size = 1e-2
   # MGDA (Sener & Koltun 2018): none | l2 | loss | loss+.
   c.mgda_normalization = "none"
   # CAGrad (Liu et al. 2021): rescale 0: none, 1: / (1 + c^2), 2: / (1 + c).

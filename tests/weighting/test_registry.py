@@ -12,6 +12,8 @@ from mtkd_jax.weighting import base
 from mtkd_jax.weighting import loss_level
 
 P = 6
+# Methods whose shared update is a direction of their own, not sum_t c_t g_t.
+DIRECTION_METHODS = {"dbmtl", "moco", "graddrop", "gradvac_layers"}
 
 
 def _inputs(method, num, seed, zero=False):
@@ -25,6 +27,9 @@ def _inputs(method, num, seed, zero=False):
 
 
 def _init(method, names, cfg):
+  if method.needs_param_layout:  # two layers: "a" (kernel, bias), "b"
+    layout = (("a/bias", 1), ("a/kernel", 2), ("b/kernel", 3))
+    return method.init(names, cfg, num_shared_params=P, param_layout=layout)
   if method.needs_full_grads:
     return method.init(names, cfg, num_shared_params=P)
   return method.init(names, cfg)
@@ -56,10 +61,9 @@ def test_method_jits_finite_deterministic(name):
       assert {f"weight/{n}" for n in names} <= set(diag)
       for n in names:
         assert diag[f"weight/{n}"] == comb.coeffs[names.index(n)]
-      if method.needs_full_grads:
+      assert (comb.direction is not None) == (name in DIRECTION_METHODS), name
+      if comb.direction is not None:
         assert comb.direction.shape == (P,) and np.isfinite(comb.direction).all()
-      else:
-        assert comb.direction is None
       # The state keeps its structure (jit/scan carry, checkpoint restore).
       assert (jax.tree.structure(new_state) == jax.tree.structure(state))
       assert new_state.term_names == names
@@ -117,8 +121,8 @@ def test_flags():
   loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo", "gls", "stch",
                   "imtl_l"}
   surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl", "upgrad",
-             "modo", "sdmgrad", "moco"}
-  flat = {"dbmtl", "moco"}
+             "modo", "sdmgrad", "moco", "graddrop", "gradvac_layers"}
+  flat = {"dbmtl", "moco", "graddrop", "excess_mtl", "gradvac_layers"}
   for name in weighting.METHODS:
     method = weighting.get_method(name)
     assert isinstance(method, base.WeightingMethod)
@@ -126,6 +130,7 @@ def test_flags():
     assert method.scales_specific == (name not in surgery), name
     assert method.needs_full_grads == (name in flat), name
     assert method.supports_rep_grad == (name not in flat), name
+    assert method.needs_param_layout == (name == "gradvac_layers"), name
 
 
 def test_state_names_are_static():
