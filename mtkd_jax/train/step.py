@@ -214,9 +214,9 @@ def _use_row_grads(config, tx, method, params) -> bool:
         "optimizer.embedding='dense'.")
   if sparse_opt and method.needs_full_grads:
     raise errors.ConfigError(
-        f"Weighting method {config.weighting.name!r} steps along a running "
-        "average of past gradients, which moves table rows outside the batch: "
-        "it needs optimizer.embedding='dense'.")
+        f"Weighting method {config.weighting.name!r} works on the flat "
+        "shared gradients (dense tables; DB-MTL's and MoCo's running averages "
+        "move rows outside the batch): it needs optimizer.embedding='dense'.")
   if choice == "auto":
     return split_opt and not stacked
   return choice == "rows"
