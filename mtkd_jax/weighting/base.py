@@ -24,7 +24,8 @@ same update on 1 device and on 8 for the same global batch.
           gradient flows through them), and optionally `direction`, the
           shared-parameter update direction itself, float32[P], for the few
           methods whose direction is not a combination of the current
-          gradients (DB-MTL's running average of gradients);
+          gradients (DB-MTL's and MoCo's running averages of gradients,
+          GradDrop's coordinate-wise masks, GradVac per layer);
   state:  the method's new state (a pytree of arrays, checkpointed in the
           TrainState): learnable weights, running averages, ...;
   diag:   {name: scalar array} logged with the train metrics, e.g.

@@ -219,6 +219,7 @@ def param_groups(layout, grouping: str) -> Tuple[int, ...]:
 def _gradvac_groups_init(term_names, params=None, *, num_shared_params=None,
                          param_layout=None):
   params = resolve_params(params)
+  param_groups((), params.gradvac_grouping)  # a bad name fails first
   if param_layout is None:
     raise ValueError("gradvac_layers needs init(..., param_layout=...), the "
                      "flat gradient's segments (weighting.base.param_layout).")

@@ -97,7 +97,10 @@ def test_bad_options_raise_config_errors():
   for name, field, value in [("mgda", "mgda_normalization", "l3"),
                              ("rlw", "rlw_distribution", "cauchy"),
                              ("aligned_mtl", "aligned_mtl_scale_mode", "max"),
-                             ("cagrad", "cagrad_rescale", 3)]:
+                             ("cagrad", "cagrad_rescale", 3),
+                             ("graddrop", "graddrop_leak", 1.5),
+                             ("sdmgrad", "sdmgrad_num_iter", 0),
+                             ("gradvac_layers", "gradvac_grouping", "block")]:
     cfg = weighting.default_config()
     cfg[field] = value
     with pytest.raises(errors.ConfigError):
