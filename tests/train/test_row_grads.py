@@ -215,11 +215,16 @@ def test_default_adam_equals_optax_adam(method, grads, mode, devices):
   """The default Adam (row-fed on the tables) against plain optax.adam;
   DB-MTL's flat gradients take the dense-gradient branch. (DB-MTL on one
   device: its direction divides by small norms, and Adam then magnifies
-  the devices' float summation noise past the tolerance.)"""
+  the devices' float summation noise past the tolerance.) Adam moves a
+  parameter by up to lr = 0.1 a step, and where a gradient entry is near
+  zero m / sqrt(v) turns float noise into a visible step; DB-MTL's
+  normalised direction has such entries, so its parameters are compared
+  to 1e-4 of one step (atol 1e-5) rather than 1e-6."""
   keys = ("loss", "loss/ctr", "loss/rating", "grad_norm", "param_norm")
+  atol = 1e-5 if method == "dbmtl" else 1e-6
   assert_same(optax_adam_reference(method),
               run(make_config(method, grads, "adam"), mode, devices), keys,
-              rtol=1e-5, atol=1e-6)
+              rtol=1e-5, atol=atol)
 
 
 @pytest.mark.parametrize("kwargs,match", [
