@@ -212,6 +212,14 @@ def _use_row_grads(config, tx, method, params) -> bool:
         "Row gradients need 2-D embedding tables; this model stacks them (e.g. "
         "DML peers under nn.vmap): use train.embedding_grads='dense' and "
         "optimizer.embedding='dense'.")
+  if method.needs_split_gram and (choice == "rows" or sparse_opt):
+    raise errors.ConfigError(
+        f"Weighting method {config.weighting.name!r} differentiates two "
+        "half-batches separately, with dense table gradients: it needs "
+        "train.embedding_grads='dense' or 'auto' and optimizer.embedding="
+        "'dense'.")
+  if method.needs_split_gram:
+    return False
   if sparse_opt and method.needs_full_grads:
     raise errors.ConfigError(
         f"Weighting method {config.weighting.name!r} works on the flat "
@@ -350,6 +358,39 @@ def _per_term_grads(params, batch, rng, denom, cfg: StepConfig, targets,
   compact = rows.compact(sites, per_term[1], lead_ndim=1)
   grads = row_grads_lib.merge({p: r.grads for p, r in compact.items()}, grads)
   return local, grads, {p: r.ids for p, r in compact.items()}
+
+
+def _split_per_term_grads(params, batch, rng, denom, cfg: StepConfig,
+                          targets):
+  """`_per_term_grads` (dense path) and the cross Gram matrix of two halves.
+
+  The global batch is split by the parity of each example's global index
+  (the same halves on any number of devices); one forward pass per half
+  and one vmapped VJP over the 2T terms give each half's share of every
+  global term mean. Their sum is the full-batch per-term gradient; the
+  cross Gram matrix is that of the halves' own mean gradients.
+  Returns (local terms float[T], global per-term grads, cross float[T, T]).
+  """
+  weights = batch["weights"]
+  index = lax.axis_index(AXIS) * weights.shape[0] + jnp.arange(weights.shape[0])
+  halves = [jnp.where(index % 2 == k, weights, 0.0) for k in (0, 1)]
+
+  def terms(p):
+    return jnp.concatenate([
+        _local_terms(p, None, {**batch, "weights": w}, rng, denom, cfg, targets)
+        for w in halves])
+
+  local2, vjp_fn = jax.vjp(terms, params)
+  num = len(cfg.terms)
+  per_half = collectives.psum(
+      jax.vmap(vjp_fn)(jnp.eye(2 * num, dtype=local2.dtype))[0], AXIS)
+  first = jax.tree.map(lambda x: x[:num], per_half)
+  second = jax.tree.map(lambda x: x[num:], per_half)
+  sizes = [jnp.maximum(collectives.psum(jnp.sum(w), AXIS), 1.0) for w in halves]
+  cross = gram_matrix(_shared_only(first, cfg), num, _shared_only(second, cfg))
+  cross = cross * (denom / sizes[0]) * (denom / sizes[1])
+  per_term = jax.tree.map(jnp.add, first, second)
+  return local2[:num] + local2[num:], per_term, cross
 
 
 def _teacher_targets(teacher_params, batch, cfg: StepConfig):
@@ -559,8 +600,14 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
       row_grads = rows.compact(sites, all_grads[1])
     grads = collectives.psum(grads, AXIS)
   else:
-    local, per_term, row_ids = _per_term_grads(
-        state.params, batch, dropout_rng, denom, cfg, targets, rows)
+    cross = None
+    if method.needs_split_gram:
+      local, per_term, cross = _split_per_term_grads(
+          state.params, batch, dropout_rng, denom, cfg, targets)
+      row_ids = None
+    else:
+      local, per_term, row_ids = _per_term_grads(
+          state.params, batch, dropout_rng, denom, cfg, targets, rows)
     if row_ids is not None and method.needs_full_grads:  # flat: dense layout
       per_term = row_grads_lib.merge(rows.densify({
           p: row_grads_lib.RowGrad(ids, _get_path(per_term, p))
@@ -573,7 +620,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
       flat = jax.vmap(lambda g: ravel_pytree(g)[0])(shared)
     combination, wstate, diag = update_weighting(
         global_terms, weighting_base.TaskGrads(gram_matrix(shared, num_terms),
-                                               flat))
+                                               flat, cross))
     combination = jax.tree.map(lax.stop_gradient, combination)
     grads = _combine(per_term, combination, cfg)
     if row_ids is not None:

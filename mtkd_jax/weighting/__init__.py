@@ -8,9 +8,10 @@ defaults). The update functions receive that ConfigDict as `params`.
 Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
 scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
-gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad, and
-the stochastic multi-objective modo, sdmgrad; and, on the flat gradients
-(param mode only): dbmtl, moco, graddrop, excess_mtl, gradvac_layers.
+gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; the
+stochastic multi-objective modo, sdmgrad (also the cross Gram matrix of two
+half-batches, param mode only); and, on the flat gradients (param mode
+only): dbmtl, moco, graddrop, excess_mtl, gradvac_layers.
 """
 from typing import Callable, Dict
 

@@ -19,7 +19,9 @@ same update on 1 device and on 8 for the same global batch.
 
 `update(losses, grads, state, *, step, rng, params) -> (combination, state, diag)`:
   grads: a `TaskGrads` (gram, and the flat gradients only for methods with
-         `needs_full_grads`), or None for methods with `needs_grads=False`;
+         `needs_full_grads`, the two half-batches' cross Gram matrix only
+         for those with `needs_split_gram`), or None for methods with
+         `needs_grads=False`;
   combination: a `Combination`: coeffs float32[T], the c_t above (no
           gradient flows through them), and optionally `direction`, the
           shared-parameter update direction itself, float32[P], for the few
@@ -53,6 +55,9 @@ import jax
 class TaskGrads(NamedTuple):
   gram: jax.Array  # float32[T, T], <g_i, g_j> over the shared parameters
   flat: Optional[jax.Array] = None  # float32[T, P], only if needs_full_grads
+  # float32[T, T], <g_i(A), g_j(B)> of the mean gradients on two disjoint
+  # halves A, B of the batch (double sampling), only if needs_split_gram.
+  cross: Optional[jax.Array] = None
 
 
 class Combination(NamedTuple):
@@ -70,6 +75,8 @@ class WeightingMethod(NamedTuple):
   # init also takes param_layout=`param_layout(shared params)` (groups of
   # the flat gradient by layer); only with needs_full_grads.
   needs_param_layout: bool = False
+  # update also gets TaskGrads.cross (param mode, dense table gradients).
+  needs_split_gram: bool = False
 
 
 def param_layout(shared) -> Tuple[Tuple[str, int], ...]:

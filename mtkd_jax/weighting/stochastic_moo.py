@@ -14,12 +14,13 @@ gradient steps, which their papers prove convergent:
 - MoCo (Fernando et al., ICLR 2023): tracks each task's gradient with a
   running average y_t and steps on lambda with those.
 
-Single batch. MoDo and SDMGrad are defined with independent samples for
-the two factors of the Gram matrix (double sampling) and a third for the
-update; here all three are the step's one global batch (the Gram matrix
-the step already computes), which is the deterministic-gradient form of
-their updates. The lambda iterations are unchanged; their stochastic
-unbiasedness argument (E[G1^T G2] = E[G]^T E[G]) does not hold for it.
+Double sampling. MoDo and SDMGrad are defined with independent samples for
+the two factors of the Gram matrix (E[G1^T G2] = E[G]^T E[G], unbiased)
+and a third for the update. Here (`needs_split_gram`) the step splits its
+global batch into two disjoint halves by example parity and passes their
+cross Gram matrix G1^T G2 (`TaskGrads.cross`); the update combines the
+full batch's gradients (the union of the halves, not a third independent
+sample). LibMTL instead draws three separate batches per step.
 """
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ from jax import lax
 from mtkd_jax import errors
 from mtkd_jax.weighting import base
 from mtkd_jax.weighting import solvers
-from mtkd_jax.weighting.gradient_level import _gram, _result
+from mtkd_jax.weighting.gradient_level import _result
 from mtkd_jax.weighting.loss_level import State, resolve_params
 
 
@@ -56,11 +57,18 @@ def modo_step(lam: jax.Array, gram: jax.Array, gamma: float, rho: float
   return solvers.project_to_simplex(lam - gamma * (gram @ lam + rho * lam))
 
 
+def _cross(grads, name: str) -> jax.Array:
+  if grads is None or grads.cross is None:
+    raise ValueError(f"{name} needs the cross Gram matrix of two half-batches "
+                     "(TaskGrads.cross).")
+  return lax.stop_gradient(grads.cross)
+
+
 def _modo_update(losses, grads, state, *, step=None, rng=None, params=None):
   del losses, step, rng
   params = resolve_params(params)
-  lam = modo_step(state.arrays["lambda"], _gram(grads), params.modo_gamma,
-                  params.modo_rho)
+  lam = modo_step(state.arrays["lambda"], _cross(grads, "modo"),
+                  params.modo_gamma, params.modo_rho)
   return _result(state, lam, {"lambda": lam})
 
 
@@ -73,9 +81,9 @@ def modo() -> base.WeightingMethod:
     lambda_{k+1} = Pi_simplex(lambda_k - gamma (G1^T G2 lambda_k
                                                  + rho lambda_k)),
     x_{k+1} = x_k - alpha G3 lambda_{k+1},
-  G1, G2, G3 the task gradients on three independent samples; here one
-  batch (module docstring), so G1^T G2 is the step's Gram matrix
-  (`modo_step`). lambda (state, initially 1/T) is the projected-gradient
+  G1, G2, G3 the task gradients on three independent samples; here G1, G2
+  on the two halves of the batch and G3 on the whole batch (module
+  docstring; `modo_step` on `TaskGrads.cross`). lambda (state, initially 1/T) is the projected-gradient
   iterate of min_lambda 1/2 lambda^T (G + rho I) lambda, MGDA's problem: with
   a fixed G it converges to MGDA's min-norm weights (rho = 0). The
   coefficients are lambda_{k+1}, on the shared parameters only, as in the
@@ -83,7 +91,8 @@ def modo() -> base.WeightingMethod:
   gamma = `modo_gamma` (1e-3), rho = `modo_rho` (0.1): LibMTL's defaults.
   """
   return base.WeightingMethod(_uniform_init, _modo_update, needs_grads=True,
-                              scales_specific=False)
+                              scales_specific=False, supports_rep_grad=False,
+                              needs_split_gram=True)
 
 
 # ----------------------------------------------------------------------------
@@ -103,7 +112,7 @@ def sdmgrad_weights(w: jax.Array, gram: jax.Array, lam: float, num_iter: int,
 
   Args:
     w: float[T] in the simplex.
-    gram: float[T, T].
+    gram: float[T, T], <g_i(xi), g_j(xi')> (two samples).
   Returns:
     float[T] in the simplex.
   """
@@ -138,7 +147,7 @@ def _sdmgrad_init(term_names, params=None, *, num_shared_params=None):
 def _sdmgrad_update(losses, grads, state, *, step=None, rng=None, params=None):
   del losses, step, rng
   params = resolve_params(params)
-  w = sdmgrad_weights(state.arrays["lambda"], _gram(grads),
+  w = sdmgrad_weights(state.arrays["lambda"], _cross(grads, "sdmgrad"),
                       params.sdmgrad_lambda, params.sdmgrad_num_iter,
                       params.sdmgrad_lr, params.sdmgrad_momentum)
   coeffs = sdmgrad_coefficients(w, params.sdmgrad_lambda)
@@ -155,14 +164,15 @@ def sdmgrad() -> base.WeightingMethod:
   g_0 = mean_t g_t the target direction, and the update is
   d = (G w + lambda g_0) / (1 + lambda) (`sdmgrad_weights`,
   `sdmgrad_coefficients`). lambda -> 0 gives MGDA's direction, lambda -> oo
-  the mean gradient. One batch for the paper's three samples (module
-  docstring). As in the authors' code (LibMTL `SDMGrad`): the Gram matrix is
+  the mean gradient. The inner loop's G^T G is the cross Gram matrix of the
+  batch's two halves, the update uses the whole batch (module docstring). As in the authors' code (LibMTL `SDMGrad`): the Gram matrix is
   normalised by the squared mean gradient norm, S = `sdmgrad_num_iter` (20)
   steps of SGD with `sdmgrad_lr` (5) and `sdmgrad_momentum` (0.5),
   lambda = `sdmgrad_lambda` (0.3), shared parameters only.
   """
   return base.WeightingMethod(_sdmgrad_init, _sdmgrad_update,
-                              needs_grads=True, scales_specific=False)
+                              needs_grads=True, scales_specific=False,
+                              supports_rep_grad=False, needs_split_gram=True)
 
 
 # ----------------------------------------------------------------------------

@@ -23,7 +23,12 @@ def _inputs(method, num, seed, zero=False):
   if not method.needs_grads:
     return losses, None
   g = jnp.asarray(g, jnp.float32)
-  return losses, base.TaskGrads(g @ g.T, g if method.needs_full_grads else None)
+  cross = None
+  if method.needs_split_gram:  # two halves whose mean is g
+    half = jnp.asarray(rs.randn(num, P), jnp.float32) * (not zero)
+    cross = (g + half) @ (g - half).T
+  return losses, base.TaskGrads(g @ g.T, g if method.needs_full_grads else None,
+                                cross)
 
 
 def _init(method, names, cfg):
@@ -126,13 +131,15 @@ def test_flags():
   surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl", "upgrad",
              "modo", "sdmgrad", "moco", "graddrop", "gradvac_layers"}
   flat = {"dbmtl", "moco", "graddrop", "excess_mtl", "gradvac_layers"}
+  split = {"modo", "sdmgrad"}
   for name in weighting.METHODS:
     method = weighting.get_method(name)
     assert isinstance(method, base.WeightingMethod)
     assert method.needs_grads == (name not in loss_methods), name
     assert method.scales_specific == (name not in surgery), name
     assert method.needs_full_grads == (name in flat), name
-    assert method.supports_rep_grad == (name not in flat), name
+    assert method.supports_rep_grad == (name not in flat | split), name
+    assert method.needs_split_gram == (name in split), name
     assert method.needs_param_layout == (name == "gradvac_layers"), name
 
 

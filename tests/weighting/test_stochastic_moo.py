@@ -24,8 +24,15 @@ def _np_simplex(y):
   return np.maximum(y - 0.5 * (lo + hi), 0.0)
 
 
+def _halves(g, seed):
+  """Two half-batch gradients whose mean is g."""
+  h = np.random.RandomState(seed).randn(*g.shape)
+  return g + h, g - h
+
+
 def _run(name, g_seq, losses_seq=None, **overrides):
-  """The coefficients (and directions) of successive updates of `name`."""
+  """The coefficients (and directions) of successive updates of `name`;
+  split-gram methods get the cross Gram matrix of `_halves(g, k)`."""
   cfg = weighting.default_config()
   cfg.update(overrides)
   method = weighting.get_method(name)
@@ -38,7 +45,12 @@ def _run(name, g_seq, losses_seq=None, **overrides):
     g32 = jnp.asarray(g, jnp.float32)
     losses = jnp.ones(num) if losses_seq is None else jnp.asarray(losses_seq[k],
                                                                  jnp.float32)
-    grads = base.TaskGrads(g32 @ g32.T, g32 if method.needs_full_grads else None)
+    cross = None
+    if method.needs_split_gram:
+      first, second = _halves(g, k)
+      cross = jnp.asarray(first @ second.T, jnp.float32)
+    grads = base.TaskGrads(g32 @ g32.T, g32 if method.needs_full_grads else None,
+                           cross)
     comb, state, diag = update(losses, grads, state, step=jnp.int32(k),
                                rng=jax.random.PRNGKey(0))
     out.append((np.asarray(comb.coeffs), None if comb.direction is None
@@ -57,8 +69,9 @@ def test_modo_follows_its_lambda_update():
   g_seq = _grad_seq(3, 7, 4, 0)
   got = _run("modo", g_seq, modo_gamma=gamma, modo_rho=rho)
   lam = np.full(3, 1 / 3)
-  for g, (coeffs, direction, _) in zip(g_seq, got):
-    lam = _np_simplex(lam - gamma * (g @ g.T @ lam + rho * lam))
+  for k, (g, (coeffs, direction, _)) in enumerate(zip(g_seq, got)):
+    first, second = _halves(g, k)  # G1^T G2 lambda: <g_i(z1), g_j(z2)>
+    lam = _np_simplex(lam - gamma * (first @ (second.T @ lam) + rho * lam))
     np.testing.assert_allclose(coeffs, lam, atol=1e-5)
     assert direction is None
 
@@ -77,8 +90,11 @@ def test_modo_and_sdmgrad_reach_mgda_on_a_fixed_gram():
   np.testing.assert_allclose(sm.sdmgrad_coefficients(w, 0.0), w)
 
 
-def _sdmgrad_reference(w, g, lam, num_iter, lr, momentum):
-  gg = g @ g.T
+def _sdmgrad_reference(w, g, lam, num_iter, lr, momentum, k):
+  """Their Algorithm 1: the inner loop on the halves xi, xi' (`_halves`),
+  the update on the whole batch zeta."""
+  xi1, xi2 = _halves(g, k)
+  gg = xi1 @ xi2.T
   gg = gg / (np.mean(np.sqrt(np.maximum(np.diag(gg), 0))) ** 2 + 1e-8)
   buf = None
   for _ in range(num_iter):
@@ -95,9 +111,9 @@ def test_sdmgrad_follows_its_inner_loop_and_direction():
   got = _run("sdmgrad", g_seq)
   cfg = weighting.default_config()
   w = np.full(3, 1 / 3)
-  for g, (coeffs, _, _) in zip(g_seq, got):
+  for k, (g, (coeffs, _, _)) in enumerate(zip(g_seq, got)):
     w, d = _sdmgrad_reference(w, g, cfg.sdmgrad_lambda, cfg.sdmgrad_num_iter,
-                              cfg.sdmgrad_lr, cfg.sdmgrad_momentum)
+                              cfg.sdmgrad_lr, cfg.sdmgrad_momentum, k)
     np.testing.assert_allclose(coeffs @ g, d, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(coeffs.sum(), 1.0, atol=1e-5)
   # A huge pull: the mean gradient.
