@@ -29,7 +29,6 @@ paired per-repeat ratios. `dense` in `--optimizers` is dense Adam
 (`train.embedding_grads="dense"`), for contrast.
 """
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -76,12 +75,8 @@ def build(cfg, rows):
   # pylint: disable=g-import-not-at-top
   import dataclasses
   import jax
-  from mtkd_jax import config_defaults
-  from mtkd_jax import models
+  from benchmarks import presets
   from mtkd_jax.data import pipeline
-  from mtkd_jax.train import parallel
-  from mtkd_jax.train import state as state_lib
-  from mtkd_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
   fields, bs = cfg["fields"], cfg["batch_size"]
   d = tt.load_data(cfg["data"])
@@ -91,25 +86,18 @@ def build(cfg, rows):
   spec = dataclasses.replace(spec, sparse=tuple(
       dataclasses.replace(f, vocab_size=rows) for f in spec.sparse[:fields]))
   train["sparse"] = map_ids(train["sparse"][:, :fields], rows)
-  config = config_defaults.default_config()
-  config.model.name = "mmoe"  # the BENCHMARK.md sizes are the defaults
+  config = presets.get_config("mmoe")
   if cfg["optimizer"] == "dense":
     config.train.embedding_grads = "dense"
   else:
     config.optimizer.embedding = cfg["optimizer"]
-  model = models.build_model(spec, config.model)
-  tx = state_lib.make_optimizer(config.optimizer, 1000)
+  config.train.num_devices, config.train.num_steps = 1, 1000
+  config.train.batch_size = bs
+  trainer = presets.build_trainer(config, spec, train)
   it = pipeline.train_batches(train, bs, seed=tt.SHUFFLE_SEED)
   host = [next(it) for _ in range(tt.NUM_DEVICE_BATCHES)]
-  state = state_lib.create_train_state(model, tx, host[0], 0)
-  step_cfg = step_lib.make_step_config(config, model, tx, spec, state.params,
-                                       host[0])
-  state = state.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, config.weighting, state.params))
-  mesh = parallel.make_mesh(1)
-  fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=step_cfg),
-                             "jit", mesh, out_batched=False, donate_state=True)
-  batches = [parallel.shard_batch(b, "jit", mesh) for b in host]
+  fn, state = trainer.train_step, trainer.replicate(trainer.init_state)
+  batches = [trainer.put(b) for b in host]
   offsets = np.arange(fields, dtype=np.int64) * rows  # (field, id) pairs
   touched = int(np.median([len(np.unique(b["sparse"] + offsets)) for b in host]))
   jax.block_until_ready((state, batches))

@@ -19,7 +19,6 @@ trace, and take step times from the untraced figure.
 """
 import argparse
 import collections
-import functools
 import glob
 import json
 import os
@@ -61,15 +60,11 @@ def main(argv=None):
   # pylint: disable=g-import-not-at-top
   import jax
   from jax._src import profiler as jax_profiler
+  from benchmarks import presets
   from benchmarks import train_throughput as tt
   from benchmarks import weighting_cost
-  from mtkd_jax import models
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import host_memory
-  from mtkd_jax.train import loop
-  from mtkd_jax.train import parallel
-  from mtkd_jax.train import state as state_lib
-  from mtkd_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
   if not args.no_reuse_host_memory:
     host_memory.reuse_freed_memory()
@@ -81,34 +76,24 @@ def main(argv=None):
   del d
   if args.tasks != len(spec.tasks):
     spec = weighting_cost.repeated_tasks(spec, train, args.tasks)
-  config = tt.benchmark_config(args.model)
+  config = presets.get_config(args.model)
   config.train.embedding_grads = args.embedding_grads
   config.weighting.name = args.weighting
   config.weighting.mode = args.weighting_mode
-  model = models.build_model(spec, config.model)
-  mesh = parallel.make_mesh(1)
+  config.train.reuse_host_memory = not args.no_reuse_host_memory
+  config.train.num_devices, config.train.num_steps = 1, 205
+  trainer = presets.build_trainer(config, spec, train, test)
   bs = 4096 if args.eval else 1024
-  tx = state_lib.make_optimizer(config.optimizer, 205)
-  example = next(pipeline.eval_batches(train, 1024))
-  state = state_lib.create_train_state(model, tx, example, tt.MODEL_SEED)
-  step_cfg = loop.make_step_config(config, model, tx, spec, state.params,
-                                   example)
-  state = state.replace(weighting_state=loop.init_weighting(
-      step_cfg, config.weighting, state.params))
-  state = parallel.replicate(state, mesh)
-  put = functools.partial(parallel.shard_batch, mode="jit", mesh=mesh)
+  state = trainer.replicate(trainer.init_state)
+  put = trainer.put
   if args.eval:
-    fn = parallel.compile_step(
-        functools.partial(step_lib.eval_step, model=model), "jit", mesh,
-        out_batched=True, donate_state=False)
+    fn = trainer.eval_step
     batches = [put(b) for b in list(pipeline.eval_batches(test, bs))[:10]]
     params = state.params
     run = lambda i: fn(params, batches[i % len(batches)])
     lowered = lambda: fn.lower(params, batches[0])
   else:
-    fn = parallel.compile_step(
-        functools.partial(step_lib.train_step, cfg=step_cfg), "jit", mesh,
-        out_batched=False, donate_state=True)
+    fn = trainer.train_step
     source = pipeline.train_batches(train, bs, seed=tt.SHUFFLE_SEED)
     batches = [put(next(source)) for _ in range(tt.NUM_DEVICE_BATCHES)]
     holder = {"state": state}

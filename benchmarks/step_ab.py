@@ -76,16 +76,13 @@ def main(argv=None):
   args = parse_args(argv)
   # pylint: disable=g-import-not-at-top
   import jax
+  from benchmarks import presets
   from benchmarks import train_throughput as tt
-  from mtkd_jax import models
   from mtkd_jax.models import layers
   from mtkd_jax.data import pipeline
   from mtkd_jax.train import host_memory
-  from mtkd_jax.train import loop
   from mtkd_jax import native
   from mtkd_jax.train import parallel
-  from mtkd_jax.train import state as state_lib
-  from mtkd_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
   host_memory.reuse_freed_memory()  # as train/loop.py
   data_path = args.data or tt.DEFAULT_DATA
@@ -98,7 +95,6 @@ def main(argv=None):
   put = functools.partial(parallel.shard_batch, mode="jit", mesh=mesh)
   source = pipeline.train_batches(train, 1024, seed=tt.SHUFFLE_SEED)
   batches = [put(next(source)) for _ in range(tt.NUM_DEVICE_BATCHES)]
-  example = next(pipeline.eval_batches(train, 1024))
   eval_batches = []
   if args.eval:
     eval_batches = [put(b) for b in
@@ -108,7 +104,7 @@ def main(argv=None):
   runs = {}
   for name in names:
     overrides = parse_variant(name)
-    config = tt.benchmark_config(args.model)
+    config = presets.get_config(args.model)
     use_native = overrides.pop("native", None)
     mix = overrides.pop("mix", "list")
     if mix not in ("list", "stack"):
@@ -117,20 +113,10 @@ def main(argv=None):
       if key not in config.train:
         raise SystemExit(f"step_ab: unknown train config key {key!r}")
       config.train[key] = type(config.train[key])(value)
-    model = models.build_model(spec, config.model)
-    tx = state_lib.make_optimizer(config.optimizer, 205)
-    state = state_lib.create_train_state(model, tx, example, tt.MODEL_SEED)
-    step_cfg = loop.make_step_config(config, model, tx, spec, state.params,
-                                     example)
-    state = parallel.replicate(state.replace(
-        weighting_state=loop.init_weighting(step_cfg, config.weighting,
-                                            state.params)), mesh)
-    fn = parallel.compile_step(
-        functools.partial(step_lib.train_step, cfg=step_cfg), "jit", mesh,
-        out_batched=False, donate_state=True)
-    eval_fn = parallel.compile_step(
-        functools.partial(step_lib.eval_step, model=model), "jit", mesh,
-        out_batched=True, donate_state=False)
+    config.train.num_devices, config.train.num_steps = 1, 205
+    trainer = presets.build_trainer(config, spec, train)
+    state = trainer.replicate(trainer.init_state)
+    fn, eval_fn = trainer.train_step, trainer.eval_step
     saved = os.environ.get("MTKD_JAX_NATIVE"), layers.mix_members
     if use_native is not None:  # the kernels' use is read while tracing
       os.environ["MTKD_JAX_NATIVE"] = use_native

@@ -5,9 +5,9 @@ r"""Throughput of mtkd_jax models on the ../shared/BENCHMARK.md workload.
   python -m benchmarks.train_throughput --quick --models mmoe   # smoke check
 
 Runs the workload of ../shared/BENCHMARK.md through the library's own code
-path (`build_model`, `create_train_state`, `loop.make_step_config`,
-`train_step` / `eval_step` under `parallel.compile_step`,
-`pipeline.train_batches`, `evaluate.predict`, `mtkd_jax.metrics`) and
+path (`trainer.build` on the `benchmarks/presets.py` config of each
+model: the train and eval steps of a run, `pipeline.train_batches`,
+`evaluate.predict`, `mtkd_jax.metrics`) and
 measures it the way the peer (../shared/bench/PEER.md) measures torch-rechub,
 so the figures can be set side by side:
 
@@ -39,8 +39,7 @@ so the figures can be set side by side:
 
 Models: MMoE (8 experts), PLE (one CGC level, 4 shared + 2 task-specific
 experts) and Shared-Bottom as in BENCHMARK.md, all with [256, 128] experts /
-bottom and [64] towers; the PLE shape is set here, not taken from the
-config defaults. `benchmarks/compare_peer.py` runs this next to the peer.
+bottom and [64] towers (`benchmarks/presets.py`). `benchmarks/compare_peer.py` runs this next to the peer.
 
 Data: `--data` (default $TMPDIR/mtkd_bench_data.npz); when missing it is
 written by the shared generator (`--generator`).
@@ -48,7 +47,6 @@ written by the shared generator (`--generator`).
 import argparse
 import collections
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -134,24 +132,6 @@ def make_spec(vocab_sizes, num_dense):
                    for i, v in enumerate(vocab_sizes)),
       dense=tuple(specs.DenseField(f"I{i}") for i in range(num_dense)),
       tasks=tuple(specs.TaskSpec(t, "binary", "bce", 1.0) for t in TASKS))
-
-
-def benchmark_config(model_name):
-  """The default config with BENCHMARK.md's model shapes for `model_name`:
-  8 experts / a bottom of [256, 128], towers [64], PLE with one CGC level
-  of 4 shared + 2 task-specific experts, no dropout."""
-  from mtkd_jax import config_defaults  # pylint: disable=g-import-not-at-top
-  config = config_defaults.default_config()
-  config.model.name = model_name
-  config.model.num_experts = 8
-  config.model.expert_hidden = (256, 128)
-  config.model.bottom_hidden = (256, 128)
-  config.model.tower_hidden = (64,)
-  config.model.num_levels = 1
-  config.model.num_shared_experts = 4
-  config.model.num_specific_experts = 2
-  config.model.dropout = 0.0
-  return config
 
 
 def split_columns(d, max_train_rows=0):
@@ -285,170 +265,177 @@ class CompileLog:
 # ----------------------------------------------------------------- worker
 
 
-def run_worker(cfg):
-  """Benchmarks one model (`cfg["model"]`); returns its JSON record."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from mtkd_jax import metrics as metrics_lib
-  from mtkd_jax import models
-  from mtkd_jax.data import columns as columns_lib
-  from mtkd_jax.data import pipeline
-  from mtkd_jax.train import evaluate
-  from mtkd_jax.train import loop
-  from mtkd_jax.train import parallel
-  from mtkd_jax.train import state as state_lib
-  from mtkd_jax.train import step as step_lib
-  from mtkd_jax.train import host_memory
-  # pylint: enable=g-import-not-at-top
-
-  # As train/loop.py does (train.reuse_host_memory), before any allocation.
-  reuse = cfg["reuse_host_memory"] and host_memory.reuse_freed_memory()
-  compile_log = CompileLog()
-  jax.monitoring.register_event_duration_secs_listener(compile_log)
-  idle = IdleWaiter(cfg["idle_wait"])
-  name, mode = cfg["model"], cfg["parallel"]
-  bs, infer_bs = cfg["batch_size"], cfg["infer_batch_size"]
-  rec = {"model": name, "parallel": mode, "weighting": cfg["weighting"],
-         "reuse_host_memory": reuse, "loadavg_start": loadavg()}
-
-  d = load_data(cfg["data"])
-  rec["data_sha256"] = content_sha256(d)
-  spec = make_spec(d["vocab_sizes"], d["dense"].shape[1])
-  train, test, true_prob = split_columns(d, cfg["max_train_rows"])
-  del d
+def workload_splits(d, spec, max_train_rows=0):
+  """(Splits, test true_prob) of the workload: train rows, test rows (also
+  the validation split, which the benchmark does not use), checked against
+  `spec`; extras hold the test rows' Bayes probabilities."""
+  from mtkd_jax.data import columns as columns_lib  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.data import specs  # pylint: disable=g-import-not-at-top
+  train, test, true_prob = split_columns(d, max_train_rows)
   columns_lib.validate_columns(spec, train, "train")
   columns_lib.validate_columns(spec, test, "test")
-  n_train = columns_lib.num_rows(train)
-  # Where train/loop.py hands freed memory back to the OS (host_memory.py):
-  # after loading the data, after init, after the first step, after an
-  # evaluation (and here after the extra AOT compile).
-  release = host_memory.release_freed_memory if reuse else lambda: None
-  release()
-  rec["rss_after_data_load_mib"] = round(peak_rss_mib(), 1)
-  rss_peaks = {"data": rec["rss_after_data_load_mib"]}
-  rec["rss_peak_after_mib"] = rss_peaks  # filled in phase by phase
+  extras = {"test": {f"bayes_prob/{t}": true_prob[t] for t in TASKS}}
+  return specs.Splits(spec, train, test, test, extras), true_prob
 
-  config = benchmark_config(name)
+
+def worker_config(cfg):
+  """The preset config of `cfg["model"]` with the worker's settings."""
+  from benchmarks import presets  # pylint: disable=g-import-not-at-top
+  config = presets.get_config(cfg["model"])
   config.weighting.name = cfg["weighting"]
   config.train.embedding_grads = cfg["embedding_grads"]
   config.train.compute_dtype = cfg["compute_dtype"]
-  rec["compute_dtype"] = cfg["compute_dtype"]
-  model = models.build_model(spec, config.model)  # unknown names raise
-  mesh = parallel.make_mesh(cfg["num_devices"])
-  parallel.check_batch_size(bs, mesh)
-  parallel.check_batch_size(infer_bs, mesh)
-  per_epoch = pipeline.steps_per_epoch(n_train, bs)
-  tx = state_lib.make_optimizer(config.optimizer, per_epoch)
+  config.train.reuse_host_memory = cfg["reuse_host_memory"]
+  config.train.batch_size = cfg["batch_size"]
+  config.train.parallel = cfg["parallel"]
+  config.train.num_devices = cfg["num_devices"]
+  config.eval.batch_size = cfg["infer_batch_size"]
+  return config
 
+
+class Phases:
+  """The worker's record, its peak RSS after each phase, and the hand-back
+  of freed memory to the OS where train/loop.py does it."""
+
+  def __init__(self, rec, reuse):
+    from mtkd_jax.train import host_memory  # pylint: disable=g-import-not-at-top
+    self.rec, self.rss = rec, {}
+    rec["rss_peak_after_mib"] = self.rss  # filled in phase by phase
+    self._release = host_memory.release_freed_memory if reuse else None
+
+  def release(self):
+    if self._release is not None:
+      self._release()
+
+  def done(self, name):
+    self.rss[name] = round(peak_rss_mib(), 1)
+
+
+def load_workload(cfg, rec, phases):
+  """The workload's Splits and test true_prob; records the data's hash."""
+  d = load_data(cfg["data"])
+  rec["data_sha256"] = content_sha256(d)
+  spec = make_spec(d["vocab_sizes"], d["dense"].shape[1])
+  splits, true_prob = workload_splits(d, spec, cfg["max_train_rows"])
+  del d
+  phases.release()  # after loading the data, as train/loop.py
+  rec["rss_after_data_load_mib"] = round(peak_rss_mib(), 1)
+  phases.done("data")
+  return splits, true_prob
+
+
+def init_trainer(config, splits, rec, phases):
+  """(trainer, replicated initial state); records init time and sizes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  example = next(pipeline.eval_batches(train, bs))
-  init_state = state_lib.create_train_state(model, tx, example, MODEL_SEED)
-  # The step's static pieces and the weighting state, as train/loop.py does.
-  step_cfg = loop.make_step_config(config, model, tx, spec, init_state.params,
-                                   example)
-  init_state = init_state.replace(weighting_state=loop.init_weighting(
-      step_cfg, config.weighting, init_state.params))
-  rec["row_grads"] = bool(step_cfg.row_grads)
-  rec["table_optimizer"] = tx.rows.name if hasattr(tx, "rows") else "optax"
-  state = parallel.replicate(init_state, mesh)
+  trainer = trainer_lib.build(config, splits=splits)
+  state = trainer.replicate(trainer.init_state)
   jax.block_until_ready(state)
-  release()
+  phases.release()
   rec["init_s"] = round(time.perf_counter() - t0, 3)
-  rss_peaks["init"] = round(peak_rss_mib(), 1)
-  params = init_state.params
+  phases.done("init")
+  params = trainer.init_state.params
   total = sum(int(x.size) for x in jax.tree.leaves(params))
   embedding = sum(int(x.size)
                   for x in jax.tree.leaves(params.get("embedding", {})))
+  tx = trainer.tx
   rec.update(params=total, params_dense=total - embedding,
-             params_embedding=embedding, devices=int(mesh.devices.size))
-  del init_state, params
+             params_embedding=embedding, devices=int(trainer.mesh.devices.size),
+             row_grads=bool(trainer.step_cfg.row_grads),
+             table_optimizer=tx.rows.name if hasattr(tx, "rows") else "optax")
+  return trainer, state
 
-  def make_train_fn():
-    return parallel.compile_step(
-        functools.partial(step_lib.train_step, cfg=step_cfg),
-        mode, mesh, out_batched=False, donate_state=True)
 
-  train_fn = make_train_fn()
-  eval_fn = parallel.compile_step(
-      functools.partial(step_lib.eval_step, model=model,
-                        compute_dtype=step_cfg.compute_dtype),  # as loop.py
-      mode, mesh, out_batched=True, donate_state=False)
-  put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
+def host_batches(trainer, start_step=0):
+  """The benchmark's fixed training order: shuffle seed SHUFFLE_SEED."""
+  from mtkd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.train_batches(trainer.splits.train,
+                                trainer.config.train.batch_size,
+                                seed=SHUFFLE_SEED, start_step=start_step)
 
-  # ---- first step (compile) and the one-epoch quality run ----------------
-  batches = pipeline.prefetch(
-      pipeline.train_batches(train, bs, seed=SHUFFLE_SEED), put)
+
+def first_step_and_epoch(trainer, state, cfg, rec, phases, compile_log,
+                         true_prob):
+  """The first (compiling) step and, with `cfg["epoch"]`, the rest of one
+  epoch and the test quality. Returns (state, the first batch)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtkd_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  batches = pipeline.prefetch(host_batches(trainer), trainer.put)
   s0 = cpu_snapshot()
   t_epoch = time.perf_counter()
   first_batch = next(batches)
   n_compiles = len(compile_log.events)
   t0 = time.perf_counter()
-  state, metrics = train_fn(state, first_batch)
+  state, metrics = trainer.train_step(state, first_batch)
   jax.block_until_ready((state, metrics))
   t1 = time.perf_counter()
   rec["first_step_s"] = round(t1 - t0, 3)
   rec["first_step_backend_compile_s"] = round(
       sum(s for _, s, _ in compile_log.events[n_compiles:]), 3)
-  release()
-  rss_peaks["first_step"] = round(peak_rss_mib(), 1)
-  if cfg["epoch"]:
-    step_metrics = [metrics]
-    with compile_log.watch():
-      for _ in range(per_epoch - 1):
-        state, metrics = train_fn(state, next(batches))
-        step_metrics.append(metrics)
-      jax.block_until_ready((state, metrics))
-    t2 = time.perf_counter()
-    losses = [float(m["loss"]) for m in jax.device_get(step_metrics)]
-    rec.update(
-        epoch_s=round(t2 - t_epoch, 3),
-        epoch_s_after_first_step=round(t2 - t1, 3), epoch_steps=per_epoch,
-        epoch_mean_train_loss=float(np.mean(losses)),
-        epoch_other_procs_cpu_share=round(
-            other_cpu_share(s0, cpu_snapshot()), 3))
-    del step_metrics
-    t0 = time.perf_counter()
-    preds = evaluate.predict(eval_fn, state.params, test, infer_bs, put)
-    quality = evaluate.split_metrics(
-        spec, test, preds, {f"bayes_prob/{t}": true_prob[t] for t in TASKS})
-    rec["eval_s"] = round(time.perf_counter() - t0, 3)
-    for t in TASKS:
-      rec[f"auc_{t}"] = quality[f"{t}/auc"]
-      rec[f"logloss_{t}"] = quality[f"{t}/logloss"]
-      rec[f"pcoc_{t}"] = quality[f"{t}/pcoc"]
-      rec[f"bayes_auc_{t}"] = quality[f"{t}/bayes_auc"]
-    rss_peaks["epoch"] = round(peak_rss_mib(), 1)
-  else:
+  phases.release()
+  phases.done("first_step")
+  test = trainer.splits.test
+  if not cfg["epoch"]:
     rec.update(epoch_s=None, epoch_steps=0)
     for t in TASKS:
       rec[f"auc_{t}"] = rec[f"logloss_{t}"] = None
       rec[f"bayes_auc_{t}"] = metrics_lib.auc(
           test[f"labels/{t}"], true_prob[t], test["weights"])
-  del batches
-  release()  # as train/loop.py after an evaluation
+    return state, first_batch
+  per_epoch = trainer.total_steps
+  step_metrics = [metrics]
+  with compile_log.watch():
+    for _ in range(per_epoch - 1):
+      state, metrics = trainer.train_step(state, next(batches))
+      step_metrics.append(metrics)
+    jax.block_until_ready((state, metrics))
+  t2 = time.perf_counter()
+  losses = [float(m["loss"]) for m in jax.device_get(step_metrics)]
+  rec.update(
+      epoch_s=round(t2 - t_epoch, 3),
+      epoch_s_after_first_step=round(t2 - t1, 3), epoch_steps=per_epoch,
+      epoch_mean_train_loss=float(np.mean(losses)),
+      epoch_other_procs_cpu_share=round(other_cpu_share(s0, cpu_snapshot()), 3))
+  t0 = time.perf_counter()
+  quality = trainer.evaluate(state.params, "test")
+  rec["eval_s"] = round(time.perf_counter() - t0, 3)
+  for t in TASKS:
+    rec[f"auc_{t}"] = quality[f"{t}/auc"]
+    rec[f"logloss_{t}"] = quality[f"{t}/logloss"]
+    rec[f"pcoc_{t}"] = quality[f"{t}/pcoc"]
+    rec[f"bayes_auc_{t}"] = quality[f"{t}/bayes_auc"]
+  phases.done("epoch")
+  return state, first_batch
 
-  # ---- lowering + compile of a fresh copy of the step (AOT) ---------------
-  fresh = make_train_fn()
+
+def aot_compile(trainer, state, first_batch, rec, phases):
+  """Lowering + compile time of a fresh copy of the train step."""
+  fresh = trainer.new_train_step()
   if hasattr(fresh, "lower"):
     t0 = time.perf_counter()
-    lowered = fresh.lower(state, first_batch)
+    lowered = fresh.lower(state, first_batch, *trainer.distill.step_args)
     t1 = time.perf_counter()
     lowered.compile()
     t2 = time.perf_counter()
     rec.update(compile_s=round(t2 - t0, 3), lower_s=round(t1 - t0, 3),
                compile_method="fresh_step.lower().compile()")
-    del lowered
   else:
     rec.update(compile_s=rec["first_step_backend_compile_s"],
                compile_method="backend compile during the first call")
-  del fresh, first_batch
-  release()
-  rss_peaks["aot_compile"] = round(peak_rss_mib(), 1)
+  phases.release()
+  phases.done("aot_compile")
 
-  # ---- train throughput: step alone, on pre-transferred batches ---------
-  source = pipeline.train_batches(train, bs, seed=SHUFFLE_SEED,
-                                  start_step=per_epoch)
-  device_batches = [put(next(source)) for _ in range(NUM_DEVICE_BATCHES)]
+
+def train_throughput(trainer, state, cfg, rec, phases, compile_log, idle):
+  """Examples/s of the train step alone on pre-transferred batches;
+  returns the trained params."""
+  import jax  # pylint: disable=g-import-not-at-top
+  bs = trainer.config.train.batch_size
+  source = host_batches(trainer, start_step=trainer.total_steps)
+  device_batches = [trainer.put(next(source))
+                    for _ in range(NUM_DEVICE_BATCHES)]
   jax.block_until_ready(device_batches)
   holder = {"state": state, "i": 0}
   del state
@@ -457,7 +444,8 @@ def run_worker(cfg):
     st, m = holder["state"], None
     done = 0
     while done < count:
-      st, m = train_fn(st, device_batches[holder["i"] % len(device_batches)])
+      st, m = trainer.train_step(
+          st, device_batches[holder["i"] % len(device_batches)])
       holder["i"] += 1
       done += 1
       if (contaminated is not None and done % 25 == 0 and done < count
@@ -485,20 +473,26 @@ def run_worker(cfg):
   recompiled = compile_log.watched()
   rec["recompiles_after_first_step"] = len(recompiled)
   rec["recompiled_functions"] = sorted(set(recompiled))
-  if hasattr(train_fn, "_cache_size"):
+  if hasattr(trainer.train_step, "_cache_size"):
     # Executables held by the jitted step; 1 unless it recompiled.
     rec["train_fn_cache_size"] = (
-        train_fn._cache_size())  # pylint: disable=protected-access
+        trainer.train_step._cache_size())  # pylint: disable=protected-access
   del device_batches
-  rss_peaks["train"] = round(peak_rss_mib(), 1)
-
-  # ---- inference throughput: the eval step at infer_bs over test rows ----
+  phases.done("train")
   params = holder["state"].params
   del holder  # the optimizer state (~50 MB for MMoE / PLE): not needed now
-  release()
-  infer_host = list(pipeline.eval_batches(test, infer_bs))
+  phases.release()
+  return params
+
+
+def infer_throughput(trainer, params, cfg, rec, phases, idle):
+  """Examples/s of the eval step at the inference batch size."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  infer_bs, eval_fn = trainer.config.eval.batch_size, trainer.eval_step
+  infer_host = list(pipeline.eval_batches(trainer.splits.test, infer_bs))
   full = [b for b in infer_host if b["weights"].all()]
-  infer_batches = [put(b) for b in (full or infer_host)]
+  infer_batches = [trainer.put(b) for b in (full or infer_host)]
   jax.block_until_ready(infer_batches)
   for b in infer_batches[:3]:
     jax.block_until_ready(eval_fn(params, b))
@@ -520,16 +514,18 @@ def run_worker(cfg):
   rec.update(infer_examples_per_sec=round(med, 1), infer_clean_repeats=n_clean,
              infer_examples_per_sec_all=rates,
              infer_other_procs_cpu_share=other)
-  del infer_batches, infer_host, full
-  rss_peaks["infer"] = round(peak_rss_mib(), 1)
+  phases.done("infer")
 
-  # ---- input pipeline alone: train_batches + shard_batch ------------------
-  host_iter = pipeline.train_batches(train, bs, seed=SHUFFLE_SEED)
+
+def pipeline_throughput(trainer, cfg, rec, phases, idle):
+  """Host batches/s of the input pipeline alone (train_batches + put)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  host_iter = host_batches(trainer)
 
   def pipeline_body(contaminated):
     del contaminated
     t0 = time.perf_counter()
-    out = [put(next(host_iter)) for _ in range(cfg["pipeline_batches"])]
+    out = [trainer.put(next(host_iter)) for _ in range(cfg["pipeline_batches"])]
     jax.block_until_ready(out)
     return cfg["pipeline_batches"] / (time.perf_counter() - t0)
 
@@ -539,12 +535,39 @@ def run_worker(cfg):
              pipeline_clean_repeats=n_clean,
              pipeline_batches_per_sec_all=rates,
              pipeline_to_step_ratio=round(med / rec["train_steps_per_sec"], 2))
-  rss_peaks["pipeline"] = round(peak_rss_mib(), 1)
+  phases.done("pipeline")
 
+
+def run_worker(cfg):
+  """Benchmarks one model (`cfg["model"]`); returns its JSON record."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.train import host_memory  # pylint: disable=g-import-not-at-top
+
+  # As train/loop.py does (train.reuse_host_memory), before any allocation.
+  reuse = cfg["reuse_host_memory"] and host_memory.reuse_freed_memory()
+  compile_log = CompileLog()
+  jax.monitoring.register_event_duration_secs_listener(compile_log)
+  idle = IdleWaiter(cfg["idle_wait"])
+  rec = {"model": cfg["model"], "parallel": cfg["parallel"],
+         "weighting": cfg["weighting"], "reuse_host_memory": reuse,
+         "loadavg_start": loadavg(), "compute_dtype": cfg["compute_dtype"]}
+  phases = Phases(rec, reuse)
+  splits, true_prob = load_workload(cfg, rec, phases)
+  trainer, state = init_trainer(worker_config(cfg), splits, rec, phases)
+  state, first_batch = first_step_and_epoch(trainer, state, cfg, rec, phases,
+                                            compile_log, true_prob)
+  phases.release()  # as train/loop.py after an evaluation
+  aot_compile(trainer, state, first_batch, rec, phases)
+  del first_batch
+  params = train_throughput(trainer, state, cfg, rec, phases, compile_log, idle)
+  del state
+  infer_throughput(trainer, params, cfg, rec, phases, idle)
+  pipeline_throughput(trainer, cfg, rec, phases, idle)
   rec.update(
-      batch_size=bs, infer_batch_size=infer_bs, steps=cfg["steps"],
-      warmup=cfg["warmup"], repeats=cfg["repeats"], n_train_rows=n_train,
-      n_test_rows=columns_lib.num_rows(test), idle_wait_s=idle.waited,
+      batch_size=cfg["batch_size"], infer_batch_size=cfg["infer_batch_size"],
+      steps=cfg["steps"], warmup=cfg["warmup"], repeats=cfg["repeats"],
+      n_train_rows=len(splits.train["weights"]),
+      n_test_rows=len(splits.test["weights"]), idle_wait_s=idle.waited,
       peak_rss_mib=round(peak_rss_mib(), 1), jax_version=jax.__version__,
       backend=jax.default_backend(), cpu_count=os.cpu_count(),
       xla_flags=os.environ.get("XLA_FLAGS", ""),

@@ -17,7 +17,6 @@ included) with the tables' row gradients (`train.embedding_grads`);
 runs in a fresh subprocess unless `--in-process`.
 """
 import argparse
-import functools
 import gc
 import json
 import sys
@@ -78,36 +77,19 @@ def build(spec, train, method, mode, quick, embedding_grads="auto",
           embedding_optimizer="dense"):
   """(train_fn, state, device batches) for one method/mode/T."""
   # pylint: disable=g-import-not-at-top
-  import jax
-  from mtkd_jax import models
+  from benchmarks import presets
   from mtkd_jax.data import pipeline
-  from mtkd_jax.train import parallel
-  from mtkd_jax.train import state as state_lib
-  from mtkd_jax.train import step as step_lib
   # pylint: enable=g-import-not-at-top
-  config = tt.benchmark_config("mmoe")
-  if quick:
-    config.model.num_experts, config.model.expert_hidden = 2, (16,)
-    config.model.tower_hidden = (8,)
+  config = presets.get_config("mmoe,tiny" if quick else "mmoe")
   config.weighting.name, config.weighting.mode = method, mode
   config.train.embedding_grads = embedding_grads
   config.optimizer.embedding = embedding_optimizer
-  model = models.build_model(spec, config.model)
-  mesh = parallel.make_mesh(1)
-  bs = 256 if quick else 1024
-  tx = state_lib.make_optimizer(config.optimizer, 1000)
-  example = next(pipeline.eval_batches(train, bs))
-  state = state_lib.create_train_state(model, tx, example, 0)
-  step_cfg = step_lib.make_step_config(config, model, tx, spec,
-                                       state.params, example)
-  state = state.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, config.weighting, state.params))
-  fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=step_cfg),
-                             "jit", mesh, out_batched=False, donate_state=True)
-  put = functools.partial(parallel.shard_batch, mode="jit", mesh=mesh)
-  it = pipeline.train_batches(train, bs, seed=1)
-  batches = [put(next(it)) for _ in range(tt.NUM_DEVICE_BATCHES)]
-  return fn, parallel.replicate(state, mesh), batches
+  config.train.num_devices, config.train.num_steps = 1, 1000
+  config.train.batch_size = 256 if quick else 1024
+  trainer = presets.build_trainer(config, spec, train)
+  it = pipeline.train_batches(train, config.train.batch_size, seed=1)
+  batches = [trainer.put(next(it)) for _ in range(tt.NUM_DEVICE_BATCHES)]
+  return (trainer.train_step, trainer.replicate(trainer.init_state), batches)
 
 
 def time_method(fn, state, batches, args, idle):
@@ -164,9 +146,12 @@ def _isolated(argv, args):
 def _measured(kind, mode, args):
   if mode == "rep" and (not kind.needs_grads or not kind.supports_rep_grad):
     return False
-  # dbmtl's direction covers rows outside the batch
+  # the flat-gradient methods need dense tables; the split-gram ones (MoDo,
+  # SDMGrad) dense table gradients
+  if kind.needs_split_gram and args.embedding_grads == "rows":
+    return False
   return not (args.embedding_optimizer != "dense" and mode == "param"
-              and kind.needs_full_grads)
+              and (kind.needs_full_grads or kind.needs_split_gram))
 
 
 def main(argv=None):

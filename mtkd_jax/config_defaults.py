@@ -32,7 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
   # restored from <workdir>/best, frozen and passed into the jit step.
   c.distill = ml_collections.ConfigDict()
   c.distill.teacher_workdirs = ()  # () = no distillation
-  # Methods (distill.terms.METHODS), comma-separated to combine: soft_target,
+  # Methods (distill.methods.METHODS), comma-separated to combine: soft_target,
   # logit_matching, listwise, pairwise, ranking, hint, crossdistil,
   # crossdistil_teacher, dml; each turns on its knobs below.
   c.distill.method = "soft_target"

@@ -30,7 +30,7 @@ from mtkd_jax import models
 from mtkd_jax import native
 from mtkd_jax import paths
 from mtkd_jax import serving_info
-from mtkd_jax.distill import mutual
+from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.train import model_stats
 
@@ -83,8 +83,9 @@ def export_run(workdir: str, out_dir: str, platforms=None) -> Dict[str, str]:
   workdir alone (no data set)."""
   config = teacher_lib.read_run_config(workdir)
   info = serving_info.load(workdir)
-  model = mutual.maybe_wrap(models.build_model(info.spec, config.model,
-                                               info.extras), info.spec, config)
+  model = distill_plugin.student_model(
+      models.build_model(info.spec, config.model, info.extras), info.spec,
+      config)
   params = teacher_lib.restore_params(workdir)
   exported, inputs = export_model(model, params, info.example_inputs,
                                   platforms)

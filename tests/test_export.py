@@ -13,6 +13,7 @@ from mtkd_jax import native
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.train import loop
+from mtkd_jax.train import trainer
 from tests.conftest import REPO
 
 
@@ -38,7 +39,7 @@ def test_export_scores_any_batch_like_the_in_process_model(run_dir, tmp_path):
   # portable: the XLA forms, not this process's native kernels (whose
   # custom call in-process apply does use on CPU)
   assert native.GATHER_CONCAT not in exported.mlir_module()
-  exp = loop.setup(config)
+  exp = trainer.setup(config)
   params = teacher_lib.restore_params(workdir)
   rows = next(pipeline.eval_batches(exp.splits.test, 37))
   inputs = {k: v for k, v in rows.items() if export.is_input(k)}
@@ -84,7 +85,7 @@ def test_multi_platform_export_from_the_workdir_alone(tmp_path, monkeypatch):
   c.train.mesh = "model:2"
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(c, workdir)
-  exp = loop.setup(c)  # the model and rows to compare with
+  exp = trainer.setup(c)  # the model and rows to compare with
   rows = next(pipeline.eval_batches(exp.splits.test, 21))
   inputs = {k: v for k, v in rows.items() if export.is_input(k)}
 

@@ -21,8 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtkd_jax import errors
 from mtkd_jax import losses as losses_lib
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.distill import methods
 from mtkd_jax.losses import distillation as kd
 
 
@@ -82,13 +84,11 @@ def maybe_wrap(model: nn.Module, spec: specs_lib.DatasetSpec, config
   """`model`, or K DML peers of it when `config.distill.dml_peers` >= 2."""
   if "distill" not in config:
     return model
-  from mtkd_jax.distill import terms  # pylint: disable=g-import-not-at-top
-  dcfg = terms.resolve_methods(config.distill)
+  dcfg = methods.resolve_methods(config.distill)
   k = dcfg.dml_peers
   if not k:
     return model
   if k < 2:
-    from mtkd_jax import errors  # pylint: disable=g-import-not-at-top
     raise errors.ConfigError(f"distill.dml_peers must be 0 (off) or >= 2, got {k}.")
   return MutualPeers(model, spec, num_peers=int(k),
                      temperature=float(dcfg.temperature))

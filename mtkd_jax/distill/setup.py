@@ -1,46 +1,28 @@
-"""Wires a config's `distill` block into a run: teachers, targets, projector.
+"""The teachers' side of a run: workdirs, calibration, offline targets.
 
-`prepare` loads the teachers named by `distill.teacher_workdirs` (frozen,
-best-on-validation), optionally Platt-calibrates them on validation
-(CrossDistil), builds the step's `DistillSpec`, adds the FitNets projector
-to the student's initial params, and in offline mode computes the teachers'
-targets once over the training rows (cached in the first teacher's workdir,
-"next to the data" the teacher was trained on) as columns
-"teacher/<task>" of the training split.
+Used by `plugin.build`: Platt calibration of the teachers on validation
+(CrossDistil) and, in offline mode, the teachers' targets computed once over
+the training rows (cached in the first teacher's workdir, "next to the data"
+the teacher was trained on) as columns "teacher/<task>".
+
+Running a function over a split is the trainer's business (devices, mesh):
+these functions take it as `predict(per_device_fn, params, columns)` ->
+{name: np.ndarray[N, ...]}, with `per_device_fn(params, batch)` a
+per-device function and `params` host arrays.
 """
-import dataclasses
-import functools
 import hashlib
 import json
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtkd_jax import errors
 from mtkd_jax import paths
-from mtkd_jax.data import pipeline
-from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.distill import terms
-from mtkd_jax.models import base as model_base
-from mtkd_jax.train import evaluate
-from mtkd_jax.train import parallel
 
-
-class Distillation(NamedTuple):
-  """What a run needs for distillation (None fields when it is off)."""
-  spec: Optional[terms.DistillSpec]
-  teachers: Tuple[teacher_lib.Teacher, ...]
-  teacher_params: Any  # tuple of teacher params on the mesh (online mode)
-  init_params: Any  # the student's params, with the hint projector if any
-  train_columns: dict  # the training split, with teacher columns if offline
-
-  @property
-  def online(self) -> bool:
-    return (self.spec is not None and self.spec.uses_teachers and
-            not self.spec.offline)
+# predict(per_device_fn, host params, columns) -> {name: np.ndarray[N, ...]}
+Predict = Callable[[Callable, object, dict], Dict[str, np.ndarray]]
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray,
@@ -66,18 +48,14 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray,
   return float(theta[0]), float(theta[1])
 
 
-def _calibrate(teacher, splits, spec, mesh, mode, batch_size):
-  """The teacher with Platt (a, b) per binary task, fitted on validation."""
-  eval_fn = _compiled_targets_fn(
-      terms.DistillSpec(teacher_models=(teacher.model,),
-                        calibration=({},),
-                        tasks=tuple(t for t in spec.tasks if t.kind == "binary"),
-                        ensemble_weights={}),
-      mesh, mode)
-  columns = splits.validation
-  put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
-  params = parallel.replicate((teacher.params,), mesh)
-  preds = evaluate.predict(eval_fn, params, columns, batch_size, put)
+def calibrate(teacher, columns, spec, predict: Predict):
+  """The teacher with Platt (a, b) per binary task, fitted on `columns`
+  (the validation split)."""
+  dspec = terms.DistillSpec(
+      teacher_models=(teacher.model,), calibration=({},),
+      tasks=tuple(t for t in spec.tasks if t.kind == "binary"),
+      ensemble_weights={})
+  preds = predict(_targets_fn(dspec), (teacher.params,), columns)
   calibration = dict(teacher.calibration)
   for task in spec.tasks:
     if task.kind == "binary" and task.name in preds:
@@ -89,11 +67,11 @@ def _calibrate(teacher, splits, spec, mesh, mode, batch_size):
   return teacher._replace(calibration=calibration)
 
 
-def _compiled_targets_fn(dspec, mesh, mode):
+def _targets_fn(dspec):
+  """Per-device fn(teacher params, batch) -> the teachers' targets."""
   def per_device(teacher_params, batch):
     return terms.teacher_targets(teacher_params, batch, dspec)
-  return parallel.compile_step(per_device, mode, mesh, out_batched=True,
-                               donate_state=False)
+  return per_device
 
 
 def _cache_key(dspec: terms.DistillSpec, teachers, num_rows: int) -> str:
@@ -108,7 +86,7 @@ def _cache_key(dspec: terms.DistillSpec, teachers, num_rows: int) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def offline_targets(dspec, teachers, columns, mesh, mode, batch_size):
+def offline_targets(dspec, teachers, columns, predict: Predict):
   """{"teacher/<name>": np.ndarray[N, ...]} over `columns`, cached on disk."""
   n = len(columns["weights"])
   path = (paths.path(teachers[0].workdir) / "distill_targets" /
@@ -116,10 +94,8 @@ def offline_targets(dspec, teachers, columns, mesh, mode, batch_size):
   if path.exists():
     logging.info("Offline teacher targets from %s.", path)
     return paths.load_npz(path)
-  fn = _compiled_targets_fn(dspec, mesh, mode)
-  put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
-  params = parallel.replicate(tuple(t.params for t in teachers), mesh)
-  preds = evaluate.predict(fn, params, columns, batch_size, put)
+  preds = predict(_targets_fn(dspec), tuple(t.params for t in teachers),
+                  columns)
   out = {f"teacher/{k}": np.asarray(v) for k, v in preds.items()}
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,44 +112,3 @@ def resolve_workdirs(templates, workdir: str, seed: int) -> Tuple[str, ...]:
   parent = str(paths.path(workdir).parent)
   return tuple(p.replace("{parent}", parent).replace("{seed}", str(seed))
                for p in templates)
-
-
-def prepare(config, splits, spec, model, init_params, example_batch, mesh,
-            mode: str, workdir: str = ".") -> Distillation:
-  """Everything distillation adds to a run; a no-op when it is off."""
-  dcfg = terms.resolve_methods(config.distill)
-  workdirs = resolve_workdirs(dcfg.teacher_workdirs, workdir, config.seed)
-  names = tuple(dcfg.tasks) or spec.task_names
-  for name in names:
-    spec.task(name)  # unknown task names list the valid ones
-  teachers = tuple(teacher_lib.load_teacher(w, config, splits.spec,
-                                            splits.extras, names)
-                   for w in workdirs)
-  if dcfg.calibrate:
-    teachers = tuple(_calibrate(t, splits, spec, mesh, mode,
-                                config.eval.batch_size) for t in teachers)
-  dspec = terms.make_distill_spec(dcfg, spec, teachers)
-  train_columns = splits.train
-  params = init_params
-  if dspec is None:
-    return Distillation(None, (), None, params, train_columns)
-  if dspec.hint_feature:
-    targets = jax.eval_shape(
-        lambda tp: terms.teacher_targets(tp, example_batch, dspec),
-        tuple(t.params for t in teachers))
-    _, student_aux = jax.eval_shape(
-        lambda p: model.apply({"params": p}, example_batch, train=False), params)
-    feature = model_base.aux_feature(student_aux, dspec.hint_feature,
-                                     "The student")
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x417)
-    params = {**params, terms.HINT_PARAMS: terms.init_hint_projector(
-        rng, jnp.zeros(feature.shape),
-        jnp.zeros(targets[terms.FEATURES].shape))}
-  if dspec.offline and dspec.uses_teachers:
-    train_columns = {**splits.train, **offline_targets(
-        dspec, teachers, splits.train, mesh, mode, config.eval.batch_size)}
-  teacher_params = None
-  if dspec.uses_teachers and not dspec.offline:
-    teacher_params = parallel.replicate(tuple(t.params for t in teachers), mesh)
-  return Distillation(dspec, teachers, teacher_params, params, train_columns)
-

@@ -8,7 +8,7 @@ student's jit step as an argument and never saved with the student
 (big_vision's distill trainer does the same).
 """
 import dataclasses
-from typing import Any, Dict, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -112,19 +112,22 @@ def restore_params(workdir: str):
 
 
 def load_teacher(workdir: str, student_config, base_spec: specs_lib.DatasetSpec,
-                 extras=None, distilled_tasks: Sequence[str] = ()) -> Teacher:
+                 extras=None, distilled_tasks: Sequence[str] = (), *,
+                 table_row_multiple: Callable[[Any], int]) -> Teacher:
   """Restores the run in `workdir` as a frozen teacher for `student_config`.
 
   Args:
     base_spec: the dataset's spec before the student's task overrides (the
       teacher applies its own).
+    table_row_multiple: a run's config -> the multiple its embedding tables'
+      rows were padded to (the trainer's `train.mesh` rule), so that the
+      teacher's tables are rebuilt as it trained them.
   """
-  from mtkd_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   teacher_config = read_run_config(workdir)
   check_compatible(student_config, teacher_config, workdir, distilled_tasks)
   spec = dataclasses.replace(  # its tables as it padded them (train.mesh)
       base_spec.with_task_overrides(teacher_config.tasks.to_dict()),
-      table_row_multiple=mesh_lib.table_row_multiple(teacher_config))
+      table_row_multiple=table_row_multiple(teacher_config))
   model = mutual.maybe_wrap(models.build_model(spec, teacher_config.model,
                                                extras), spec, teacher_config)
   params = restore_params(workdir)

@@ -30,11 +30,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from mtkd_jax import errors
 from mtkd_jax.data import specs as specs_lib
+from mtkd_jax.distill import methods
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.losses import distillation as kd
 from mtkd_jax.models import base as model_base
@@ -76,51 +76,46 @@ class DistillSpec:
   crossdistil_tasks: Tuple[str, ...] = ()
   sparse_fields: Tuple[specs_lib.SparseField, ...] = ()
   term_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  alpha: float = 0.0
 
   @property
   def uses_teachers(self) -> bool:
     return bool(self.tasks or self.hint_feature)
 
+  # What the train step reads: the extra terms' names, every term's fixed
+  # weight, and the terms' per-example values.
+
   def term_names(self) -> Tuple[str, ...]:
     return tuple(self.term_weights)
 
+  def fixed_weights(self, tasks: Sequence[specs_lib.TaskSpec]
+                    ) -> Dict[str, float]:
+    """term -> fixed weight, the task terms included: a distilled task's
+    hard term (1 - alpha) w_t, any other task w_t; then `term_weights`."""
+    fixed = {t.name: t.weight * (1.0 - self.alpha
+                                 if f"kd/{t.name}" in self.term_weights
+                                 else 1.0)
+             for t in tasks}
+    fixed.update(self.term_weights)
+    return fixed
 
-# `distill.method`: names (comma-separated to combine) -> the knobs each one
-# turns on, on top of the explicit ones (a knob already set keeps its value).
-METHODS = {
-    "soft_target": {},  # kd/<task>: T^2 KL soft targets (the default)
-    "logit_matching": {"loss": "logit_mse"},  # kd/<task>: logit MSE
-    "listwise": {"listwise": "listnet"},  # + kd/list/<task>, ListNet per user
-    "pairwise": {"listwise": "ranknet"},  # + kd/list/<task>, RankNet per user
-    "ranking": {"ranking_weight": 1.0},  # + kd/rank/<task> (Tang & Wang)
-    "hint": {"hint_weight": 1.0},  # + kd/hint (FitNets)
-    "crossdistil": {"calibrate": True},  # Platt-calibrated teachers
-    "crossdistil_teacher": {"crossdistil_ranking_weight": 1.0},  # rank/<task>
-    "dml": {"dml_peers": 2},  # K peers, kd/dml/<task>
-}
-_UNSET = {"loss": "auto", "listwise": "", "ranking_weight": 0.0,
-          "hint_weight": 0.0, "calibrate": False,
-          "crossdistil_ranking_weight": 0.0, "dml_peers": 0}
+  def step_targets(self, batch, teacher_params=None):
+    """The teachers' outputs on `batch` (None when no term reads them):
+    computed here (online, from the step's `teacher_params` argument) or
+    read from the batch's "teacher/<name>" columns (offline)."""
+    if not self.uses_teachers:
+      return None
+    if self.offline:
+      return targets_from_batch(batch, self)
+    if teacher_params is None:
+      raise ValueError("This step distils from teachers: call it with their "
+                       "params (train_step(state, batch, teacher_params)).")
+    return teacher_targets(teacher_params, batch, self)
 
-
-def resolve_methods(dcfg):
-  """A copy of the `distill` block with `distill.method`'s knobs applied.
-
-  E.g. method "soft_target,hint" sets hint_weight 1.0 unless the config
-  already sets another weight. Unknown names list the valid ones.
-  """
-  out = dcfg.to_dict() if hasattr(dcfg, "to_dict") else dict(dcfg)
-  names = [n.strip() for n in str(out.get("method", "soft_target")).split(",")
-           if n.strip()]
-  for name in names:
-    if name not in METHODS:
-      raise errors.ConfigError(
-          f"Unknown distill.method {name!r}; valid: {', '.join(METHODS)} "
-          "(comma-separated to combine).")
-    for key, value in METHODS[name].items():
-      if out.get(key, _UNSET[key]) == _UNSET[key]:
-        out[key] = value
-  return ml_collections.ConfigDict(out)
+  def per_example_terms(self, outputs, aux, params, batch, targets
+                        ) -> Dict[str, jax.Array]:
+    """term -> float[B], given the student's outputs and `step_targets`."""
+    return per_example_terms(outputs, aux, params, batch, targets, self)
 
 
 def make_distill_spec(dcfg, spec: specs_lib.DatasetSpec, teachers=(),
@@ -132,7 +127,7 @@ def make_distill_spec(dcfg, spec: specs_lib.DatasetSpec, teachers=(),
     spec: the student's dataset spec (with its task overrides).
     teachers: `teacher.Teacher`s loaded from `dcfg.teacher_workdirs`.
   """
-  dcfg = resolve_methods(dcfg)
+  dcfg = methods.resolve_methods(dcfg)
   crossdistil = dcfg.crossdistil_ranking_weight > 0
   if not teachers and not crossdistil:
     return None
@@ -207,14 +202,7 @@ def make_distill_spec(dcfg, spec: specs_lib.DatasetSpec, teachers=(),
       listwise=dcfg.listwise, ranking_k=int(dcfg.ranking_k),
       ranking_lambda=float(dcfg.ranking_lambda), ranking=ranking,
       crossdistil_tasks=ctasks, sparse_fields=spec.sparse,
-      term_weights=weights)
-
-
-def hard_term_scale(dspec: Optional[DistillSpec], task: str, alpha: float) -> float:
-  """(1 - alpha) for a task with a kd/<task> term, else 1."""
-  if dspec is not None and f"kd/{task}" in dspec.term_weights:
-    return 1.0 - alpha
-  return 1.0
+      term_weights=weights, alpha=float(dcfg.alpha))
 
 
 def _flat(x):
@@ -322,7 +310,7 @@ def per_example_terms(outputs, aux, params, batch, targets,
       values[f"kd/list/{task.name}"] = LISTWISE[dspec.listwise](
           outputs[task.name], targets[task.name], batch["user_id"],
           temperature=dspec.temperature, weights=batch["weights"])
-  if dspec.hint_feature:  # setup.prepare checked the student has it
+  if dspec.hint_feature:  # plugin.build checked the student has it
     projected = nn.Dense(targets[FEATURES].shape[-1]).apply(
         {"params": params[HINT_PARAMS]},
         _flat(model_base.aux_feature(aux, dspec.hint_feature)))

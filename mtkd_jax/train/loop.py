@@ -10,12 +10,10 @@ Order of events for step s (1-based count of updates done):
 At the end the best checkpoint is restored and evaluated on validation and,
 once, on test; results go to <workdir>/results.json.
 """
-import dataclasses
-import functools
 import json
 import math
 import time
-from typing import Any, Dict, List, NamedTuple
+from typing import Dict, List
 
 import jax
 import ml_collections
@@ -23,31 +21,20 @@ import numpy as np
 from absl import logging
 
 from mtkd_jax import config_checks
-from mtkd_jax import data as data_lib
 from mtkd_jax import errors
-from mtkd_jax import losses
-from mtkd_jax import models
-from mtkd_jax import serving_info
 from mtkd_jax import paths
+from mtkd_jax import serving_info
 from mtkd_jax.data import pipeline
-from mtkd_jax.distill import mutual
-from mtkd_jax.distill import setup as distill_setup
 from mtkd_jax.train import checkpoint as checkpoint_lib
-from mtkd_jax.train import evaluate
 from mtkd_jax.train import host_memory
 from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train import hosts
 from mtkd_jax.train import model_stats
-from mtkd_jax.train import parallel
 from mtkd_jax.train import preemption
-from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
+from mtkd_jax.train import trainer as trainer_lib
 from mtkd_jax.train import workdir as workdir_lib
 from mtkd_jax.train import writers
-
-# Re-exported: building a step needs only `step`, not the loop.
-make_step_config = step_lib.make_step_config
-init_weighting = step_lib.init_weighting
 
 
 def _progress(total, initial):
@@ -105,71 +92,25 @@ def check_finite(step_metrics: List[Dict[str, np.ndarray]], first_step: int,
           f"{float(m['loss'])}.")
 
 
-class Experiment(NamedTuple):
-  """What a config resolves to before any training state exists."""
-  splits: Any
-  spec: Any
-  model: Any
-  mesh: Any
-  tx: Any
-  total_steps: int
-  example_batch: dict
-
-
-def setup(config: ml_collections.ConfigDict) -> Experiment:
-  """Loads the data and builds the model, mesh and optimizer of a config,
-  checking names and sizes before anything compiles."""
-  if config.train.get("reuse_host_memory", True):
-    host_memory.reuse_freed_memory()
-  splits = data_lib.load_dataset(config.data)
-  host_memory.release_freed_memory()  # the loaders' temporaries
-  tcfg = config.train
-  mesh = parallel.make_mesh(tcfg.num_devices, tcfg.get("mesh", ""))
-  mesh_lib.check_config(config, mesh)
-  spec = dataclasses.replace(  # tables padded to split evenly over `model`
-      splits.spec.with_task_overrides(config.tasks.to_dict()),
-      table_row_multiple=mesh_lib.model_size(mesh))
-  for task in spec.tasks:  # fail on a bad loss name now, not inside jit
-    losses.get_loss(task.loss)
-  model = mutual.maybe_wrap(
-      models.build_model(spec, config.model, splits.extras), spec, config)
-  if tcfg.select_mode not in ("max", "min"):
-    raise errors.ConfigError(f"select_mode must be 'max' or 'min', got "
-                             f"{tcfg.select_mode!r}.")
-  parallel.check_batch_size(tcfg.batch_size, mesh)
-  parallel.check_batch_size(config.eval.batch_size, mesh)
-  per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
-                                       tcfg.batch_size)
-  total_steps = tcfg.num_steps or tcfg.num_epochs * per_epoch
-  tx = state_lib.make_optimizer(config.optimizer, total_steps)
-  example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
-  return Experiment(splits, spec, model, mesh, tx, total_steps, example)
-
-
-def prepare_training(config, workdir: str):
-  """(experiment, distillation, initial host state, step config) of a run.
-
-  The initial state holds the model's params (with the distillation hint
-  projector when a hint is on), the optimizer state and the weighting
-  method's state; `distillation.teacher_params` are the frozen teachers'
-  params the step takes as its third argument in online mode.
-  """
-  exp = setup(config)
-  init_state = state_lib.create_train_state(exp.model, exp.tx,
-                                            exp.example_batch, config.seed)
-  distill = distill_setup.prepare(config, exp.splits, exp.spec, exp.model,
-                                  init_state.params, exp.example_batch,
-                                  exp.mesh, config.train.parallel, workdir)
-  if distill.init_params is not init_state.params:  # + the hint projector
-    init_state = init_state.replace(params=distill.init_params,
-                                    opt_state=exp.tx.init(distill.init_params))
-  step_cfg = step_lib.make_step_config(config, exp.model, exp.tx, exp.spec,
-                                       init_state.params, exp.example_batch,
-                                       distill=distill.spec,
-                                       total_steps=exp.total_steps)
-  init_state = init_state.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, config.weighting, init_state.params))
-  return exp, distill, init_state, step_cfg
+def advance(trainer, state, batch, step: int, first: bool):
+  """(state, metrics) after one update from `step` updates done; the first
+  update of a run logs its compile + run time, and every
+  `weighting.diagnostics_every`-th adds the per-term gradient diagnostics
+  taken before the update."""
+  if first:
+    t0 = time.perf_counter()
+    state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    logging.info("First step (compile + run): %.2f s.",
+                 time.perf_counter() - t0)
+    host_memory.release_freed_memory()  # the compiler's memory
+    return state, metrics
+  every = trainer.config.weighting.diagnostics_every
+  if not (every and (step + 1) % every == 0):
+    return trainer.train_step(state, batch)
+  diagnostics = trainer.diagnostics_step(state, batch)  # before the update
+  state, metrics = trainer.train_step(state, batch)
+  return state, {**metrics, **diagnostics}
 
 
 def _is_better(value, best, mode):
@@ -196,14 +137,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config, workdir, wd, multihost):
-  exp, distill, init_state, step_cfg = prepare_training(config, workdir)
-  splits, spec, model, mesh, tx, total_steps, example = exp
+  trainer = trainer_lib.build(config, workdir)
+  splits, spec, model = trainer.splits, trainer.spec, trainer.model
+  total_steps, distill, mesh = trainer.total_steps, trainer.distill, trainer.mesh
+  init_state = trainer.init_state
   if jax.process_index() == 0:  # what an export needs besides the checkpoint
     serving_info.save(workdir, spec, next(pipeline.eval_batches(
         splits.test, serving_info.NUM_EXAMPLES)), splits.extras)
   tcfg = config.train
-  mode = tcfg.parallel
-  teacher_args = (distill.teacher_params,) if distill.online else ()
   state = mesh_lib.place_state(init_state, mesh)  # tables sharded, if asked
   host_memory.release_freed_memory()  # init's compilations
   logging.info("Model %s: %s parameters.", config.model.name,
@@ -220,58 +161,22 @@ def _train_and_evaluate(config, workdir, wd, multihost):
   writer = writers.MetricWriter(workdir, resume_step=start_step,
                                 tensorboard=tcfg.tensorboard)
 
-  train_fn = parallel.compile_step(
-      functools.partial(step_lib.train_step, cfg=step_cfg),
-      mode, mesh, out_batched=False, donate_state=True,
-      extra_args=len(teacher_args))
-  diagnostics_fn = parallel.compile_step(
-      functools.partial(step_lib.gradient_diagnostics, cfg=step_cfg),
-      mode, mesh, out_batched=False, donate_state=False,
-      extra_args=len(teacher_args))
-  diagnostics_every = config.weighting.diagnostics_every
-  eval_fn = parallel.compile_step(
-      functools.partial(step_lib.eval_step, model=model,
-                        compute_dtype=step_cfg.compute_dtype),
-      mode, mesh, out_batched=True, donate_state=False)
-  put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
-
-  def run_eval(params, split):
-    columns = splits.split(split)
-    preds = evaluate.predict(eval_fn, params, columns,
-                             config.eval.batch_size, put)
-    return evaluate.split_metrics(spec, columns, preds,
-                                  (splits.extras or {}).get(split))
+  run_eval = trainer.evaluate
 
   def save_latest(step):
     ckpt.save_latest(step, hosts.as_global(state, mesh), loop_state)
 
   step = start_step
   done = step >= total_steps or loop_state["stopped_early"]
-  batches = pipeline.prefetch(
-      pipeline.train_batches(distill.train_columns, tcfg.batch_size,
-                             seed=config.seed,
-                             start_step=start_step), put)
+  batches = trainer.train_batches(start_step)
   progress = None if done else _progress(total_steps, start_step)
   buffer, buffer_start = [], step + 1
   last_time, last_step = time.perf_counter(), step
   watcher, preempted = preemption.Watcher(multihost), False
   try:
     while not done:
-      batch = next(batches)
-      if step == start_step:
-        t0 = time.perf_counter()
-        state, metrics = train_fn(state, batch, *teacher_args)
-        jax.block_until_ready(metrics)
-        logging.info("First step (compile + run): %.2f s.",
-                     time.perf_counter() - t0)
-        host_memory.release_freed_memory()  # the compiler's memory
-      else:
-        is_diag = diagnostics_every and (step + 1) % diagnostics_every == 0
-        if is_diag:
-          diagnostics = diagnostics_fn(state, batch, *teacher_args)  # before
-        state, metrics = train_fn(state, batch, *teacher_args)  # the update
-        if is_diag:
-          metrics = {**metrics, **diagnostics}
+      state, metrics = advance(trainer, state, next(batches), step,
+                               first=step == start_step)
       step += 1
       buffer.append(metrics)
       is_last, is_eval, is_ckpt, is_log = step_events(step, total_steps, tcfg)

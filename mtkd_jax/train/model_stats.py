@@ -10,13 +10,13 @@ from typing import Dict
 import jax
 import numpy as np
 
-from mtkd_jax.distill import terms as distill_terms
+from mtkd_jax.distill import plugin as distill_plugin
 
 # Leaf names of embedding tables (models/embedding.py, models/retrieval.py).
 EMBEDDING_PREFIXES = ("sparse_table", "multi_hot_", "sequence_table_",
                       "embedding")
-# Not part of the served model: the distillation hint projector.
-TRAINING_ONLY = (distill_terms.HINT_PARAMS,)
+# Not part of the served model: the params distillation adds (its projector).
+TRAINING_ONLY = distill_plugin.EXTRA_PARAMS
 
 
 def _key(entry) -> str:

@@ -4,10 +4,9 @@
 config that differ only in `seed` (parameter init, dropout and weighting
 PRNG, and the order of the training data: seed s shuffles with its own
 `seed`, exactly like a single run with `config.seed = s`). It reuses the
-library's pieces: `state.create_train_state`, `loop.make_step_config`,
-`loop.init_weighting`, `step.train_step` / `step.eval_step` /
-`step.gradient_diagnostics`, `pipeline.train_batches` and
-`evaluate.split_metrics`.
+library's pieces through `trainer.build(config, seeds=...)` (the same
+factory as the single-seed loop, which only adds the vmap over seeds) and
+the loop's `advance`, `step_events`, `mean_metrics` and `check_finite`.
 
 Layout. The S TrainStates are stacked on a leading axis
 (`jax.tree.map(jnp.stack)`); the host batch of a step is the S per-seed
@@ -44,57 +43,26 @@ workdirs are overwritten); use the single-seed loop for long runs that must
 resume.
 """
 import copy
-import functools
 import json
 import os
 import time
 from typing import Dict, List, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from mtkd_jax import errors
 from mtkd_jax import paths
-from mtkd_jax.data import pipeline
-from mtkd_jax.train import evaluate
+from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.train import hosts
 from mtkd_jax.train import loop
-from mtkd_jax.train import parallel
-from mtkd_jax.train import state as state_lib
-from mtkd_jax.train import step as step_lib
+from mtkd_jax.train import trainer as trainer_lib
 from mtkd_jax.train import writers
 
 
 _is_better = loop._is_better  # pylint: disable=protected-access
-
-
-def stack_trees(trees):
-  """[tree, ...] -> one tree whose leaves have a leading axis of len(trees)."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _vmapped_train(fn):
-  """Per-device fn(state[S], batch[b, S]) -> (state[S], metrics[S])."""
-  def per_device(state, batch):
-    return jax.vmap(fn, in_axes=(0, 1))(state, batch)
-  return per_device
-
-
-def _vmapped_eval(fn):
-  """Per-device fn(params[S], batch[b]) -> outputs[b, S, ...]."""
-  def per_device(params, batch):
-    out = jax.vmap(fn, in_axes=(0, None))(params, batch)
-    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), out)
-  return per_device
-
-
-def stacked_batches(iterators):
-  """Zips per-seed host batches into [B, S, ...] batches."""
-  for batches in zip(*iterators):
-    yield {k: np.stack([b[k] for b in batches], axis=1) for k in batches[0]}
 
 
 def _seed_slice(tree, i):
@@ -114,13 +82,7 @@ def _summary(host, seed_index, now, last_time, steps):
 def can_vmap(config) -> bool:
   """False for a config that must train one seed per program: distillation
   from teachers (each seed has its own), DML peers or CrossDistil."""
-  dcfg = config.get("distill")
-  if dcfg is None:
-    return True
-  from mtkd_jax.distill import terms  # pylint: disable=g-import-not-at-top
-  dcfg = terms.resolve_methods(dcfg)
-  return not (dcfg.teacher_workdirs or dcfg.dml_peers or
-              dcfg.crossdistil_ranking_weight)
+  return not distill_plugin.needs_teachers_or_peers(config)
 
 
 def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
@@ -140,13 +102,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
     {"best_step", "validation", "test", "select_metric", "steps"}.
   """
   seeds = [int(s) for s in seeds]
-  if not can_vmap(config):
-    raise errors.ConfigError(
-        "Distillation runs train one seed per program (their teachers differ "
-        "per seed); run them without --vmap_seeds.")
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise errors.ConfigError(f"seeds must be distinct and non-empty; got "
-                             f"{seeds}.")
+  trainer_lib.check_seeds(config, seeds)
   dirs = list(seed_workdirs) if seed_workdirs else [
       os.path.join(workdir, f"seed_{s}") for s in seeds]
   if len(dirs) != len(seeds):
@@ -163,41 +119,17 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
       (d / "config.json").write_text(seed_config.to_json_best_effort(indent=2))
       (d / "results.json").unlink(missing_ok=True)  # stale: we start over
 
-  splits, spec, model, mesh, tx, total_steps, example = loop.setup(config)
-  tcfg = config.train
-  mode = tcfg.parallel
-  states = [state_lib.create_train_state(model, tx, example, s) for s in seeds]
-  step_cfg = loop.make_step_config(config, model, tx, spec, states[0].params,
-                                   example, total_steps=total_steps)
-  states = [s.replace(weighting_state=loop.init_weighting(
-      step_cfg, config.weighting, s.params)) for s in states]
-  state = parallel.replicate(stack_trees(states), mesh)
-  del states
+  trainer = trainer_lib.build(config, workdir, seeds=seeds)
+  spec, total_steps, tcfg = trainer.spec, trainer.total_steps, config.train
+  state = trainer.replicate(trainer.init_state)
   size = sum(x.size for x in jax.tree.leaves(state.params)) // num_seeds
   logging.info("Model %s x %d seeds: %s parameters each.", config.model.name,
                num_seeds, f"{size:,}")
 
-  train_fn = parallel.compile_step(
-      _vmapped_train(functools.partial(step_lib.train_step, cfg=step_cfg)),
-      mode, mesh, out_batched=False, donate_state=True)
-  diagnostics_fn = parallel.compile_step(
-      _vmapped_train(functools.partial(step_lib.gradient_diagnostics,
-                                       cfg=step_cfg)),
-      mode, mesh, out_batched=False, donate_state=False)
-  diagnostics_every = config.weighting.diagnostics_every
-  eval_fn = parallel.compile_step(
-      _vmapped_eval(functools.partial(step_lib.eval_step, model=model)),
-      mode, mesh, out_batched=True, donate_state=False)
-  put = functools.partial(parallel.shard_batch, mode=mode, mesh=mesh)
-
   def run_eval(params, split) -> List[Dict[str, float]]:
-    columns = splits.split(split)
-    preds = evaluate.predict(eval_fn, params, columns, config.eval.batch_size,
-                             put)  # {key: [N, S, ...]}
-    extras = (splits.extras or {}).get(split)
-    return [evaluate.split_metrics(spec, columns,
-                                   {k: v[:, i] for k, v in preds.items()},
-                                   extras) for i in range(num_seeds)]
+    preds = trainer.predict(params, split)  # {key: [N, S, ...]}
+    return [trainer.split_metrics(split, {k: v[:, i] for k, v in preds.items()})
+            for i in range(num_seeds)]
 
   writer_list = [writers.MetricWriter(d, resume_step=0,
                                       tensorboard=tcfg.tensorboard)
@@ -206,9 +138,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
                  "stopped_at": None, "best_params": None, "best_val": None}
                 for _ in seeds]
 
-  batches = pipeline.prefetch(stacked_batches(
-      [pipeline.train_batches(splits.train, tcfg.batch_size, seed=s)
-       for s in seeds]), put)
+  batches = trainer.train_batches()
   progress = loop._progress(total_steps, 0)  # pylint: disable=protected-access
   if progress is not None:
     progress.set_description(f"train x{num_seeds} seeds")
@@ -217,20 +147,8 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
   last_time, last_step = time.perf_counter(), 0
   try:
     while not done:
-      batch = next(batches)
-      if step == 0:
-        t0 = time.perf_counter()
-        state, metrics = train_fn(state, batch)
-        jax.block_until_ready(metrics)
-        logging.info("First step (compile + run), %d seeds: %.2f s.",
-                     num_seeds, time.perf_counter() - t0)
-      else:
-        is_diag = diagnostics_every and (step + 1) % diagnostics_every == 0
-        if is_diag:
-          diagnostics = diagnostics_fn(state, batch)
-        state, metrics = train_fn(state, batch)
-        if is_diag:
-          metrics = {**metrics, **diagnostics}
+      state, metrics = loop.advance(trainer, state, next(batches), step,
+                                    first=step == 0)
       step += 1
       buffer.append(metrics)
       is_last, is_eval, is_ckpt, is_log = loop.step_events(step, total_steps,
@@ -286,8 +204,8 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
     if progress is not None:
       progress.close()
 
-  best = parallel.replicate(
-      stack_trees([st["best_params"] for st in seed_state]), mesh)
+  best = trainer.replicate(
+      trainer_lib.stack_trees([st["best_params"] for st in seed_state]))
   tests = run_eval(best, "test")
   all_results = []
   for i, seed in enumerate(seeds):

@@ -46,7 +46,7 @@ from mtkd_jax import errors
 from mtkd_jax import losses as losses_lib
 from mtkd_jax import weighting
 from mtkd_jax.data import specs as specs_lib
-from mtkd_jax.distill import terms as distill_terms
+from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.models import base as model_base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
@@ -84,10 +84,10 @@ def term_names(model: nn.Module, params, batch,
 
 def is_task_specific(path, model: nn.Module) -> bool:
   """Whether a parameter belongs to one task only (e.g. under "towers"):
-  the model's `task_specific_params` (models/base.py), and the hint
-  projector of feature distillation."""
+  the model's `task_specific_params` (models/base.py), and the params
+  distillation adds (the hint projector, `distill_plugin.EXTRA_PARAMS`)."""
   return (model_base.is_task_specific(path, model) or
-          model_base.top_name(path) == distill_terms.HINT_PARAMS)
+          model_base.top_name(path) in distill_plugin.EXTRA_PARAMS)
 
 
 # Metrics computed on some updates only (StepConfig.norm_periods and
@@ -102,7 +102,7 @@ class StepConfig:
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation,
                tasks: Sequence[specs_lib.TaskSpec], terms: Sequence[str],
                method: weighting_base.WeightingMethod, method_params=None,
-               rep_grad: bool = False, distill=None, alpha: float = 0.0,
+               rep_grad: bool = False, distill=None,
                row_grads: bool = False, compute_dtype=None,
                norm_periods: Sequence[int] = (1,), norm_last_step: int = 0):
     self.model, self.tx, self.tasks, self.terms = model, tx, tuple(tasks), tuple(terms)
@@ -118,12 +118,10 @@ class StepConfig:
     # Table gradients as rows (row_grads.py); a row-sparse optimizer needs them.
     self.row_grads = row_grads or (isinstance(tx, row_optim.SplitOptimizer)
                                    and not tx.rows.moves_all_rows)
-    self.distill = distill  # a distill.terms.DistillSpec or None
+    self.distill = distill  # extra terms (distill_plugin.Distillation.spec)
     self.compute_dtype = compute_dtype  # None: the params' own (float32)
-    fixed = {t.name: t.weight * distill_terms.hard_term_scale(distill, t.name, alpha)
-             for t in tasks}
-    if distill is not None:
-      fixed.update(distill.term_weights)
+    fixed = ({t.name: t.weight for t in tasks} if distill is None
+             else distill.fixed_weights(tasks))
     self.fixed_weights = jnp.asarray([fixed.get(n, 1.0) for n in self.terms],
                                      jnp.float32)
     self.method, self.method_params, self.rep_grad = method, method_params, rep_grad
@@ -134,7 +132,7 @@ def make_step_config(config, model, tx, spec, params, example_batch,
   """The step's static pieces: terms, weighting method, gradient mode.
 
   Args:
-    distill: a `distill.terms.DistillSpec` (None: no distillation terms).
+    distill: the extra terms, `distill_plugin.Distillation.spec` (None: none).
     total_steps: the run's last update, whose norm metrics are computed too
       (with the multiples of `train.log_every`, `eval_every` and
       `checkpoint_every`: the steps at which the loop reads the metrics).
@@ -151,7 +149,6 @@ def make_step_config(config, model, tx, spec, params, example_batch,
   terms = term_names(model, params, example_batch, spec.tasks, distill)
   return StepConfig(model, tx, spec.tasks, terms, method,
                     config.weighting, rep_grad=mode == "rep", distill=distill,
-                    alpha=config.distill.alpha if "distill" in config else 0.0,
                     row_grads=_use_row_grads(config, tx, method, params),
                     compute_dtype=compute_dtype(config),
                     norm_periods=(config.train.log_every,
@@ -215,11 +212,19 @@ def _use_row_grads(config, tx, method, params) -> bool:
         "Row gradients need 2-D embedding tables; this model stacks them (e.g. "
         "DML peers under nn.vmap): use train.embedding_grads='dense' and "
         "optimizer.embedding='dense'.")
+  if method.needs_split_gram and (choice == "rows" or sparse_opt):
+    raise errors.ConfigError(
+        f"Weighting method {config.weighting.name!r} differentiates two "
+        "half-batches separately, with dense table gradients: it needs "
+        "train.embedding_grads='dense' or 'auto' and optimizer.embedding="
+        "'dense'.")
+  if method.needs_split_gram:
+    return False
   if sparse_opt and method.needs_full_grads:
     raise errors.ConfigError(
-        f"Weighting method {config.weighting.name!r} steps along a running "
-        "average of past gradients, which moves table rows outside the batch: "
-        "it needs optimizer.embedding='dense'.")
+        f"Weighting method {config.weighting.name!r} works on the flat "
+        "shared gradients (dense tables; DB-MTL's and MoCo's running averages "
+        "move rows outside the batch): it needs optimizer.embedding='dense'.")
   if choice == "auto":
     return split_opt and not stacked
   return choice == "rows"
@@ -231,7 +236,10 @@ def init_weighting(step_cfg, weighting_config, params):
   if method.needs_full_grads:
     shared = shared_params(params, step_cfg.model)
     size = sum(x.size for x in jax.tree.leaves(shared))
-    return method.init(step_cfg.terms, weighting_config, num_shared_params=size)
+    layout = ({"param_layout": weighting_base.param_layout(shared)}
+              if method.needs_param_layout else {})
+    return method.init(step_cfg.terms, weighting_config, num_shared_params=size,
+                       **layout)
   return method.init(step_cfg.terms, weighting_config)
 
 
@@ -262,8 +270,8 @@ def _local_terms(params, perturbations, batch, rng, denom, cfg: StepConfig,
   sums, _ = task_loss_sums(outputs, batch, cfg.tasks)
   per_example = dict(aux.aux_losses)
   if cfg.distill is not None:
-    per_example.update(distill_terms.per_example_terms(
-        outputs, aux, params, batch, targets, cfg.distill))
+    per_example.update(cfg.distill.per_example_terms(
+        outputs, aux, params, batch, targets))
   for name, values in per_example.items():
     sums[name] = jnp.sum(batch["weights"] * values)
   terms = jnp.stack([sums[n] for n in cfg.terms]) / denom * cfg.fixed_weights
@@ -352,17 +360,44 @@ def _per_term_grads(params, batch, rng, denom, cfg: StepConfig, targets,
   return local, grads, {p: r.ids for p, r in compact.items()}
 
 
+def _split_per_term_grads(params, batch, rng, denom, cfg: StepConfig,
+                          targets):
+  """`_per_term_grads` (dense path) and the cross Gram matrix of two halves.
+
+  The global batch is split by the parity of each example's global index
+  (the same halves on any number of devices); one forward pass per half
+  and one vmapped VJP over the 2T terms give each half's share of every
+  global term mean. Their sum is the full-batch per-term gradient; the
+  cross Gram matrix is that of the halves' own mean gradients.
+  Returns (local terms float[T], global per-term grads, cross float[T, T]).
+  """
+  weights = batch["weights"]
+  index = lax.axis_index(AXIS) * weights.shape[0] + jnp.arange(weights.shape[0])
+  halves = [jnp.where(index % 2 == k, weights, 0.0) for k in (0, 1)]
+
+  def terms(p):
+    return jnp.concatenate([
+        _local_terms(p, None, {**batch, "weights": w}, rng, denom, cfg, targets)
+        for w in halves])
+
+  local2, vjp_fn = jax.vjp(terms, params)
+  num = len(cfg.terms)
+  per_half = collectives.psum(
+      jax.vmap(vjp_fn)(jnp.eye(2 * num, dtype=local2.dtype))[0], AXIS)
+  first = jax.tree.map(lambda x: x[:num], per_half)
+  second = jax.tree.map(lambda x: x[num:], per_half)
+  sizes = [jnp.maximum(collectives.psum(jnp.sum(w), AXIS), 1.0) for w in halves]
+  cross = gram_matrix(_shared_only(first, cfg), num, _shared_only(second, cfg))
+  cross = cross * (denom / sizes[0]) * (denom / sizes[1])
+  per_term = jax.tree.map(jnp.add, first, second)
+  return local2[:num] + local2[num:], per_term, cross
+
+
 def _teacher_targets(teacher_params, batch, cfg: StepConfig):
-  """The teachers' outputs: computed here (online) or read from the batch."""
-  dspec = cfg.distill
-  if dspec is None or not dspec.uses_teachers:
+  """What the extra terms read (the teachers' outputs), or None."""
+  if cfg.distill is None:
     return None
-  if dspec.offline:
-    return distill_terms.targets_from_batch(batch, dspec)
-  if teacher_params is None:
-    raise ValueError("This step distils from teachers: call it with their "
-                     "params (train_step(state, batch, teacher_params)).")
-  return distill_terms.teacher_targets(teacher_params, batch, dspec)
+  return cfg.distill.step_targets(batch, teacher_params)
 
 
 def _zero_perturbations(params, batch, cfg: StepConfig):
@@ -565,8 +600,14 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
       row_grads = rows.compact(sites, all_grads[1])
     grads = collectives.psum(grads, AXIS)
   else:
-    local, per_term, row_ids = _per_term_grads(
-        state.params, batch, dropout_rng, denom, cfg, targets, rows)
+    cross = None
+    if method.needs_split_gram:
+      local, per_term, cross = _split_per_term_grads(
+          state.params, batch, dropout_rng, denom, cfg, targets)
+      row_ids = None
+    else:
+      local, per_term, row_ids = _per_term_grads(
+          state.params, batch, dropout_rng, denom, cfg, targets, rows)
     if row_ids is not None and method.needs_full_grads:  # flat: dense layout
       per_term = row_grads_lib.merge(rows.densify({
           p: row_grads_lib.RowGrad(ids, _get_path(per_term, p))
@@ -579,7 +620,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
       flat = jax.vmap(lambda g: ravel_pytree(g)[0])(shared)
     combination, wstate, diag = update_weighting(
         global_terms, weighting_base.TaskGrads(gram_matrix(shared, num_terms),
-                                               flat))
+                                               flat, cross))
     combination = jax.tree.map(lax.stop_gradient, combination)
     grads = _combine(per_term, combination, cfg)
     if row_ids is not None:

@@ -8,19 +8,22 @@ defaults). The update functions receive that ConfigDict as `params`.
 Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
 scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
-gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; and
-dbmtl (flat gradients, param mode only).
+gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; the
+stochastic multi-objective modo, sdmgrad (also the cross Gram matrix of two
+half-batches, param mode only); and, on the flat gradients (param mode
+only): dbmtl, moco, graddrop, excess_mtl, gradvac_layers.
 """
 from typing import Callable, Dict
 
-import ml_collections
-
 from mtkd_jax import registry
 from mtkd_jax.weighting import base
+from mtkd_jax.weighting import flat_gradient
 from mtkd_jax.weighting import gradient_allocation
 from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
 from mtkd_jax.weighting import scalarization
+from mtkd_jax.weighting import stochastic_moo
+from mtkd_jax.weighting.defaults import default_config
 
 METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "ew": loss_level.ew,
@@ -42,67 +45,15 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "dbmtl": gradient_level.dbmtl,
     "upgrad": gradient_allocation.upgrad,
     "fairgrad": gradient_allocation.fairgrad,
+    "modo": stochastic_moo.modo,
+    "sdmgrad": stochastic_moo.sdmgrad,
+    "moco": stochastic_moo.moco,
+    "graddrop": flat_gradient.graddrop,
+    "excess_mtl": flat_gradient.excess_mtl,
+    "gradvac_layers": flat_gradient.gradvac_layers,
 }
 
 
 def get_method(name: str) -> base.WeightingMethod:
   """The weighting method `name`; a ConfigError lists the valid names."""
   return registry.lookup(METHODS, name, "weighting method")()
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `weighting` config block: method, gradient mode, hyper-parameters.
-
-  The task specs' fixed weights are not here: they are part of the losses the
-  methods see.
-  """
-  c = ml_collections.ConfigDict()
-  c.name = "ew"
-  # "param": gradients of the shared parameters; "rep": of the shared
-  # representation (MGDA-UB style; not for methods with
-  # supports_rep_grad=False, i.e. dbmtl).
-  c.mode = "param"
-  # Uncertainty (Kendall et al. 2018): s = log sigma^2, own Adam.
-  c.uncertainty_lr = 1e-3
-  c.uncertainty_init_log_var = -0.5
-  # DWA (Liu et al. 2019): an "epoch" is every dwa_epoch_steps steps.
-  c.dwa_temperature = 2.0
-  c.dwa_epoch_steps = 100
-  # RLW (Lin et al. 2022): normal | uniform | dirichlet | bernoulli |
-  # constrained_bernoulli.
-  c.rlw_distribution = "normal"
-  # FAMO (Liu et al. 2023): Adam on the logits, L2 weight decay gamma.
-  c.famo_lr = 0.025
-  c.famo_gamma = 0.01
-  c.famo_min_loss = 0.0
-  # STCH (Lin et al. 2024): smoothing mu; warm-up steps whose mean loss is
-  # the nadir point.
-  c.stch_mu = 1.0
-  c.stch_warmup_steps = 100
-  # IMTL-L (Liu et al. 2021): Adam learning rate of the loss scales s_t.
-  c.imtl_l_lr = 1e-3
-  # DB-MTL (Lin et al. 2023): EMA rate beta / k^beta_sigma.
-  c.dbmtl_beta = 0.9
-  c.dbmtl_beta_sigma = 0.5
-  c.dbmtl_eps = 1e-8
-  # GradNorm (Chen et al. 2018).
-  c.gradnorm_alpha = 1.5
-  c.gradnorm_lr = 0.025
-  # GradVac (Wang et al. 2021): EMA rate of the cosine targets.
-  c.gradvac_beta = 0.01
-  # MGDA (Sener & Koltun 2018): none | l2 | loss | loss+.
-  c.mgda_normalization = "none"
-  # CAGrad (Liu et al. 2021): rescale 0: none, 1: / (1 + c^2), 2: / (1 + c).
-  c.cagrad_c = 0.4
-  c.cagrad_rescale = 1
-  # Nash-MTL (Navon et al. 2022): the most Newton steps of the bargaining
-  # solver (it stops at float accuracy, usually after fewer than 10).
-  c.nash_max_iter = 20
-  # UPGrad (Quinton & Rey 2024): TorchJD's Gram normalisation and ridge.
-  c.upgrad_norm_eps = 1e-4
-  c.upgrad_reg_eps = 1e-4
-  # FairGrad (Ban & Ji 2024): the fairness alpha > 0 (1: proportional).
-  c.fairgrad_alpha = 1.0
-  # Aligned-MTL (Senushkin et al. 2023): min | median | rmse.
-  c.aligned_mtl_scale_mode = "min"
-  return c

@@ -23,6 +23,7 @@ from jax import lax
 
 from mtkd_jax import errors
 from mtkd_jax.weighting import base
+from mtkd_jax.weighting import defaults
 
 
 @flax.struct.dataclass
@@ -47,8 +48,7 @@ def weight_diag(names: Sequence[str], coeffs: jax.Array, prefix: str = "weight"
 def resolve_params(params):
   """The method's hyper-parameters: `params`, or the defaults when None."""
   if params is None:
-    from mtkd_jax import weighting  # pylint: disable=g-import-not-at-top
-    return weighting.default_config()
+    return defaults.default_config()
   return params
 
 

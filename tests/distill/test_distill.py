@@ -18,6 +18,7 @@ from mtkd_jax.train import loop
 from mtkd_jax.train import model_stats
 from mtkd_jax.train import parallel
 from mtkd_jax.train import step as step_lib
+from mtkd_jax.train import trainer
 
 
 def tiny_config(**overrides):
@@ -49,7 +50,8 @@ def teacher_dir(tmp_path_factory):
 
 def _first_step_metrics(config, workdir, num_devices=0):
   config.train.num_devices = num_devices
-  exp, distill, state, step_cfg = loop.prepare_training(config, workdir)
+  exp = trainer.build(config, workdir)
+  distill, state, step_cfg = exp.distill, exp.init_state, exp.step_cfg
   mode = config.train.parallel
   extra = (distill.teacher_params,) if distill.online else ()
   fn = parallel.compile_step(
@@ -164,14 +166,14 @@ def test_mismatched_teacher_stops_with_a_clear_message(teacher_dir, tmp_path):
   (other / "config.json").write_text(json.dumps(teacher_config))
   config = tiny_config(**{"distill.teacher_workdirs": (str(other),)})
   with pytest.raises(errors.ConfigError, match="vocab_size"):
-    loop.prepare_training(config, str(tmp_path / "s"))
+    trainer.build(config, str(tmp_path / "s"))
   config = tiny_config(**{"distill.teacher_workdirs": (str(tmp_path / "none"),)})
   with pytest.raises(errors.ConfigError, match="no config.json"):
-    loop.prepare_training(config, str(tmp_path / "s"))
+    trainer.build(config, str(tmp_path / "s"))
   config = tiny_config(**{"distill.teacher_workdirs": (teacher_dir,),
                           "distill.tasks": ("ctr", "click")})
   with pytest.raises(errors.ConfigError, match="click"):
-    loop.prepare_training(config, str(tmp_path / "s"))
+    trainer.build(config, str(tmp_path / "s"))
 
 
 def test_teacher_workdir_placeholders(tmp_path):
@@ -251,7 +253,7 @@ def test_methods_select_their_terms(teacher_dir, tmp_path):
   assert "loss/kd/hint" in metrics
   config = tiny_config(**{"distill.method": "soft_target,nope"})
   with pytest.raises(errors.ConfigError, match="crossdistil_teacher"):
-    loop.prepare_training(config, str(tmp_path / "bad"))
+    trainer.build(config, str(tmp_path / "bad"))
 
 
 def test_dml_with_two_peers_is_kd_from_a_moving_teacher(tmp_path):
@@ -359,4 +361,4 @@ def test_listwise_distillation_needs_user_ids(teacher_dir, tmp_path):
   config = tiny_config(**{"distill.teacher_workdirs": (teacher_dir,),
                           "distill.method": "listwise"})
   with pytest.raises(errors.ConfigError, match="user ids"):
-    loop.prepare_training(config, str(tmp_path))
+    trainer.build(config, str(tmp_path))

@@ -6,7 +6,7 @@ import pytest
 
 from configs import synthetic_mmoe
 from mtkd_jax import errors
-from mtkd_jax.train import loop
+from mtkd_jax.train import trainer
 from mtkd_jax.train import parallel
 from mtkd_jax.train import step as step_lib
 
@@ -15,7 +15,8 @@ def _one_step(dtype, tmp_path):
   c = synthetic_mmoe.get_config("smoke")
   c.data.num_examples = 2000
   c.train.compute_dtype = dtype
-  exp, _, state, cfg = loop.prepare_training(c, str(tmp_path / dtype))
+  exp = trainer.build(c, str(tmp_path / dtype))
+  state, cfg = exp.init_state, exp.step_cfg
   fn = parallel.compile_step(
       lambda s, b: step_lib.train_step(s, b, cfg=cfg), "jit", exp.mesh,
       out_batched=False, donate_state=False)
