@@ -218,10 +218,11 @@ def test_default_adam_equals_optax_adam(method, grads, mode, devices):
   the devices' float summation noise past the tolerance.) Adam moves a
   parameter by up to lr = 0.1 a step, and where a gradient entry is near
   zero m / sqrt(v) turns float noise into a visible step; DB-MTL's
-  normalised direction has such entries, so its parameters are compared
-  to 1e-4 of one step (atol 1e-5) rather than 1e-6."""
+  normalised direction has such entries (misses of 5e-6 and 1.6e-5 were
+  seen, varying from run to run), so its parameters are compared to 1e-3
+  of one step (atol 1e-4); a wrong update moves them by ~lr."""
   keys = ("loss", "loss/ctr", "loss/rating", "grad_norm", "param_norm")
-  atol = 1e-5 if method == "dbmtl" else 1e-6
+  atol = 1e-4 if method == "dbmtl" else 1e-6
   assert_same(optax_adam_reference(method),
               run(make_config(method, grads, "adam"), mode, devices), keys,
               rtol=1e-5, atol=atol)
