@@ -239,8 +239,18 @@ def test_config_errors(kwargs, match):
     build(make_config(**kwargs))
 
 
-@pytest.mark.parametrize("method", ["ew", "pcgrad", "mgda"])
-@pytest.mark.parametrize("mode,devices", [("jit", 1), ("jit", 8), ("pmap", 8)])
+def _slow_unless(case, keep):
+  """`case` as a pytest param, marked slow unless it is in `keep` (CI runs
+  those; MTKD_RUN_SLOW=1 runs every case)."""
+  return case if case in keep else pytest.param(*case, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("mode,devices,method", [
+    _slow_unless((mode, devices, method),
+                 keep={("jit", 1, "ew"), ("jit", 8, "ew"), ("pmap", 8, "ew"),
+                       ("jit", 8, "pcgrad"), ("jit", 1, "mgda")})
+    for method in ("ew", "pcgrad", "mgda")
+    for mode, devices in (("jit", 1), ("jit", 8), ("pmap", 8))])
 def test_row_grads_give_the_dense_update(method, mode, devices):
   keys = KEYS + (() if method == "ew" else ("weight/ctr", "weight/rating"))
   assert_same(dense_reference(method),
@@ -312,8 +322,11 @@ def test_compact_rows_densify_to_the_table_gradient():
     assert (ids[len(touched[name]):] == rows).all()  # distinct, then fill
 
 
-@pytest.mark.parametrize("embedding", ["lazy_adam", "row_adagrad"])
-@pytest.mark.parametrize("mode,devices", [("jit", 8), ("pmap", 8)])
+@pytest.mark.parametrize("mode,devices,embedding", [
+    _slow_unless((mode, devices, embedding),
+                 keep={("jit", 8, "lazy_adam"), ("pmap", 8, "row_adagrad")})
+    for embedding in ("lazy_adam", "row_adagrad")
+    for mode, devices in (("jit", 8), ("pmap", 8))])
 def test_sparse_optimizers_same_on_one_and_eight_devices(embedding, mode,
                                                          devices):
   """(SGD on the other params: Adam would magnify float noise in near-zero
