@@ -28,6 +28,15 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip)
 
 
+def ci_subset(cases, keep):
+  """Parametrize cases with those not in `keep` marked slow: CI runs `keep`
+  (enough to cover each code path), MTKD_RUN_SLOW=1 runs every case."""
+  return [c if c in keep else
+          pytest.param(*(c if isinstance(c, tuple) else (c,)),
+                       marks=pytest.mark.slow)
+          for c in cases]
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 

@@ -90,6 +90,7 @@ def test_quick_run_in_bf16_compute(tmp_path):
         rec[f"logloss_{task}"])
 
 
+@pytest.mark.slow  # minutes of CI; MTKD_RUN_SLOW=1 runs it
 def test_weighting_cost_quick_lines(tmp_path):
   """One line per method and mode (EW first), each measured in its own
   subprocess (whose loop is `--in-process`'s, restricted to one method);

@@ -6,6 +6,7 @@ from ml_collections import config_flags
 
 from mtkd_jax import train
 from tests.conftest import REPO
+from tests.conftest import ci_subset
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py")
                  if p.name != "__init__.py")
@@ -34,7 +35,17 @@ def test_docstring_starts_with_its_command(path):
   assert "--workdir" in first
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NEEDS_DATA_DIR],
+# Architectures whose model tests (tests/models) and whose runs elsewhere
+# cover them train their smoke config with MTKD_RUN_SLOW=1 only.
+SMOKE_SLOW = {"mmoe_synthetic.py",  # the study config; synthetic_mmoe.py runs
+              "synthetic_aitm.py",  # AITM trains in the like/love funnel test
+              "synthetic_omoe.py", "synthetic_cross_stitch.py",
+              "synthetic_dselect_k.py"}
+SMOKE = [p for p in CONFIGS if p.name not in NEEDS_DATA_DIR]
+
+
+@pytest.mark.parametrize("path", ci_subset(
+    SMOKE, [p for p in SMOKE if p.name not in SMOKE_SLOW]),
                          ids=lambda p: p.name)
 def test_smoke_config_trains(path, tmp_path):
   config = load(path, "smoke")

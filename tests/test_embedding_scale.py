@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from benchmarks import embedding_scale
 from benchmarks import train_throughput
@@ -30,6 +31,7 @@ def test_map_ids_is_injective():
     assert len(np.unique(mapped)) == len(ids)
 
 
+@pytest.mark.slow  # minutes of CI; MTKD_RUN_SLOW=1 runs it
 def test_quick_run_prints_json_lines(tmp_path):
   data = tmp_path / "tiny.npz"
   _write_tiny_data(data)

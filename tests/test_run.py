@@ -15,6 +15,7 @@ from mtkd_jax import train
 from mtkd_jax.train import loop
 from mtkd_jax.train import writers
 from tests.conftest import REPO
+from tests.conftest import ci_subset
 
 
 def run_cli(*args, timeout=300):
@@ -22,7 +23,8 @@ def run_cli(*args, timeout=300):
                         cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("model", ["mmoe", "shared_bottom"])
+@pytest.mark.parametrize("model", ci_subset(["mmoe", "shared_bottom"],
+                                            keep=["mmoe"]))
 def test_synthetic_smoke_trains_and_reports_bayes_auc(tmp_path, model):
   config = synthetic_mmoe.get_config("smoke")
   config.model.name = model

@@ -256,6 +256,7 @@ def test_methods_select_their_terms(teacher_dir, tmp_path):
     trainer.build(config, str(tmp_path / "bad"))
 
 
+@pytest.mark.slow  # minutes of CI; MTKD_RUN_SLOW=1 runs it
 def test_dml_with_two_peers_is_kd_from_a_moving_teacher(tmp_path):
   """Peer 0's DML gradient = the gradient of its hard loss plus KD from the
   other peer's current predictions, held fixed (Zhang et al. eq. 10)."""
@@ -324,6 +325,7 @@ def test_ranking_distillation_with_k0_is_plain_training(ml100k_dir,
   assert k5["loss/kd/rank/retrieval"] > 0.0
 
 
+@pytest.mark.slow  # minutes of CI; MTKD_RUN_SLOW=1 runs it
 def test_distillation_sweep_reports_teacher_student_and_gap(ml100k_dir,
                                                             ml100k_tfds_dir,
                                                             tmp_path):

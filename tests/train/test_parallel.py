@@ -22,6 +22,7 @@ from mtkd_jax.data import specs
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
+from tests.conftest import ci_subset
 
 SPEC = specs.DatasetSpec(
     name="toy", sparse=(specs.SparseField("a", 50, 4), specs.SparseField("b", 30, 4)),
@@ -116,8 +117,11 @@ def test_unknown_mode():
                           out_batched=False, donate_state=False)
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "mgda"])
-@pytest.mark.parametrize("mode,rep", [("jit", False), ("pmap", False), ("jit", True)])
+@pytest.mark.parametrize("mode,rep,method", ci_subset(
+    [(m, r, method) for method in ("pcgrad", "mgda")
+     for m, r in (("jit", False), ("pmap", False), ("jit", True))],
+    keep={("jit", False, "pcgrad"), ("pmap", False, "mgda"),
+          ("jit", True, "mgda")}))
 def test_gradient_methods_same_update_on_one_and_eight_devices(method, mode, rep):
   """Gradient surgery acts on the global per-task gradients (after psum);
   in rep mode on the global Gram matrix of representation gradients."""
@@ -138,9 +142,8 @@ CI_METHODS = ("ew", "famo", "stch", "pcgrad", "mgda", "fairgrad", "modo",
               "dbmtl", "graddrop")
 
 
-@pytest.mark.parametrize("method", [
-    m if m in CI_METHODS else pytest.param(m, marks=pytest.mark.slow)
-    for m in sorted(weighting.METHODS)])
+@pytest.mark.parametrize("method", ci_subset(sorted(weighting.METHODS),
+                                             CI_METHODS))
 def test_every_method_runs_on_eight_devices_like_one(method):
   ref_params, ref_hist = run("jit", 1, steps=2, optimizer="adam", method=method)
   params, hist = run("jit", 8, steps=2, optimizer="adam", method=method)

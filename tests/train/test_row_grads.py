@@ -26,6 +26,7 @@ from mtkd_jax.train import row_grads
 from mtkd_jax.train import row_optim
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
+from tests.conftest import ci_subset
 
 SPEC = specs.DatasetSpec(
     name="toy",
@@ -239,18 +240,11 @@ def test_config_errors(kwargs, match):
     build(make_config(**kwargs))
 
 
-def _slow_unless(case, keep):
-  """`case` as a pytest param, marked slow unless it is in `keep` (CI runs
-  those; MTKD_RUN_SLOW=1 runs every case)."""
-  return case if case in keep else pytest.param(*case, marks=pytest.mark.slow)
-
-
-@pytest.mark.parametrize("mode,devices,method", [
-    _slow_unless((mode, devices, method),
-                 keep={("jit", 1, "ew"), ("jit", 8, "ew"), ("pmap", 8, "ew"),
-                       ("jit", 8, "pcgrad"), ("jit", 1, "mgda")})
-    for method in ("ew", "pcgrad", "mgda")
-    for mode, devices in (("jit", 1), ("jit", 8), ("pmap", 8))])
+@pytest.mark.parametrize("mode,devices,method", ci_subset(
+    [(mode, devices, method) for method in ("ew", "pcgrad", "mgda")
+     for mode, devices in (("jit", 1), ("jit", 8), ("pmap", 8))],
+    keep={("jit", 1, "ew"), ("jit", 8, "ew"), ("pmap", 8, "ew"),
+          ("jit", 8, "pcgrad"), ("jit", 1, "mgda")}))
 def test_row_grads_give_the_dense_update(method, mode, devices):
   keys = KEYS + (() if method == "ew" else ("weight/ctr", "weight/rating"))
   assert_same(dense_reference(method),
@@ -322,11 +316,10 @@ def test_compact_rows_densify_to_the_table_gradient():
     assert (ids[len(touched[name]):] == rows).all()  # distinct, then fill
 
 
-@pytest.mark.parametrize("mode,devices,embedding", [
-    _slow_unless((mode, devices, embedding),
-                 keep={("jit", 8, "lazy_adam"), ("pmap", 8, "row_adagrad")})
-    for embedding in ("lazy_adam", "row_adagrad")
-    for mode, devices in (("jit", 8), ("pmap", 8))])
+@pytest.mark.parametrize("mode,devices,embedding", ci_subset(
+    [(mode, devices, embedding) for embedding in ("lazy_adam", "row_adagrad")
+     for mode, devices in (("jit", 8), ("pmap", 8))],
+    keep={("jit", 8, "lazy_adam"), ("pmap", 8, "row_adagrad")}))
 def test_sparse_optimizers_same_on_one_and_eight_devices(embedding, mode,
                                                          devices):
   """(SGD on the other params: Adam would magnify float noise in near-zero

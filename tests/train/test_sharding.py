@@ -22,6 +22,7 @@ from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
+from tests.conftest import ci_subset
 
 TABLE = ("embedding", "sparse_table_d4")
 
@@ -125,9 +126,10 @@ def test_make_mesh_axes():
     parallel.check_batch_size(6, mesh)
 
 
-@pytest.mark.parametrize("mesh_spec,embedding", [
-    ("data:4,model:2", "dense"), ("data:2,model:4", "dense"),
-    ("data:4,model:2", "row_adagrad"), ("data:2,model:4", "lazy_adam")])
+@pytest.mark.parametrize("mesh_spec,embedding", ci_subset(
+    [("data:4,model:2", "dense"), ("data:2,model:4", "dense"),
+     ("data:4,model:2", "row_adagrad"), ("data:2,model:4", "lazy_adam")],
+    keep=[("data:2,model:4", "dense"), ("data:4,model:2", "row_adagrad")]))
 def test_sharded_step_equals_replicated_step(mesh_spec, embedding):
   ref = run("", embedding=embedding)
   got = run(mesh_spec, embedding=embedding)
