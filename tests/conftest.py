@@ -7,10 +7,21 @@ import fcntl
 import os
 import pathlib
 
-import jax
-import pytest
+import tempfile
+
+# XLA's persistent compilation cache, shared by the xdist workers and the
+# subprocesses the tests launch (they inherit the environment): many tests
+# compile the same programs (the smoke config's step, eval and export), and
+# a cache hit halves such a run. Set before JAX reads its config.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "mtkd_jax_tests_xla_cache"))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def pytest_configure(config):

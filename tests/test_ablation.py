@@ -150,6 +150,7 @@ def processes_mentioning(text):
   return pids
 
 
+@pytest.mark.slow  # minutes of CI; MTKD_RUN_SLOW=1 runs it
 def test_killed_driver_restarts_without_redoing_finished_runs(tmp_path):
   """SIGKILL the driver (2 parallel subprocesses) after its first result
   line, start it again: every run is recorded exactly once, the first is not

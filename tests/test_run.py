@@ -49,6 +49,7 @@ def test_synthetic_smoke_trains_and_reports_bayes_auc(tmp_path, model):
     assert len(gates) == 3 and abs(sum(gates) - 1.0) < 1e-5
 
 
+@pytest.mark.slow  # minutes of CI; MTKD_RUN_SLOW=1 runs it
 def test_synthetic_pmap_mode_matches_jit(tmp_path):
   """Same run under pmap on all 8 fake devices and under jit/shard_map."""
   results = {}
