@@ -12,6 +12,7 @@ CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py")
 NEEDS_DATA_DIR = {"movielens_mmoe.py",  # smoke-tested in test_run.py
                   "census_mmoe.py", "aliccp_mmoe.py", "aliexpress_mmoe.py",
                   "movielens_latest_mmoe.py",  # and in tests/data/test_*.py
+                  "movielens_1m_mmoe.py",  # on fake ml-1m files there
                   "movielens_sequence.py",  # tests/models/test_sequence.py
                   "movielens_multiclass.py",  # tests/test_task_kinds.py
                   "movielens_retrieval.py",

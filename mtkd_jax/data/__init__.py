@@ -13,6 +13,7 @@ DATASETS = {
     "synthetic_ctr": "mtkd_jax.data.synthetic:load_synthetic_ctr",
     "mmoe_synthetic": "mtkd_jax.data.synthetic:load_mmoe_synthetic",
     "movielens_100k": "mtkd_jax.data.movielens:load",
+    "movielens_1m": "mtkd_jax.data.movielens_1m:load",
     "movielens_latest_small": "mtkd_jax.data.movielens_latest:load",
     "census_income": "mtkd_jax.data.census:load",
     "ali_ccp": "mtkd_jax.data.ali:load_aliccp",

@@ -13,6 +13,10 @@ Two layers:
   columns in the batch layout of `mtkd_jax.data.specs`, caches those columns as
   `columns_<split>.npz` next to the prepared data, and returns `specs.Splits`.
 
+MovieLens-1M (`movielens_1m.py`) shares all but the file parsing: its builder
+subclasses `MovieLensBuilder` with its own `Variant` (names, URL, files) and
+`read_raw`, and its `load` is this one with `builder_cls` set.
+
 The data's licence forbids redistribution: point `data_dir` at a local copy
 (`--config.data.data_dir=/path/to/ml-100k`); never copy it into the repository.
 
@@ -42,12 +46,17 @@ Features (all ids 0-based, vocabularies computed from the full files):
                      history holds the user's train / validation items (its
                      past); a train rating never sees validation or test ones.
 """
+import dataclasses
 import hashlib
 import os
 import pathlib
 import shutil
+import socket
+import sys
 import tempfile
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+import urllib.parse
+import urllib.request
 
 from etils import epath
 import numpy as np
@@ -57,10 +66,32 @@ from mtkd_jax import errors
 from mtkd_jax.data import columns as columns_lib
 from mtkd_jax.data import specs
 
-URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-REQUIRED_FILES = ("u.data", "u.user", "u.item")
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """What differs between the GroupLens MovieLens releases read by one
+  pipeline (this module's builder, cache and `load`): names and files."""
+  name: str  # the dataset's registry and spec name
+  title: str  # for messages
+  url: str  # the official zip
+  folder: str  # the zip's top folder, also the data_dir shown in messages
+  required_files: Tuple[str, ...]
+  homepage: str
+
+  @property
+  def data_dir_flag(self) -> str:
+    return f"--config.data.data_dir=/path/to/{self.folder}"
+
+
+ML100K = Variant(
+    name="movielens_100k", title="MovieLens 100K",
+    url="https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+    folder="ml-100k", required_files=("u.data", "u.user", "u.item"),
+    homepage="https://grouplens.org/datasets/movielens/100k/")
+URL = ML100K.url
+REQUIRED_FILES = ML100K.required_files
 DEFAULT_TFDS_DIR = "~/.cache/mtkd_jax/tfds"
-DATA_DIR_FLAG = "--config.data.data_dir=/path/to/ml-100k"
+DATA_DIR_FLAG = ML100K.data_dir_flag
 
 AGE_LOWER_BOUNDS = (18, 25, 35, 45, 50, 56)
 AGE_BUCKETS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
@@ -111,22 +142,23 @@ _CITATION = """\
 # ----------------------------------------------------------------------------
 
 
-def check_raw_dir(data_dir) -> pathlib.Path:
+def check_raw_dir(data_dir, variant: Variant = ML100K) -> pathlib.Path:
   """Returns `data_dir` as a Path, or raises if it lacks a required file."""
   path = pathlib.Path(os.path.expanduser(str(data_dir)))
-  missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+  files = variant.required_files
+  missing = [f for f in files if not (path / f).is_file()]
   if missing:
     where = "exists" if path.is_dir() else "does not exist"
     raise errors.MissingDataError(
-        f"MovieLens 100K data_dir {str(path)!r} ({where}) is missing "
-        f"{', '.join(missing)} (needs {', '.join(REQUIRED_FILES)}). Pass the "
-        f"unzipped ml-100k folder with {DATA_DIR_FLAG}, or an empty "
-        f"data_dir to download {URL}.")
+        f"{variant.title} data_dir {str(path)!r} ({where}) is missing "
+        f"{', '.join(missing)} (needs {', '.join(files)}). Pass the "
+        f"unzipped {variant.folder} folder with {variant.data_dir_flag}, or "
+        f"an empty data_dir to download {variant.url}.")
   return path
 
 
-def _read_fields(path: pathlib.Path, sep: str,
-                 num_fields: int) -> Iterator[Tuple[int, List[str]]]:
+def read_fields(path: pathlib.Path, sep: str,
+                num_fields: int) -> Iterator[Tuple[int, List[str]]]:
   """Yields (1-based line number, fields) of each non-blank line.
 
   Raises:
@@ -146,12 +178,12 @@ def _read_fields(path: pathlib.Path, sep: str,
       yield line_no, fields
 
 
-def _to_int(value: str, path, line_no: int, what: str) -> int:
+def to_int(value: str, path, line_no: int, what: str) -> int:
   try:
     return int(value)
   except ValueError:
     raise errors.DataError(f"{path}:{line_no}: {what} {value!r} is not an "
-                     "integer.") from None
+                           "integer.") from None
 
 
 def age_bucket(age: int) -> int:
@@ -175,10 +207,10 @@ def parse_users(path) -> Dict[str, Any]:
     vocabulary).
   """
   rows = []
-  for line_no, (uid, age, gender, occupation, zip_code) in _read_fields(
+  for line_no, (uid, age, gender, occupation, zip_code) in read_fields(
       path, "|", 5):
-    uid = _to_int(uid, path, line_no, "user id")
-    age = _to_int(age, path, line_no, "age")
+    uid = to_int(uid, path, line_no, "user id")
+    age = to_int(age, path, line_no, "age")
     if uid < 1:
       raise errors.DataError(f"{path}:{line_no}: user id {uid} < 1.")
     if gender not in GENDERS:
@@ -206,8 +238,8 @@ def _release_year(date: str, path, line_no: int) -> Optional[int]:
   """Year of a 'dd-Mon-yyyy' release date, None when the date is empty."""
   if not date.strip():
     return None
-  return _to_int(date.strip().rsplit("-", 1)[-1], path, line_no,
-                 "release year")
+  return to_int(date.strip().rsplit("-", 1)[-1], path, line_no,
+                "release year")
 
 
 def parse_items(path) -> Dict[str, Any]:
@@ -220,11 +252,11 @@ def parse_items(path) -> Dict[str, Any]:
     indexed by 0-based item id, and "max_genres" (the real maximum).
   """
   rows = []
-  for line_no, fields in _read_fields(path, "|", 5 + len(GENRES)):
-    iid = _to_int(fields[0], path, line_no, "movie id")
+  for line_no, fields in read_fields(path, "|", 5 + len(GENRES)):
+    iid = to_int(fields[0], path, line_no, "movie id")
     if iid < 1:
       raise errors.DataError(f"{path}:{line_no}: movie id {iid} < 1.")
-    flags = [_to_int(v, path, line_no, "genre flag") for v in fields[5:]]
+    flags = [to_int(v, path, line_no, "genre flag") for v in fields[5:]]
     genres = [g for g, v in enumerate(flags) if v]
     if len(genres) > GENRES_MAX_LEN:
       raise errors.DataError(
@@ -260,15 +292,33 @@ def parse_ratings(path, users_known: np.ndarray,
     ValueError: naming the file and line of a malformed line or of an id
       that u.user / u.item do not define.
   """
+  return read_ratings(path, "\t", users_known, items_known,
+                      ("u.user", "u.item"))
+
+
+def read_ratings(path, sep: str, users_known: np.ndarray,
+                 items_known: np.ndarray,
+                 id_files: Tuple[str, str]) -> Dict[str, np.ndarray]:
+  """Reads `user id, item id, rating, timestamp` lines separated by `sep`.
+
+  Args:
+    id_files: the names of the user and the item file, for the message of a
+      rating whose id they do not define.
+
+  Returns:
+    The columns of `rating_columns`, in file order.
+  """
   cols = ([], [], [], [])
-  for line_no, fields in _read_fields(path, "\t", 4):
+  for line_no, fields in read_fields(path, sep, 4):
     uid, iid, rating, ts = (
-        _to_int(v, path, line_no, what) for v, what in
+        to_int(v, path, line_no, what) for v, what in
         zip(fields, ("user id", "item id", "rating", "timestamp")))
     if not 1 <= uid <= len(users_known) or not users_known[uid - 1]:
-      raise errors.DataError(f"{path}:{line_no}: user id {uid} is not in u.user.")
+      raise errors.DataError(f"{path}:{line_no}: user id {uid} is not in "
+                             f"{id_files[0]}.")
     if not 1 <= iid <= len(items_known) or not items_known[iid - 1]:
-      raise errors.DataError(f"{path}:{line_no}: item id {iid} is not in u.item.")
+      raise errors.DataError(f"{path}:{line_no}: item id {iid} is not in "
+                             f"{id_files[1]}.")
     if not RATING_RANGE[0] <= rating <= RATING_RANGE[1]:
       raise errors.DataError(f"{path}:{line_no}: rating {rating} is outside "
                              f"{RATING_RANGE[0]:g}..{RATING_RANGE[1]:g}.")
@@ -340,6 +390,23 @@ def read_raw(data_dir) -> Dict[str, Any]:
   users = parse_users(path / "u.user")
   items = parse_items(path / "u.item")
   ratings = parse_ratings(path / "u.data", users["known"], items["known"])
+  return assemble_examples(users, items, ratings, GENRES,
+                           source_fingerprint(path))
+
+
+def assemble_examples(users, items, ratings, genres: Sequence[str],
+                      fingerprint: str) -> Dict[str, Any]:
+  """Joins parsed users, items and ratings into `read_raw`'s result.
+
+  Args:
+    users: as `parse_users` returns (per-user feature arrays, "known",
+      "occupations").
+    items: as `parse_items` returns ("genres", "release_decade", "known",
+      "decades", "max_genres").
+    ratings: as `rating_columns` returns.
+    genres: the genre names that the item genre indices point into.
+    fingerprint: `source_fingerprint` of the raw files.
+  """
   u, i = ratings["user_id"], ratings["item_id"]
   examples = {
       "user_id": u,
@@ -368,18 +435,18 @@ def read_raw(data_dir) -> Dict[str, Any]:
       "vocab_sizes": vocab_sizes,
       "occupations": users["occupations"],
       "release_decades": items["decades"],
-      "genres": list(GENRES),
+      "genres": list(genres),
       "genres_max_len": GENRES_MAX_LEN,
       "max_genres_per_item": items["max_genres"],
-      "source_sha256": source_fingerprint(path),
+      "source_sha256": fingerprint,
   }
   return {"examples": examples, "metadata": metadata}
 
 
-def source_fingerprint(data_dir) -> str:
+def source_fingerprint(data_dir, variant: Variant = ML100K) -> str:
   """sha256 over the required raw files (names and contents)."""
   h = hashlib.sha256()
-  for name in REQUIRED_FILES:
+  for name in variant.required_files:
     h.update(name.encode())
     h.update((pathlib.Path(data_dir) / name).read_bytes())
   return h.hexdigest()
@@ -390,23 +457,53 @@ def source_fingerprint(data_dir) -> str:
 # ----------------------------------------------------------------------------
 
 
-class MovieLens100K(tfds.core.GeneratorBasedBuilder):
-  """MovieLens 100K ratings with user/item side features, split per user."""
+def check_host_resolves(url: str) -> None:
+  """Raises OSError at once if `url`'s host has no address and no proxy is
+  configured: offline, TFDS would retry with back-off for ~3.5 minutes."""
+  if urllib.request.getproxies():
+    return  # the proxy resolves the host
+  socket.getaddrinfo(urllib.parse.urlparse(url).hostname, 443)
 
-  name = "mtkd_movielens100k"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f"Unzip {URL} and pass the ml-100k folder (with "
-      f"{', '.join(REQUIRED_FILES)}) as the manual dir. Without one, the zip "
-      "is downloaded.")
+
+def download_and_extract(dl_manager, variant: Variant) -> pathlib.Path:
+  """The official zip's top folder, downloaded and extracted by TFDS.
+
+  Raises:
+    MissingDataError: in one line naming the URL, the reason and the flag
+      that passes a local copy instead, when the download fails (no network,
+      a proxy, a moved file).
+  """
+  try:
+    check_host_resolves(variant.url)
+    extracted = dl_manager.download_and_extract(variant.url)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).strip().splitlines() or [""])[0][:200]
+    raise errors.MissingDataError(
+        f"Could not download {variant.url} ({type(e).__name__}: {reason}); "
+        f"pass the unzipped {variant.folder} folder with "
+        f"{variant.data_dir_flag}.") from e
+  return pathlib.Path(extracted) / variant.folder
+
+
+class MovieLensBuilder(tfds.core.GeneratorBasedBuilder,
+                       skip_registration=True):
+  """A MovieLens release as one example per rating, split per user.
+
+  A subclass sets `name`, `VERSION`, `VARIANT`, `NUM_GENRES` and
+  `read_raw(data_dir)` (returning what this module's `read_raw` does); the
+  features, splits and source handling are shared.
+  """
+
+  VARIANT: Variant
+  NUM_GENRES: int
+  read_raw = None
 
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls) -> epath.Path:
     # TFDS's own lookup, for a builder inside a package, needs the optional
-    # `importlib_resources` backport; this file's path is what it would find.
-    return epath.Path(__file__)
+    # `importlib_resources` backport; the subclass's file is what it finds.
+    return epath.Path(sys.modules[cls.__module__].__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     scalar = tfds.features.Scalar
@@ -416,18 +513,19 @@ class MovieLens100K(tfds.core.GeneratorBasedBuilder):
     features.update(
         genres=tfds.features.Tensor(
             shape=(GENRES_MAX_LEN,), dtype=np.int32,
-            doc="genre indices (of 19), padded with -1"),
+            doc=f"genre indices (of {self.NUM_GENRES}), padded with -1"),
         timestamp=scalar(np.int64, doc="unix seconds"),
         rating=scalar(np.float32, doc="1..5 stars"),
         like=scalar(np.float32, doc="1.0 if rating >= 4 else 0.0"),
     )
     return tfds.core.DatasetInfo(
         builder=self,
-        description=__doc__,
+        description=sys.modules[type(self).__module__].__doc__,
         features=tfds.features.FeaturesDict(features),
-        # Examples keep u.data order within a split (integer keys).
+        # Examples keep the ratings file's order within a split (integer
+        # keys: the rating's position in the file).
         disable_shuffling=True,
-        homepage="https://grouplens.org/datasets/movielens/100k/",
+        homepage=self.VARIANT.homepage,
         citation=_CITATION,
         metadata=tfds.core.MetadataDict(),
     )
@@ -437,16 +535,17 @@ class MovieLens100K(tfds.core.GeneratorBasedBuilder):
     try:
       manual_dir = dl_manager.manual_dir
     except AssertionError:  # no manual dir, or an empty one
-      return pathlib.Path(dl_manager.download_and_extract(URL)) / "ml-100k"
-    return check_raw_dir(manual_dir)
+      return download_and_extract(dl_manager, self.VARIANT)
+    return check_raw_dir(manual_dir, self.VARIANT)
 
   def _split_generators(self, dl_manager):
-    raw = read_raw(self._source_dir(dl_manager))
+    raw = type(self).read_raw(self._source_dir(dl_manager))
     empty = [name for k, name in enumerate(SPLITS)
              if not (raw["examples"]["split"] == k).any()]
     if empty:
-      raise errors.DataError(f"MovieLens splits {empty} would be empty: no user has "
-                       "the 3 ratings needed for validation and test.")
+      raise errors.DataError(
+          f"{self.VARIANT.title} splits {empty} would be empty: no user has "
+          "the 3 ratings needed for validation and test.")
     self.info.metadata.update(raw["metadata"])
     return {name: self._generate_examples(raw["examples"], k)
             for k, name in enumerate(SPLITS)}
@@ -456,6 +555,24 @@ class MovieLens100K(tfds.core.GeneratorBasedBuilder):
     feats = {k: v[keep] for k, v in examples.items() if k != "split"}
     for j, line in enumerate(keep):
       yield int(line), {k: v[j] for k, v in feats.items()}
+
+
+def manual_download_instructions(variant: Variant) -> str:
+  return (f"Unzip {variant.url} and pass the {variant.folder} folder (with "
+          f"{', '.join(variant.required_files)}) as the manual dir. Without "
+          "one, the zip is downloaded.")
+
+
+class MovieLens100K(MovieLensBuilder):
+  """MovieLens 100K ratings with user/item side features, split per user."""
+
+  name = "mtkd_movielens100k"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual_download_instructions(ML100K)
+  VARIANT = ML100K
+  NUM_GENRES = len(GENRES)
+  read_raw = staticmethod(read_raw)
 
 
 # ----------------------------------------------------------------------------
@@ -470,7 +587,8 @@ def _cfg_get(cfg, name: str, default):
 
 def make_spec(metadata, embed_dim: int = 16, history_len: int = 0,
               rating_classes: bool = False, retrieval: bool = False,
-              task_group: str = "rating_like") -> specs.DatasetSpec:
+              task_group: str = "rating_like",
+              name: str = ML100K.name) -> specs.DatasetSpec:
   """The DatasetSpec of the prepared data described by its `metadata`.
 
   The tasks are those of `TASK_GROUPS[task_group]`. With history_len > 0 it
@@ -489,7 +607,7 @@ def make_spec(metadata, embed_dim: int = 16, history_len: int = 0,
     sequences = (specs.SequenceField("history", int(vocab["item_id"]),
                                      history_len, embed_dim, shares="item_id"),)
   return specs.DatasetSpec(
-      name="movielens_100k",
+      name=name,
       sparse=tuple(specs.SparseField(f, int(vocab[f]), embed_dim)
                    for f in SPARSE_FIELDS),
       dense=(),
@@ -622,28 +740,31 @@ def _load_npz(path: pathlib.Path,
     return None
 
 
-def _prepare(data_dir, tfds_dir: str):
+def _prepare(data_dir, tfds_dir: str, builder_cls=MovieLens100K):
   """Prepares (or reuses) the TFDS data; returns a builder reading it."""
+  variant = builder_cls.VARIANT
   if data_dir:
-    data_dir = check_raw_dir(data_dir)
-  builder = MovieLens100K(data_dir=tfds_dir, file_format="array_record")
+    data_dir = check_raw_dir(data_dir, variant)
+  builder = builder_cls(data_dir=tfds_dir, file_format="array_record")
   if builder.is_prepared() and (
       not data_dir or (builder.info.metadata.get("source_sha256")
-                       == source_fingerprint(data_dir))):
+                       == source_fingerprint(data_dir, variant))):
     return builder
   # Not prepared, or prepared from other raw files (regenerate rather than
   # serve stale data): prepare beside it, then swap it in.
-  _prepare_and_swap(data_dir, tfds_dir, pathlib.Path(builder.data_dir))
-  return MovieLens100K(data_dir=tfds_dir, file_format="array_record")
+  _prepare_and_swap(data_dir, tfds_dir, pathlib.Path(builder.data_dir),
+                    builder_cls)
+  return builder_cls(data_dir=tfds_dir, file_format="array_record")
 
 
-def _prepare_and_swap(data_dir, tfds_dir: str, final: pathlib.Path) -> None:
+def _prepare_and_swap(data_dir, tfds_dir: str, final: pathlib.Path,
+                      builder_cls=MovieLens100K) -> None:
   """Prepares into a temporary dir under `tfds_dir`, then renames the result
   to `final`: a failed preparation leaves an earlier one as it was."""
   pathlib.Path(tfds_dir).mkdir(parents=True, exist_ok=True)
   tmp_root = pathlib.Path(tempfile.mkdtemp(prefix=".prepare-", dir=tfds_dir))
   try:
-    builder = MovieLens100K(data_dir=str(tmp_root), file_format="array_record")
+    builder = builder_cls(data_dir=str(tmp_root), file_format="array_record")
     builder.download_and_prepare(
         download_dir=os.path.join(tfds_dir, "downloads"),
         download_config=tfds.download.DownloadConfig(
@@ -662,8 +783,9 @@ def _head(cols: Dict[str, np.ndarray], n: int) -> Dict[str, np.ndarray]:
   return {k: v[:n] for k, v in cols.items()}
 
 
-def load(cfg) -> specs.Splits:
-  """Loads MovieLens 100K as numpy columns in the batch layout.
+def load(cfg, builder_cls=MovieLens100K) -> specs.Splits:
+  """Loads MovieLens 100K (or `builder_cls`'s release) as numpy columns in
+  the batch layout.
 
   Args:
     cfg: a ConfigDict (or any object with attributes) with
@@ -671,7 +793,7 @@ def load(cfg) -> specs.Splits:
       tfds_dir: where TFDS writes the prepared data ('' -> DEFAULT_TFDS_DIR).
       max_examples: 0 for all; else train keeps its first max_examples rows
         and validation / test their first max(1, max_examples // 8) (the
-        80/10/10 ratio), in u.data order.
+        80/10/10 ratio), in the ratings file's order.
       embed_dim: the embedding width put in the spec (default 16).
       history_len: L > 0 adds the sequence "history" (the user's previous L
         items, see `user_histories`); 0 (the default) leaves it out.
@@ -710,9 +832,10 @@ def load(cfg) -> specs.Splits:
         f"data.rating_classes replaces the task 'rating', which "
         f"data.task_group={task_group!r} ({', '.join(group_tasks)}) lacks.")
 
-  builder = _prepare(data_dir, tfds_dir)
+  builder = _prepare(data_dir, tfds_dir, builder_cls)
   spec = make_spec(builder.info.metadata, embed_dim, history_len,
-                   rating_classes, retrieval, task_group)
+                   rating_classes, retrieval, task_group,
+                   builder_cls.VARIANT.name)
   stamp = _prepared_stamp(builder, history_len)
   # One cache per history_len; a history needs every split, so a miss
   # decodes all three.
