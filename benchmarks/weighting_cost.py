@@ -146,9 +146,12 @@ def _isolated(argv, args):
 def _measured(kind, mode, args):
   if mode == "rep" and (not kind.needs_grads or not kind.supports_rep_grad):
     return False
-  # dbmtl's direction covers rows outside the batch
+  # the flat-gradient methods need dense tables; the split-gram ones (MoDo,
+  # SDMGrad) dense table gradients
+  if kind.needs_split_gram and args.embedding_grads == "rows":
+    return False
   return not (args.embedding_optimizer != "dense" and mode == "param"
-              and kind.needs_full_grads)
+              and (kind.needs_full_grads or kind.needs_split_gram))
 
 
 def main(argv=None):

@@ -14,7 +14,8 @@ overrides are applied to a locked copy of the config before anything starts,
 so a misspelt key or an unknown model fails at once, naming the run.
 Start the same command again to finish a killed sweep: finished runs are
 skipped and a killed run resumes from its checkpoint.
-`--parallel N` runs N `experiments.run` subprocesses at a time;
+`--parallel N` runs N `experiments.run` subprocesses at a time, each with
+its share of the GPUs / TPU chips (mtkd_jax/ablation/devices.py);
 `--vmap_seeds` trains the seeds of each variant as one vmapped program
 (mtkd_jax/train/multiseed.py; a killed group restarts from scratch).
 """

@@ -7,13 +7,12 @@ r"""Scores a batch with an exported model (experiments.export).
 (default: the export's example_inputs.npz); predictions go to `--out` (.npz,
 one array per task) and a summary line (JSON) to stdout. `--check` compares
 the export's outputs on its example inputs with the in-process model's
-outputs saved at export time and exits 1 if they differ.
+outputs saved at export time and exits 1 if they differ. Every path may be
+local or a gs:// etc. URL, as `--workdir` (`export.predict_files`).
 """
 import json
-import os
 import sys
 
-import numpy as np
 from absl import app
 from absl import flags
 
@@ -31,21 +30,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
-    exported, signature = export.load(_EXPORT.value)
-    path = _INPUTS.value or os.path.join(_EXPORT.value, "example_inputs.npz")
-    with np.load(path) as f:
-      inputs = {k: f[k] for k in f.files}
-    preds = export.predict(exported, signature, inputs)
+    summary = export.predict_files(_EXPORT.value, _INPUTS.value, _OUT.value,
+                                   _CHECK.value)
   except errors.UserFacingError as e:
     sys.exit(f"error: {e}")
-  if _OUT.value:
-    np.savez(_OUT.value, **preds)
-  summary = {"rows": int(len(next(iter(inputs.values())))),
-             "outputs": {k: list(v.shape) for k, v in preds.items()}}
-  if _CHECK.value:
-    with np.load(os.path.join(_EXPORT.value, "example_outputs.npz")) as f:
-      diff = max(float(np.max(np.abs(preds[k] - f[k]))) for k in f.files)
-    summary["max_abs_diff_vs_in_process"] = diff
   print(json.dumps(summary))
   if _CHECK.value and not summary["max_abs_diff_vs_in_process"] <= 1e-5:
     sys.exit(1)

@@ -19,7 +19,6 @@ never the data set) and writes:
 numpy columns; inputs are checked against the signature first (a missing
 column, a wrong dtype or width stops with a message naming it).
 """
-import json
 import os
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from mtkd_jax import errors
 from mtkd_jax import models
+from mtkd_jax import paths
 from mtkd_jax import serving_info
 from mtkd_jax.accel import native
 from mtkd_jax.distill import plugin as distill_plugin
@@ -36,6 +36,7 @@ from mtkd_jax.train import model_stats
 
 MODEL_FILE = "model.jax_export"
 SIGNATURE_FILE = "signature.json"
+EXAMPLE_INPUTS, EXAMPLE_OUTPUTS = "example_inputs.npz", "example_outputs.npz"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's lowering targets
 is_input = serving_info.is_input
 
@@ -88,26 +89,25 @@ def export_run(workdir: str, out_dir: str, platforms=None) -> Dict[str, str]:
   params = teacher_lib.restore_params(workdir)
   exported, inputs = export_model(model, params, info.example_inputs,
                                   platforms)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, MODEL_FILE), "wb") as f:
-    f.write(exported.serialize())
+  out = paths.path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / MODEL_FILE).write_bytes(exported.serialize())
   expected = jax.device_get(model.apply(
       {"params": serving_params(params)}, inputs, train=False)[0])
   signature = {
       "inputs": {k: {"dtype": str(v.dtype), "shape": [-1] + list(v.shape[1:])}
                  for k, v in inputs.items()},
       "outputs": {t.name: {"kind": t.kind} for t in info.spec.tasks},
-      "run": os.path.abspath(workdir),
+      "run": str(paths.path(workdir)),
       "model": config.model.name,
       "platforms": list(exported.platforms),
   }
-  with open(os.path.join(out_dir, SIGNATURE_FILE), "w") as f:
-    json.dump(signature, f, indent=2)
-  np.savez(os.path.join(out_dir, "example_inputs.npz"), **inputs)
-  np.savez(os.path.join(out_dir, "example_outputs.npz"),
-           **{k: np.asarray(v) for k, v in expected.items()})
-  written = {"export": os.path.join(out_dir, MODEL_FILE),
-             "signature": os.path.join(out_dir, SIGNATURE_FILE)}
+  paths.write_json(out / SIGNATURE_FILE, signature)
+  paths.save_npz(out / EXAMPLE_INPUTS, inputs)
+  paths.save_npz(out / EXAMPLE_OUTPUTS,
+                 {k: np.asarray(v) for k, v in expected.items()})
+  written = {"export": str(out / MODEL_FILE),
+             "signature": str(out / SIGNATURE_FILE)}
   saved_model = _maybe_saved_model(model, params, inputs, out_dir)
   if saved_model:
     written["saved_model"] = saved_model
@@ -137,14 +137,13 @@ def _maybe_saved_model(model, params, inputs, out_dir):
 
 def load(out_dir: str) -> Tuple[jax.export.Exported, dict]:
   """The deserialised export and its signature."""
-  path = os.path.join(out_dir, MODEL_FILE)
-  if not os.path.exists(path):
-    raise errors.ConfigError(f"No export in {out_dir!r} (missing {MODEL_FILE}); "
-                             "create one with python -m experiments.export.")
-  with open(path, "rb") as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
-  with open(os.path.join(out_dir, SIGNATURE_FILE)) as f:
-    return exported, json.load(f)
+  out = paths.path(out_dir)
+  if not (out / MODEL_FILE).exists():
+    raise errors.ConfigError(f"No export in {str(out_dir)!r} (missing "
+                             f"{MODEL_FILE}); create one with python -m "
+                             "experiments.export.")
+  exported = jax.export.deserialize(bytearray((out / MODEL_FILE).read_bytes()))
+  return exported, paths.read_json(out / SIGNATURE_FILE)
 
 
 def check_inputs(signature: dict, inputs: Mapping[str, np.ndarray]) -> dict:
@@ -176,3 +175,27 @@ def predict(exported, signature: dict, inputs: Mapping[str, np.ndarray]
   """{task: outputs} of the exported model on a batch of numpy columns."""
   return {k: np.asarray(v) for k, v in
           exported.call(check_inputs(signature, inputs)).items()}
+
+
+def predict_files(out_dir: str, inputs_path: Optional[str] = None,
+                  preds_path: Optional[str] = None, check: bool = False
+                  ) -> dict:
+  """`experiments.predict`: scores the .npz `inputs_path` (default: the
+  export's example inputs) with the export in `out_dir`, writes the
+  predictions to `preds_path` (.npz, one array per task) if given; with
+  `check`, compares with the outputs saved at export time. Any `paths`
+  scheme. Returns the summary: rows, output shapes (and the check's max
+  absolute difference)."""
+  exported, signature = load(out_dir)
+  inputs = paths.load_npz(paths.path(inputs_path) if inputs_path else
+                          paths.path(out_dir) / EXAMPLE_INPUTS)
+  preds = predict(exported, signature, inputs)
+  if preds_path:
+    paths.save_npz(paths.path(preds_path), preds)
+  summary = {"rows": int(len(next(iter(inputs.values())))),
+             "outputs": {k: list(v.shape) for k, v in preds.items()}}
+  if check:
+    expected = paths.load_npz(paths.path(out_dir) / EXAMPLE_OUTPUTS)
+    summary["max_abs_diff_vs_in_process"] = max(
+        float(np.max(np.abs(preds[k] - v))) for k, v in expected.items())
+  return summary

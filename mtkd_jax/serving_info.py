@@ -11,7 +11,6 @@ workdir at training time, so an export never loads the data set.
                       retrieval tower's item catalogue), one array per
                       "<extra>/<column>".
 """
-import io
 from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
@@ -39,31 +38,20 @@ class ServingInfo(NamedTuple):
   extras: Optional[dict]  # {extra name: {column: array}} or None
 
 
-def _write_npz(path, arrays) -> None:
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  path.write_bytes(buffer.getvalue())
-
-
-def _read_npz(path) -> dict:
-  with np.load(io.BytesIO(path.read_bytes())) as z:
-    return {k: z[k] for k in z.files}
-
-
 def save(workdir: str, spec: specs_lib.DatasetSpec,
          example_batch: Mapping[str, np.ndarray], extras=None) -> None:
   """Writes <workdir>/serving/ (see the module docstring)."""
   directory = paths.workdir(workdir) / DIRNAME
   directory.mkdir(parents=True, exist_ok=True)
   paths.write_json(directory / "spec.json", specs_lib.spec_to_dict(spec))
-  _write_npz(directory / "example_inputs.npz",
+  paths.save_npz(directory / "example_inputs.npz",
              {k: np.asarray(v)[:NUM_EXAMPLES]
               for k, v in example_batch.items() if is_input(k)})
   arrays = {f"{name}/{col}": np.asarray(v)
             for name, extra in (extras or {}).items() if name in MODEL_EXTRAS
             for col, v in extra.items()}
   if arrays:
-    _write_npz(directory / "extras.npz", arrays)
+    paths.save_npz(directory / "extras.npz", arrays)
 
 
 def load(workdir: str) -> ServingInfo:
@@ -75,11 +63,11 @@ def load(workdir: str) -> ServingInfo:
         f"Run {workdir!r} has no serving info ({path}); it was trained by an "
         "older version: export it where its data set is available, or retrain.")
   spec = specs_lib.spec_from_dict(paths.read_json(path))
-  example = _read_npz(directory / "example_inputs.npz")
+  example = paths.load_npz(directory / "example_inputs.npz")
   extras = None
   if (directory / "extras.npz").exists():
     extras = {}
-    for key, value in _read_npz(directory / "extras.npz").items():
+    for key, value in paths.load_npz(directory / "extras.npz").items():
       name, col = key.split("/", 1)
       extras.setdefault(name, {})[col] = value
   return ServingInfo(spec, example, extras)

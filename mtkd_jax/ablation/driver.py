@@ -13,7 +13,8 @@ the two recovers it). Pending runs are started either
     the same locked-config flag path as a hand-started run. Children get
     SIGKILL when the driver dies (Linux `PR_SET_PDEATHSIG`), so a killed
     driver leaves no orphan writing to a run dir; their output goes to
-    `<sweep dir>/logs/<job>.log`.
+    `<sweep dir>/logs/<job>.log`. On a GPU or TPU machine each of the
+    `parallel` slots gets its share of the accelerators (`devices.py`).
 
 A killed run resumes from its latest checkpoint when the driver is started
 again (`train_and_evaluate` on the same workdir). With `vmap_seeds`, the
@@ -24,17 +25,24 @@ killed group restarts from scratch. Runs that cannot be vmapped
 (`multiseed.can_vmap`: distilled students, whose teacher differs per seed)
 still train one seed at a time.
 
-One driver per sweep dir at a time (an flock on `<sweep dir>/.driver.lock`).
+One driver per sweep dir at a time (an flock on `<sweep dir>/.driver.lock`;
+for a gs:// etc. sweep dir, on a file of this machine's temp dir named after
+it). Every file of the sweep goes through `paths`, so a remote sweep dir
+writes nothing locally except the subprocesses' logs while they run (in the
+temp dir; copied to `<sweep dir>/logs/` when each ends).
 """
 import collections
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -42,7 +50,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import ml_collections
 
 from mtkd_jax import errors
+from mtkd_jax import paths
 from mtkd_jax import sweeps
+from mtkd_jax.ablation import devices
 from mtkd_jax.ablation import store
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -92,8 +102,16 @@ def make_jobs(runs: Sequence[sweeps.Run], vmap_seeds: bool,
   return [Job(g, vmap=len(g) > 1) for g in groups.values()]
 
 
+def _lock_file(sweep_dir: str) -> str:
+  """The local file the driver flocks for `sweep_dir`."""
+  if paths.is_local(sweep_dir):
+    return os.path.join(sweep_dir, ".driver.lock")
+  digest = hashlib.sha256(str(sweep_dir).encode()).hexdigest()[:16]
+  return os.path.join(tempfile.gettempdir(), f"mtkd_sweep_{digest}.lock")
+
+
 def _lock(sweep_dir: str):
-  f = open(os.path.join(sweep_dir, ".driver.lock"), "w")
+  f = open(_lock_file(sweep_dir), "w")
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
@@ -117,12 +135,11 @@ def _die_with_parent(parent_pid: int):
 
 
 def _read_results(workdir: str) -> Optional[dict]:
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
+  path = paths.path(workdir) / "results.json"
+  if not path.exists():
     return None
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(path.read_text())
   except json.JSONDecodeError:
     return None
 
@@ -180,7 +197,7 @@ def run_sweep(config: ml_collections.ConfigDict, runs: Sequence[sweeps.Run],
   if parallel > 1 and not config_path:
     raise ValueError("parallel > 1 needs config_path (the base config file).")
   sweeps.validate(config, runs)  # every key and name, before any run starts
-  os.makedirs(sweep_dir, exist_ok=True)
+  paths.path(sweep_dir).mkdir(parents=True, exist_ok=True)
   lock = _lock(sweep_dir)
   try:
     return _run_locked(config, runs, sweep_dir, parallel, vmap_seeds,
@@ -193,12 +210,12 @@ def run_sweep(config: ml_collections.ConfigDict, runs: Sequence[sweeps.Run],
 def _run_locked(config, runs, sweep_dir, parallel, vmap_seeds, config_path,
                 global_overrides, show_progress) -> Summary:
   configs = {r.name: sweeps.apply_overrides(config, r.overrides) for r in runs}
-  with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-    json.dump({"config": config_path, "global_overrides": sweeps.jsonable(
-        global_overrides), "runs": [
-            {"name": r.name, "variant": r.variant, "index": r.index,
-             "overrides": sweeps.jsonable(r.overrides)} for r in runs]},
-              f, indent=1)
+  (paths.path(sweep_dir) / "sweep.json").write_text(json.dumps(
+      {"config": config_path, "global_overrides": sweeps.jsonable(
+          global_overrides), "runs": [
+              {"name": r.name, "variant": r.variant, "index": r.index,
+               "overrides": sweeps.jsonable(r.overrides)} for r in runs]},
+      indent=1))
   summary = Summary()
   seeds = {name: int(c.seed) for name, c in configs.items()}
   done = store.names(sweep_dir)
@@ -261,11 +278,10 @@ def _run_in_process(job, config, configs, sweep_dir, recorder):
     # traceback goes to the job's log.
     message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
     if not isinstance(e, errors.UserFacingError):
-      log_dir = os.path.join(sweep_dir, "logs")
-      os.makedirs(log_dir, exist_ok=True)
-      log_path = os.path.join(log_dir, job.name + ".log")
-      with open(log_path, "a") as f:
-        f.write(traceback.format_exc())
+      log_dir = paths.path(sweep_dir) / "logs"
+      log_dir.mkdir(parents=True, exist_ok=True)
+      log_path = log_dir / (job.name + ".log")
+      paths.append_text(log_path, traceback.format_exc())
       message += f" (traceback: {log_path})"
     for run in job.runs:
       recorder.failed(run, message)
@@ -296,8 +312,8 @@ def job_command(job: Job, sweep_dir: str, config_path: str,
   return head + sweeps.cli_overrides(shared) + sweeps.cli_overrides(own)
 
 
-def _env():
-  env = dict(os.environ)
+def _env(extra: Mapping[str, str] = ()):
+  env = dict(os.environ, **dict(extra))
   env["PYTHONPATH"] = os.pathsep.join(
       [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                      if p])
@@ -318,44 +334,69 @@ def _last_error_line(log_path: str) -> str:
 
 def _run_subprocesses(jobs, parallel, sweep_dir, config_path,
                       global_overrides, recorder):
-  log_dir = os.path.join(sweep_dir, "logs")
-  os.makedirs(log_dir, exist_ok=True)
+  log_dir = paths.path(sweep_dir) / "logs"
+  log_dir.mkdir(parents=True, exist_ok=True)
+  # A child writes its output to a local file; a remote sweep's logs are
+  # copied to <sweep dir>/logs when each child ends.
+  local = paths.is_local(sweep_dir)
+  local_dir = str(log_dir) if local else tempfile.mkdtemp(prefix="mtkd_logs_")
+  platform, ids = devices.probe()  # before any run holds an accelerator
+  print(devices.describe(platform, ids, parallel), flush=True)
+  slot_envs = [devices.slot_env(platform, ids, s, parallel)
+               for s in range(parallel)]
+  free_slots = list(range(parallel))
   queue = collections.deque(jobs)
-  running = []  # (job, Popen, log file, start time)
+  running = []  # (job, Popen, log file, start time, slot)
+
+  def keep(log) -> str:
+    """Closes a child's log; returns where it is kept."""
+    log.close()
+    if local:
+      return log.name
+    kept = log_dir / os.path.basename(log.name)
+    with open(log.name, errors="replace") as f:
+      paths.append_text(kept, f.read())
+    os.remove(log.name)
+    return str(kept)
+
   try:
     while queue or running:
       while queue and len(running) < parallel:
         job = queue.popleft()
-        log_path = os.path.join(log_dir, job.name + ".log")
-        log = open(log_path, "a")
+        log = open(os.path.join(local_dir, job.name + ".log"), "a")
         cmd = job_command(job, sweep_dir, config_path, global_overrides)
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
+        slot = free_slots.pop(0)
         proc = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
-            cmd, cwd=os.getcwd(), env=_env(), stdout=log,
+            cmd, cwd=os.getcwd(), env=_env(slot_envs[slot]), stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent(os.getpid()))
-        running.append((job, proc, log, time.perf_counter()))
+        running.append((job, proc, log, time.perf_counter(), slot))
       time.sleep(0.2)
       still = []
-      for job, proc, log, t0 in running:
+      for job, proc, log, t0, slot in running:
         rc = proc.poll()
         if rc is None:
-          still.append((job, proc, log, t0))
+          still.append((job, proc, log, t0, slot))
           continue
+        free_slots = sorted(free_slots + [slot])
         log.close()
+        error = _last_error_line(log.name)
+        kept = keep(log)
         wall = (time.perf_counter() - t0) / len(job.runs)
         for run in job.runs:
           results = _read_results(run_dir(sweep_dir, run))
           if rc == 0 and results is not None:
             recorder.finished(run, results, wall, "vmap" if job.vmap else "run")
           else:
-            recorder.failed(run, f"exit {rc}: {_last_error_line(log.name)} "
-                            f"(log: {log.name})")
+            recorder.failed(run, f"exit {rc}: {error} (log: {kept})")
       running = still
   finally:
-    for _, proc, log, _ in running:  # interrupted: stop what we started
+    for _, proc, log, _, _ in running:  # interrupted: stop what we started
       if proc.poll() is None:
         proc.kill()
         proc.wait()
-      log.close()
+      keep(log)
+    if not local:
+      shutil.rmtree(local_dir, ignore_errors=True)

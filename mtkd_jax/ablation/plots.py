@@ -9,18 +9,25 @@
 """
 import json
 import math
-import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 import numpy as np
 
+from mtkd_jax import paths
 from mtkd_jax.ablation import stats
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 SEED = "seed"
+
+
+def _save(fig, path: str) -> None:
+  """Saves `fig` as a PNG at `path` (any `paths` scheme) and closes it."""
+  with paths.path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=120)
+  plt.close(fig)
 
 
 def _is_number(v) -> bool:
@@ -97,30 +104,28 @@ def plot_metric_vs(key: str, variants: Sequence, metrics: Sequence[str],
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
 def read_curves(sweep_dir: str, record: Mapping
                 ) -> Tuple[Dict[int, float], Dict[int, float]]:
   """({step: train loss}, {step: validation select metric}) of one run."""
-  path = os.path.join(sweep_dir, record.get("workdir", record["name"]),
-                      "metrics.jsonl")
+  path = paths.path(sweep_dir) / record.get("workdir", record["name"]) / (
+      "metrics.jsonl")
   train, val = {}, {}
-  if not os.path.exists(path):
+  if not path.exists():
     return train, val
   select = record.get("select_metric")
-  with open(path) as f:
-    for line in f:
-      try:
-        r = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if r.get("split") == "train" and _is_number(r.get("loss")):
-        train[int(r["step"])] = float(r["loss"])
-      elif r.get("split") == "validation" and _is_number(r.get(select)):
-        val[int(r["step"])] = float(r[select])
+  for line in path.read_text().splitlines():
+    try:
+      r = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if r.get("split") == "train" and _is_number(r.get("loss")):
+      train[int(r["step"])] = float(r["loss"])
+    elif r.get("split") == "validation" and _is_number(r.get(select)):
+      val[int(r["step"])] = float(r[select])
   return train, val
 
 
@@ -185,6 +190,5 @@ def plot_curves(sweep_dir: str, variants: Sequence, path: str,
   axes[0][0].legend(fontsize=8)
   fig.suptitle("mean ± std over seeds", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
   return path

@@ -28,6 +28,7 @@ import math
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from mtkd_jax import paths
 from mtkd_jax.ablation import plots
 from mtkd_jax.ablation import stats
 from mtkd_jax.ablation import store
@@ -417,7 +418,7 @@ def write(sweep_dir: str, out_dir: Optional[str] = None,
           correction: str = "holm") -> str:
   """Writes <out_dir>/report.md and its PNGs; returns the report's path."""
   out_dir = out_dir or os.path.join(sweep_dir, "report")
-  os.makedirs(out_dir, exist_ok=True)
+  paths.path(out_dir).mkdir(parents=True, exist_ok=True)
   records = store.read(sweep_dir)
   report = build(records, metrics, baseline, gap_closed, correction)
   variants = list(report.variants.values())
@@ -433,9 +434,8 @@ def write(sweep_dir: str, out_dir: Optional[str] = None,
                              facet_key=keys[0] if keys else None)
   if curves:
     images.append("curves.png")
-  title = f"Ablation report: {os.path.basename(os.path.abspath(sweep_dir))}"
+  title = f"Ablation report: {paths.path(sweep_dir).name}"
   text = to_markdown(report, title=title, images=images, command=command)
   path = os.path.join(out_dir, "report.md")
-  with open(path, "w") as f:
-    f.write(text)
+  paths.path(path).write_text(text)
   return path

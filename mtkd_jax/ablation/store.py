@@ -13,30 +13,33 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from etils import epath
+
+from mtkd_jax import paths
+
 FILENAME = "results.jsonl"
 
 
-def path(sweep_dir: str) -> str:
-  return os.path.join(sweep_dir, FILENAME)
+def path(sweep_dir: str) -> epath.Path:
+  return paths.path(sweep_dir) / FILENAME
 
 
 def read(sweep_dir: str) -> List[dict]:
   """The records of `sweep_dir`, one per run name (the last), in file order."""
   p = path(sweep_dir)
-  if not os.path.exists(p):
+  if not p.exists():
     return []
   records: Dict[str, dict] = {}
-  with open(p) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:  # a line cut by a kill mid-write
-        continue
-      records.pop(record["name"], None)
-      records[record["name"]] = record
+  for line in p.read_text().splitlines():
+    line = line.strip()
+    if not line:
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a line cut by a kill mid-write
+      continue
+    records.pop(record["name"], None)
+    records[record["name"]] = record
   return list(records.values())
 
 
@@ -69,8 +72,4 @@ def make_record(run, results: dict, *, sweep_dir: str, workdir: str,
 
 def append(sweep_dir: str, record: dict) -> None:
   """Appends one line (a single write, flushed and fsynced)."""
-  line = json.dumps(record, sort_keys=False) + "\n"
-  with open(path(sweep_dir), "a") as f:
-    f.write(line)
-    f.flush()
-    os.fsync(f.fileno())
+  paths.append_text(path(sweep_dir), json.dumps(record, sort_keys=False) + "\n")

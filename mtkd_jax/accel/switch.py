@@ -100,11 +100,19 @@ def use_row_grads(config, tx, method, params) -> bool:
         "Row gradients need 2-D embedding tables; this model stacks them (e.g. "
         "DML peers under nn.vmap): use train.embedding_grads='dense' and "
         "optimizer.embedding='dense'.")
+  if method.needs_split_gram and (choice == "rows" or sparse_opt):
+    raise errors.ConfigError(
+        f"Weighting method {config.weighting.name!r} differentiates two "
+        "half-batches separately, with dense table gradients: it needs "
+        "train.embedding_grads='dense' or 'auto' and optimizer.embedding="
+        "'dense'.")
+  if method.needs_split_gram:
+    return False
   if sparse_opt and method.needs_full_grads:
     raise errors.ConfigError(
-        f"Weighting method {config.weighting.name!r} steps along a running "
-        "average of past gradients, which moves table rows outside the batch: "
-        "it needs optimizer.embedding='dense'.")
+        f"Weighting method {config.weighting.name!r} works on the flat "
+        "shared gradients (dense tables; DB-MTL's and MoCo's running averages "
+        "move rows outside the batch): it needs optimizer.embedding='dense'.")
   if choice == "auto":
     return split is not None and not stacked
   return choice == "rows"

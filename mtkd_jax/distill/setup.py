@@ -12,13 +12,13 @@ per-device function and `params` host arrays.
 """
 import hashlib
 import json
-import os
 from typing import Callable, Dict, Tuple
 
 import jax
 import numpy as np
 from absl import logging
 
+from mtkd_jax import paths
 from mtkd_jax.distill import terms
 
 # predict(per_device_fn, host params, columns) -> {name: np.ndarray[N, ...]}
@@ -76,7 +76,7 @@ def _targets_fn(dspec):
 
 def _cache_key(dspec: terms.DistillSpec, teachers, num_rows: int) -> str:
   blob = json.dumps({
-      "teachers": [os.path.abspath(t.workdir) for t in teachers],
+      "teachers": [str(paths.path(t.workdir)) for t in teachers],
       "calibration": [dict(t.calibration) for t in teachers],
       "tasks": [t.name for t in dspec.tasks],
       "weights": {k: np.asarray(v).tolist()
@@ -89,27 +89,26 @@ def _cache_key(dspec: terms.DistillSpec, teachers, num_rows: int) -> str:
 def offline_targets(dspec, teachers, columns, predict: Predict):
   """{"teacher/<name>": np.ndarray[N, ...]} over `columns`, cached on disk."""
   n = len(columns["weights"])
-  path = os.path.join(teachers[0].workdir, "distill_targets",
-                      f"train_{_cache_key(dspec, teachers, n)}.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      logging.info("Offline teacher targets from %s.", path)
-      return {k: f[k] for k in f.files}
+  path = (paths.path(teachers[0].workdir) / "distill_targets" /
+          f"train_{_cache_key(dspec, teachers, n)}.npz")
+  if path.exists():
+    logging.info("Offline teacher targets from %s.", path)
+    return paths.load_npz(path)
   preds = predict(_targets_fn(dspec), tuple(t.params for t in teachers),
                   columns)
   out = {f"teacher/{k}": np.asarray(v) for k, v in preds.items()}
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **out)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp.npz")
+    paths.save_npz(tmp, out)
+    tmp.replace(path)  # atomic locally: a crash never leaves half a file
     logging.info("Offline teacher targets written to %s.", path)
   return out
 
 
-def resolve_workdirs(paths, workdir: str, seed: int) -> Tuple[str, ...]:
+def resolve_workdirs(templates, workdir: str, seed: int) -> Tuple[str, ...]:
   """Teacher workdirs with "{parent}" (the directory holding the student's
   workdir, e.g. a sweep dir) and "{seed}" (the student's seed) filled in."""
-  parent = os.path.dirname(os.path.abspath(workdir))
+  parent = str(paths.path(workdir).parent)
   return tuple(p.replace("{parent}", parent).replace("{seed}", str(seed))
-               for p in paths)
+               for p in templates)

@@ -8,8 +8,6 @@ student's jit step as an argument and never saved with the student
 (big_vision's distill trainer does the same).
 """
 import dataclasses
-import json
-import os
 from typing import Any, Callable, Dict, NamedTuple, Sequence, Tuple
 
 import jax
@@ -18,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mtkd_jax import errors
+from mtkd_jax import paths
 from mtkd_jax import models
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.distill import mutual
@@ -48,14 +47,13 @@ class Teacher(NamedTuple):
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.path(workdir) / "config.json"
+  if not path.exists():
     raise errors.ConfigError(
-        f"Teacher workdir {workdir!r} holds no trained run (no config.json); "
-        "train the teacher first: python -m experiments.run --config ... "
-        f"--workdir {workdir}")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+        f"Teacher workdir {str(workdir)!r} holds no trained run (no "
+        "config.json); train the teacher first: python -m experiments.run "
+        f"--config ... --workdir {workdir}")
+  return ml_collections.ConfigDict(paths.read_json(path))
 
 
 def check_compatible(student_config, teacher_config, workdir: str,
@@ -94,7 +92,7 @@ def restore_params(workdir: str):
   leaf is restored onto this process's first device, by the shapes and
   dtypes of the checkpoint's own metadata.
   """
-  directory = os.path.join(os.path.abspath(workdir), "best")
+  directory = paths.path(workdir) / "best"
   manager = ocp.CheckpointManager(directory, item_handlers={
       "state": ocp.StandardCheckpointHandler(),
       "metrics": ocp.JsonCheckpointHandler()})
@@ -134,10 +132,9 @@ def load_teacher(workdir: str, student_config, base_spec: specs_lib.DatasetSpec,
                                                extras), spec, teacher_config)
   params = restore_params(workdir)
   validation, test = {}, {}
-  results = os.path.join(workdir, "results.json")
-  if os.path.exists(results):
-    with open(results) as f:
-      saved = json.load(f)
+  results = paths.path(workdir) / "results.json"
+  if results.exists():
+    saved = paths.read_json(results)
     validation, test = saved.get("validation", {}), saved.get("test", {})
   identity = {t.name: (1.0, 0.0) for t in spec.tasks}
   return Teacher(workdir, teacher_config, model, params, validation, test,

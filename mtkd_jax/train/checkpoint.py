@@ -12,7 +12,6 @@ waited for before training goes on (a kill loses at most `checkpoint_every`
 steps), after a free-space check, and gets a sha256 manifest; a restore skips
 damaged steps for the newest good one (`checkpoint_integrity`).
 """
-import os
 from typing import Any, Optional, Tuple
 
 import jax
@@ -40,13 +39,13 @@ class Checkpointer:
   """The latest and best checkpoint managers of one workdir."""
 
   def __init__(self, workdir: str, keep: int = 2):
-    self._workdir = os.path.abspath(workdir)
+    self._workdir = paths.path(workdir)
     self._restored_best = None
     self._latest = ocp.CheckpointManager(
-        paths.workdir(workdir) / "checkpoints",
+        self._workdir / "checkpoints",
         options=_options(max_to_keep=keep, name="latest"))
     self._best = ocp.CheckpointManager(
-        paths.workdir(workdir) / "best",
+        self._workdir / "best",
         options=_options(max_to_keep=2, name="best"))
 
   def latest_step(self) -> Optional[int]:
@@ -64,7 +63,7 @@ class Checkpointer:
     manager.save(step, args=args)
     manager.wait_until_finished()
     if jax.process_index() == 0:
-      integrity.write_manifest(os.path.join(str(manager.directory), str(step)))
+      integrity.write_manifest(manager.directory / str(step))
 
   def save_latest(self, step: int, state, loop_state: dict) -> None:
     if step in self._latest.all_steps():

@@ -8,6 +8,8 @@ asks the weighting method for coefficients c_t, and returns one `Update`:
               methods that need it), combined as sum_t c_t g_t on shared
               parameters (or the method's own direction) and sum_t s_t g_t
               on task-specific ones;
+  split_per_term: per_term over two half-batches (double sampling), with
+              the cross Gram matrix of the halves' gradients;
   rep_grad:   the Gram of the per-term gradients w.r.t. the shared
               representation (the model's `rep_gram` hook, else
               `weighting.gram.representation_gram`), then one VJP with c.
@@ -56,6 +58,9 @@ class Objective(NamedTuple):
     densify: (grads, row ids) -> grads with dense table leaves.
     loop_vjp: per-term gradients as T plain VJPs (stacked) instead of one
       `vmap` of the VJP.
+    pair_scale: for `split_per_term`'s objectives (terms float[2T], two
+      half-batches' shares of each global mean), the factors (one per half)
+      that turn the halves' shares into their own means.
   """
   terms: Callable[..., Any]
   primals: Any
@@ -63,6 +68,7 @@ class Objective(NamedTuple):
   perturbations: Callable[[], Any]
   densify: Callable[..., Any] = lambda grads, row_ids: grads
   loop_vjp: bool = False
+  pair_scale: Any = None
 
 
 class Update(NamedTuple):
@@ -131,13 +137,42 @@ def per_term(objective: Objective, weigh: Weigh, *, is_specific: IsSpecific,
   local, grads, row_ids = per_term_grads(objective)
   if row_ids is not None and needs_full_grads:  # flat: the dense layout
     grads, row_ids = objective.densify(grads, row_ids), None
+  return _weigh_and_combine(local, grads, row_ids, None, weigh, is_specific,
+                            scales_specific, needs_full_grads)
+
+
+def split_per_term(objective: Objective, weigh: Weigh, *,
+                   is_specific: IsSpecific, scales_specific: bool,
+                   needs_full_grads: bool) -> Update:
+  """`per_term` for double-sampling methods (MoDo, SDMGrad): the objective's
+  terms are two half-batches' shares [2T] of each global mean; their sum is
+  the full-batch per-term gradient, and the method also sees the cross Gram
+  matrix of the halves' own mean gradients (`TaskGrads.cross`)."""
+  local2, grads2, _ = per_term_grads(objective)
+  num = local2.shape[0] // 2
+  first = jax.tree.map(lambda x: x[:num], grads2)
+  second = jax.tree.map(lambda x: x[num:], grads2)
+  cross = gram_lib.gram_matrix(shared_only(first, is_specific), num,
+                               shared_only(second, is_specific))
+  grads = jax.tree.map(jnp.add, first, second)
+  return _weigh_and_combine(local2[:num] + local2[num:], grads, None,
+                            cross * objective.pair_scale[0]
+                            * objective.pair_scale[1], weigh, is_specific,
+                            scales_specific, needs_full_grads)
+
+
+def _weigh_and_combine(local, grads, row_ids, cross, weigh: Weigh,
+                       is_specific: IsSpecific, scales_specific: bool,
+                       needs_full_grads: bool) -> Update:
+  """The method's combination of the global per-term gradients `grads`."""
   global_terms = collectives.psum(local, AXIS)
   num_terms = global_terms.shape[0]
   shared = shared_only(grads, is_specific)
   flat = jax.vmap(lambda g: ravel_pytree(g)[0])(shared) if needs_full_grads else None
   combination, wstate, diag = weigh(
       global_terms,
-      weighting_base.TaskGrads(gram_lib.gram_matrix(shared, num_terms), flat))
+      weighting_base.TaskGrads(gram_lib.gram_matrix(shared, num_terms), flat,
+                               cross))
   combination = jax.tree.map(lax.stop_gradient, combination)
   grads = combine(grads, combination, is_specific, scales_specific)
   return Update(grads, row_ids, global_terms, wstate, diag)

@@ -36,7 +36,7 @@ DATA, MODEL = "data", "model"
 AXES = (DATA, MODEL)
 # Weighting methods that keep replicated state of every shared parameter
 # (a flat [T, P] running average): a sharded table would be copied into it.
-NEEDS_REPLICATED_TABLES = ("dbmtl",)
+NEEDS_REPLICATED_TABLES = ("dbmtl", "moco", "excess_mtl")
 
 
 def parse(spec: str, num_devices: int) -> Tuple[int, int]:

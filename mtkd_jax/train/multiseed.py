@@ -54,6 +54,7 @@ import numpy as np
 from absl import logging
 
 from mtkd_jax import errors
+from mtkd_jax import paths
 from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.train import hosts
 from mtkd_jax.train import loop
@@ -110,14 +111,13 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
   hosts.initialize(config.train)
   is_main = jax.process_index() == 0
   for seed, d in zip(seeds, dirs):
-    os.makedirs(d, exist_ok=True)
+    d = paths.path(d)
+    d.mkdir(parents=True, exist_ok=True)
     if is_main:
       seed_config = copy.deepcopy(config)
       seed_config.seed = seed
-      with open(os.path.join(d, "config.json"), "w") as f:
-        f.write(seed_config.to_json_best_effort(indent=2))
-      if os.path.exists(os.path.join(d, "results.json")):
-        os.remove(os.path.join(d, "results.json"))  # stale: we start over
+      (d / "config.json").write_text(seed_config.to_json_best_effort(indent=2))
+      (d / "results.json").unlink(missing_ok=True)  # stale: we start over
 
   trainer = trainer_lib.build(config, workdir, seeds=seeds)
   spec, total_steps, tcfg = trainer.spec, trainer.total_steps, config.train
@@ -218,8 +218,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
                "test": tests[i], "select_metric": tcfg.select_metric,
                "steps": st["stopped_at"] or step}
     if is_main:
-      with open(os.path.join(dirs[i], "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+      paths.write_json(paths.path(dirs[i]) / "results.json", results)
     all_results.append(results)
     print(f"seed {seed}: best validation {tcfg.select_metric} at step "
           f"{results['best_step']}; test " + ", ".join(

@@ -131,9 +131,10 @@ def _strategy(cfg: StepConfig):
         is_specific=specific, scales_specific=method.scales_specific,
         exclusive=cfg.distill is None,
         slot_per_term=cfg.terms == tuple(t.name for t in cfg.tasks))
-  return functools.partial(gradients.per_term, is_specific=specific,
-                           scales_specific=method.scales_specific,
-                           needs_full_grads=method.needs_full_grads)
+  return functools.partial(
+      gradients.split_per_term if method.needs_split_gram else gradients.per_term,
+      is_specific=specific, scales_specific=method.scales_specific,
+      needs_full_grads=method.needs_full_grads)
 
 
 def make_step_config(config, model, tx, spec, params, example_batch,
@@ -199,7 +200,10 @@ def init_weighting(step_cfg, weighting_config, params):
   if method.needs_full_grads:
     shared = shared_params(params, step_cfg.model)
     size = sum(x.size for x in jax.tree.leaves(shared))
-    return method.init(step_cfg.terms, weighting_config, num_shared_params=size)
+    layout = ({"param_layout": weighting_base.param_layout(shared)}
+              if method.needs_param_layout else {})
+    return method.init(step_cfg.terms, weighting_config, num_shared_params=size,
+                       **layout)
   return method.init(step_cfg.terms, weighting_config)
 
 
@@ -236,10 +240,13 @@ def _local_terms(params, collections, mutable, batch, rng, denom,
 
 
 def make_objective(params, batch, rng, denom, cfg: StepConfig,
-                   targets=None) -> gradients.Objective:
+                   targets=None, split: bool = False) -> gradients.Objective:
   """What the step differentiates: the params (dense path) or, with
   `cfg.row_grads`, the non-table params and the gathered rows
-  (`row_grads.objective`)."""
+  (`row_grads.objective`); with `split`, the two half-batches' terms of
+  double-sampling methods (`_split_objective`)."""
+  if split:
+    return _split_objective(params, batch, rng, denom, cfg, targets)
   local = functools.partial(_local_terms, batch=batch, rng=rng, denom=denom,
                             cfg=cfg, targets=targets)
 
@@ -257,6 +264,33 @@ def make_objective(params, batch, rng, denom, cfg: StepConfig,
     del aux, lead_ndim
     return collectives.psum(cot[0], AXIS), None
   return gradients.Objective(terms, (params, {}), reduce, perturbations)
+
+
+def _split_objective(params, batch, rng, denom, cfg: StepConfig,
+                     targets=None) -> gradients.Objective:
+  """The dense objective of double-sampling methods: float[2T], each half-
+  batch's share of every global term mean (`gradients.split_per_term`).
+
+  The global batch is split by the parity of each example's global index
+  (the same halves on any number of devices); `pair_scale` turns the halves'
+  shares into their own means for the cross Gram matrix.
+  """
+  weights = batch["weights"]
+  index = lax.axis_index(AXIS) * weights.shape[0] + jnp.arange(weights.shape[0])
+  halves = [jnp.where(index % 2 == k, weights, 0.0) for k in (0, 1)]
+
+  def terms(primals, pert):
+    del pert  # parameter mode only
+    out = [_local_terms(primals[0], {}, (), {**batch, "weights": w}, rng,
+                        denom, cfg, targets) for w in halves]
+    return jnp.concatenate([o[0] for o in out]), out[0][1]
+
+  def reduce(cot, aux, lead_ndim):
+    del aux, lead_ndim
+    return collectives.psum(cot[0], AXIS), None
+  sizes = [jnp.maximum(collectives.psum(jnp.sum(w), AXIS), 1.0) for w in halves]
+  return gradients.Objective(terms, (params, {}), reduce, None,
+                             pair_scale=(denom / sizes[0], denom / sizes[1]))
 
 
 def _teacher_targets(teacher_params, batch, cfg: StepConfig):
@@ -307,7 +341,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   denom = jnp.maximum(collectives.psum(jnp.sum(batch["weights"]), AXIS), 1.0)
   targets = _teacher_targets(teacher_params, batch, cfg)
   objective = make_objective(state.params, batch, dropout_rng, denom, cfg,
-                             targets)
+                             targets, split=cfg.method.needs_split_gram)
 
   def weigh(global_terms, task_grads):
     return cfg.method.update(global_terms, task_grads, state.weighting_state,

@@ -24,6 +24,7 @@ from etils import epath
 import jax
 
 from mtkd_jax import errors
+from mtkd_jax import paths
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = "LOCK"
@@ -67,14 +68,14 @@ def config_differences(saved: dict, new: dict) -> List[str]:
 
 
 def has_checkpoints(workdir) -> bool:
-  ckpts = epath.Path(workdir) / "checkpoints"
+  ckpts = paths.path(workdir) / "checkpoints"
   return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
 
 
 def check_resumable_config(workdir, config_json: str) -> None:
   """Raises ConfigError when the workdir's checkpoints were made with a
   config that differs from `config_json` in a result-changing key."""
-  saved_path = epath.Path(workdir) / CONFIG_FILE
+  saved_path = paths.path(workdir) / CONFIG_FILE
   if not (saved_path.exists() and has_checkpoints(workdir)):
     return
   diffs = config_differences(json.loads(saved_path.read_text()),
@@ -96,24 +97,37 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-def _read_owner(path: str) -> dict:
+def _read_owner(lock: epath.Path) -> dict:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(lock.read_text())
   except (OSError, ValueError):
     return {}
 
 
-def acquire_lock(workdir: str) -> str:
+def _create_exclusively(lock: epath.Path, text: str) -> None:
+  """Writes a new file; FileExistsError if it exists. Atomic on local disks
+  (O_EXCL); object stores have no such primitive, so there a check comes
+  first (two drivers starting in the same second may both pass)."""
+  if paths.is_local(lock):
+    fd = os.open(os.fspath(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return
+  if lock.exists():
+    raise FileExistsError(str(lock))
+  lock.write_text(text)
+
+
+def acquire_lock(workdir) -> epath.Path:
   """Creates `<workdir>/LOCK` naming this process; returns its path.
 
   Raises WorkdirError naming the owner when a live process holds it.
   """
-  path = os.path.join(workdir, LOCK_FILE)
+  path = paths.path(workdir) / LOCK_FILE
   me = {"host": socket.gethostname(), "pid": os.getpid()}
   for _ in range(2):
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      _create_exclusively(path, json.dumps(me))
     except FileExistsError:
       owner = _read_owner(path)
       pid = owner.get("pid")
@@ -121,32 +135,31 @@ def acquire_lock(workdir: str) -> str:
           and not _pid_alive(pid)):
         logging.warning("Taking over the stale lock %s of dead process %d.",
                         path, pid)
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(path)
+        path.unlink(missing_ok=True)
         continue
       raise errors.WorkdirError(
-          f"workdir {workdir!r} is in use by process {pid} on "
+          f"workdir {str(workdir)!r} is in use by process {pid} on "
           f"{owner.get('host', '?')} (lock {path}); wait for it, use another "
           "--workdir, or delete the lock if that process is gone.") from None
     except OSError as e:
       raise errors.WorkdirError(
-          f"workdir {workdir!r} is not writable ({e.strerror}); fix its "
-          "permissions or pass another --workdir.") from None
-    with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
+          f"workdir {str(workdir)!r} is not writable ({e.strerror or e}); fix "
+          "its permissions or pass another --workdir.") from None
     return path
   raise errors.WorkdirError(f"Could not take the lock {path}; retry.")
 
 
-def _make_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise errors.WorkdirError(f"workdir {workdir!r} is a file; pass a "
+def _make_workdir(workdir) -> None:
+  directory = paths.path(workdir)
+  if directory.exists() and not directory.is_dir():
+    raise errors.WorkdirError(f"workdir {str(workdir)!r} is a file; pass a "
                               "directory as --workdir.")
   try:
-    os.makedirs(workdir, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise errors.WorkdirError(f"cannot create workdir {workdir!r} "
-                              f"({e.strerror}); pass a writable --workdir.") from None
+    raise errors.WorkdirError(f"cannot create workdir {str(workdir)!r} "
+                              f"({e.strerror or e}); pass a writable --workdir."
+                              ) from None
 
 
 @contextlib.contextmanager
@@ -160,12 +173,11 @@ def claim(workdir: str, config):
     if jax.process_index() == 0:
       config_json = config.to_json_best_effort(indent=2)
       check_resumable_config(workdir, config_json)
-      (epath.Path(workdir) / CONFIG_FILE).write_text(config_json)
+      (paths.path(workdir) / CONFIG_FILE).write_text(config_json)
     yield
   finally:
     if lock is not None:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(lock)
+      lock.unlink(missing_ok=True)
 
 
 def check_free_space(directory, needed_bytes: int) -> None:

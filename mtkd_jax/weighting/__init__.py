@@ -8,17 +8,21 @@ defaults). The update functions receive that ConfigDict as `params`.
 Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
 scalarizations gls, stch, imtl_l.
 Gradient-level (Gram matrix of the task gradients): gradnorm, pcgrad,
-gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; and
-dbmtl (flat gradients, param mode only).
+gradvac, mgda, cagrad, imtl, nash_mtl, aligned_mtl, upgrad, fairgrad; the
+stochastic multi-objective modo, sdmgrad (also the cross Gram matrix of two
+half-batches, param mode only); and, on the flat gradients (param mode
+only): dbmtl, moco, graddrop, excess_mtl, gradvac_layers.
 """
 from typing import Callable, Dict
 
 from mtkd_jax import registry
 from mtkd_jax.weighting import base
+from mtkd_jax.weighting import flat_gradient
 from mtkd_jax.weighting import gradient_allocation
 from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
 from mtkd_jax.weighting import scalarization
+from mtkd_jax.weighting import stochastic_moo
 from mtkd_jax.weighting.defaults import default_config
 
 METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
@@ -41,6 +45,12 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "dbmtl": gradient_level.dbmtl,
     "upgrad": gradient_allocation.upgrad,
     "fairgrad": gradient_allocation.fairgrad,
+    "modo": stochastic_moo.modo,
+    "sdmgrad": stochastic_moo.sdmgrad,
+    "moco": stochastic_moo.moco,
+    "graddrop": flat_gradient.graddrop,
+    "excess_mtl": flat_gradient.excess_mtl,
+    "gradvac_layers": flat_gradient.gradvac_layers,
 }
 
 

@@ -19,12 +19,15 @@ same update on 1 device and on 8 for the same global batch.
 
 `update(losses, grads, state, *, step, rng, params) -> (combination, state, diag)`:
   grads: a `TaskGrads` (gram, and the flat gradients only for methods with
-         `needs_full_grads`), or None for methods with `needs_grads=False`;
+         `needs_full_grads`, the two half-batches' cross Gram matrix only
+         for those with `needs_split_gram`), or None for methods with
+         `needs_grads=False`;
   combination: a `Combination`: coeffs float32[T], the c_t above (no
           gradient flows through them), and optionally `direction`, the
           shared-parameter update direction itself, float32[P], for the few
           methods whose direction is not a combination of the current
-          gradients (DB-MTL's running average of gradients);
+          gradients (DB-MTL's and MoCo's running averages of gradients,
+          GradDrop's coordinate-wise masks, GradVac per layer);
   state:  the method's new state (a pytree of arrays, checkpointed in the
           TrainState): learnable weights, running averages, ...;
   diag:   {name: scalar array} logged with the train metrics, e.g.
@@ -39,8 +42,12 @@ values, static).
 weighted); gradient-surgery methods act on shared parameters only, so their
 task-specific parameters follow the unweighted sum (c_t = 1 there), as in
 the papers.
+
+`needs_full_grads` methods get `num_shared_params=P` in `init`; those that
+also set `needs_param_layout` get `param_layout`, the flat gradient's
+segments by parameter (`param_layout`), e.g. to act per layer.
 """
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 
@@ -48,6 +55,9 @@ import jax
 class TaskGrads(NamedTuple):
   gram: jax.Array  # float32[T, T], <g_i, g_j> over the shared parameters
   flat: Optional[jax.Array] = None  # float32[T, P], only if needs_full_grads
+  # float32[T, T], <g_i(A), g_j(B)> of the mean gradients on two disjoint
+  # halves A, B of the batch (double sampling), only if needs_split_gram.
+  cross: Optional[jax.Array] = None
 
 
 class Combination(NamedTuple):
@@ -62,3 +72,17 @@ class WeightingMethod(NamedTuple):
   scales_specific: bool = True
   needs_full_grads: bool = False
   supports_rep_grad: bool = True  # can act on representation gradients
+  # init also takes param_layout=`param_layout(shared params)` (groups of
+  # the flat gradient by layer); only with needs_full_grads.
+  needs_param_layout: bool = False
+  # update also gets TaskGrads.cross (param mode, dense table gradients).
+  needs_split_gram: bool = False
+
+
+def param_layout(shared) -> Tuple[Tuple[str, int], ...]:
+  """((path, size), ...) of the leaves of `shared` in the order in which
+  `jax.flatten_util.ravel_pytree` concatenates them into the flat gradient;
+  path is the leaf's keys joined by "/" (e.g. "experts_0/Dense_0/kernel")."""
+  leaves = jax.tree_util.tree_flatten_with_path(shared)[0]
+  return tuple(("/".join(str(getattr(k, "key", getattr(k, "idx", k)))
+                         for k in path), int(x.size)) for path, x in leaves)

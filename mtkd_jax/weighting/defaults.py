@@ -46,6 +46,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.gradnorm_lr = 0.025
   # GradVac (Wang et al. 2021): EMA rate of the cosine targets.
   c.gradvac_beta = 0.01
+  # gradvac_layers: the parameter groups, "layer" | "matrix".
+  c.gradvac_grouping = "layer"
+  # GradDrop (Chen et al. 2020): the leak, fraction of every gradient kept.
+  c.graddrop_leak = 0.0
+  # ExcessMTL (He et al. 2024): the weights' exponentiated-gradient step.
+  c.excess_mtl_step_size = 1e-2
   # MGDA (Sener & Koltun 2018): none | l2 | loss | loss+.
   c.mgda_normalization = "none"
   # CAGrad (Liu et al. 2021): rescale 0: none, 1: / (1 + c^2), 2: / (1 + c).
@@ -61,4 +67,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.fairgrad_alpha = 1.0
   # Aligned-MTL (Senushkin et al. 2023): min | median | rmse.
   c.aligned_mtl_scale_mode = "min"
+  # MoDo (Chen et al. 2023): lambda's step size and l2 regularisation.
+  c.modo_gamma = 1e-3
+  c.modo_rho = 0.1
+  # SDMGrad (Xiao et al. 2023): the pull lambda towards the mean gradient;
+  # the inner projected-SGD loop (the authors' code's settings).
+  c.sdmgrad_lambda = 0.3
+  c.sdmgrad_num_iter = 20
+  c.sdmgrad_lr = 5.0
+  c.sdmgrad_momentum = 0.5
+  # MoCo (Fernando et al. 2023): step sizes beta / k^beta_sigma (gradient
+  # tracking) and gamma / k^gamma_sigma (lambda), l2 regularisation rho;
+  # h_t = L_t g_t / ||g_t|| as in the authors' code.
+  c.moco_beta = 0.5
+  c.moco_beta_sigma = 0.5
+  c.moco_gamma = 0.1
+  c.moco_gamma_sigma = 0.5
+  c.moco_rho = 0.0
+  c.moco_normalize_grads = True
   return c

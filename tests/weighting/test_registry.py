@@ -12,6 +12,8 @@ from mtkd_jax.weighting import base
 from mtkd_jax.weighting import loss_level
 
 P = 6
+# Methods whose shared update is a direction of their own, not sum_t c_t g_t.
+DIRECTION_METHODS = {"dbmtl", "moco", "graddrop", "gradvac_layers"}
 
 
 def _inputs(method, num, seed, zero=False):
@@ -21,10 +23,18 @@ def _inputs(method, num, seed, zero=False):
   if not method.needs_grads:
     return losses, None
   g = jnp.asarray(g, jnp.float32)
-  return losses, base.TaskGrads(g @ g.T, g if method.needs_full_grads else None)
+  cross = None
+  if method.needs_split_gram:  # two halves whose mean is g
+    half = jnp.asarray(rs.randn(num, P), jnp.float32) * (not zero)
+    cross = (g + half) @ (g - half).T
+  return losses, base.TaskGrads(g @ g.T, g if method.needs_full_grads else None,
+                                cross)
 
 
 def _init(method, names, cfg):
+  if method.needs_param_layout:  # two layers: "a" (kernel, bias), "b"
+    layout = (("a/bias", 1), ("a/kernel", 2), ("b/kernel", 3))
+    return method.init(names, cfg, num_shared_params=P, param_layout=layout)
   if method.needs_full_grads:
     return method.init(names, cfg, num_shared_params=P)
   return method.init(names, cfg)
@@ -56,10 +66,9 @@ def test_method_jits_finite_deterministic(name):
       assert {f"weight/{n}" for n in names} <= set(diag)
       for n in names:
         assert diag[f"weight/{n}"] == comb.coeffs[names.index(n)]
-      if method.needs_full_grads:
+      assert (comb.direction is not None) == (name in DIRECTION_METHODS), name
+      if comb.direction is not None:
         assert comb.direction.shape == (P,) and np.isfinite(comb.direction).all()
-      else:
-        assert comb.direction is None
       # The state keeps its structure (jit/scan carry, checkpoint restore).
       assert (jax.tree.structure(new_state) == jax.tree.structure(state))
       assert new_state.term_names == names
@@ -93,7 +102,10 @@ def test_bad_options_raise_config_errors():
   for name, field, value in [("mgda", "mgda_normalization", "l3"),
                              ("rlw", "rlw_distribution", "cauchy"),
                              ("aligned_mtl", "aligned_mtl_scale_mode", "max"),
-                             ("cagrad", "cagrad_rescale", 3)]:
+                             ("cagrad", "cagrad_rescale", 3),
+                             ("graddrop", "graddrop_leak", 1.5),
+                             ("sdmgrad", "sdmgrad_num_iter", 0),
+                             ("gradvac_layers", "gradvac_grouping", "block")]:
     cfg = weighting.default_config()
     cfg[field] = value
     with pytest.raises(errors.ConfigError):
@@ -116,14 +128,19 @@ def test_default_config_fields():
 def test_flags():
   loss_methods = {"ew", "uncertainty", "dwa", "rlw", "famo", "gls", "stch",
                   "imtl_l"}
-  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl", "upgrad"}
+  surgery = {"pcgrad", "gradvac", "cagrad", "imtl", "aligned_mtl", "upgrad",
+             "modo", "sdmgrad", "moco", "graddrop", "gradvac_layers"}
+  flat = {"dbmtl", "moco", "graddrop", "excess_mtl", "gradvac_layers"}
+  split = {"modo", "sdmgrad"}
   for name in weighting.METHODS:
     method = weighting.get_method(name)
     assert isinstance(method, base.WeightingMethod)
     assert method.needs_grads == (name not in loss_methods), name
     assert method.scales_specific == (name not in surgery), name
-    assert method.needs_full_grads == (name == "dbmtl"), name
-    assert method.supports_rep_grad == (name != "dbmtl"), name
+    assert method.needs_full_grads == (name in flat), name
+    assert method.supports_rep_grad == (name not in flat | split), name
+    assert method.needs_split_gram == (name in split), name
+    assert method.needs_param_layout == (name == "gradvac_layers"), name
 
 
 def test_state_names_are_static():
