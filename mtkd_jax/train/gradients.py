@@ -154,11 +154,12 @@ def split_per_term(objective: Objective, weigh: Weigh, *,
   second = jax.tree.map(lambda x: x[num:], grads2)
   cross = gram_lib.gram_matrix(shared_only(first, is_specific), num,
                                shared_only(second, is_specific))
+  scale_first, scale_second = objective.pair_scale  # shares -> own means
+  cross = cross * scale_first * scale_second
   grads = jax.tree.map(jnp.add, first, second)
-  return _weigh_and_combine(local2[:num] + local2[num:], grads, None,
-                            cross * objective.pair_scale[0]
-                            * objective.pair_scale[1], weigh, is_specific,
-                            scales_specific, needs_full_grads)
+  return _weigh_and_combine(local2[:num] + local2[num:], grads, None, cross,
+                            weigh, is_specific, scales_specific,
+                            needs_full_grads)
 
 
 def _weigh_and_combine(local, grads, row_ids, cross, weigh: Weigh,
