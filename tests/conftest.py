@@ -3,6 +3,7 @@
 `jax_num_cpu_devices` must be set before JAX creates its backend; conftest is
 imported before any test module runs JAX code.
 """
+import fcntl
 import os
 import pathlib
 
@@ -41,7 +42,15 @@ def ml100k_dir():
 
 @pytest.fixture(scope="session")
 def ml100k_tfds_dir(tmp_path_factory, ml100k_dir):
-  """One TFDS preparation of the real MovieLens-100K for the whole session
-  (about 20 s of CPU); tests that load the real data use this directory."""
-  del ml100k_dir  # only for its skip
-  return tmp_path_factory.mktemp("ml100k_tfds")
+  """One TFDS preparation of the real MovieLens-100K (about 20 s of CPU) for
+  the whole run: the first xdist worker prepares it under a file lock in the
+  temp root all workers share; the others wait for it and reuse it."""
+  from mtkd_jax.data import movielens  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # this run's temp root, shared by its workers
+  tfds_dir = root / "ml100k_tfds"
+  with open(root / "ml100k_tfds.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    movielens._prepare(str(ml100k_dir), str(tfds_dir))  # pylint: disable=protected-access
+  return tfds_dir

@@ -220,10 +220,11 @@ def test_default_adam_equals_optax_adam(method, grads, mode, devices):
   the devices' float summation noise past the tolerance.) Adam moves a
   parameter by up to lr = 0.1 a step, and where a gradient entry is near
   zero m / sqrt(v) turns float noise into a visible step; DB-MTL's
-  normalised direction has such entries, so its parameters are compared
-  to 1e-4 of one step (atol 1e-5) rather than 1e-6."""
+  normalised direction has such entries (misses of 5e-6 and 1.6e-5 were
+  seen, varying from run to run), so its parameters are compared to 1e-3
+  of one step (atol 1e-4); a wrong update moves them by ~lr."""
   keys = ("loss", "loss/ctr", "loss/rating", "grad_norm", "param_norm")
-  atol = 1e-5 if method == "dbmtl" else 1e-6
+  atol = 1e-4 if method == "dbmtl" else 1e-6
   assert_same(optax_adam_reference(method),
               run(make_config(method, grads, "adam"), mode, devices), keys,
               rtol=1e-5, atol=atol)
@@ -240,8 +241,18 @@ def test_config_errors(kwargs, match):
     build(make_config(**kwargs))
 
 
-@pytest.mark.parametrize("method", ["ew", "pcgrad", "mgda"])
-@pytest.mark.parametrize("mode,devices", [("jit", 1), ("jit", 8), ("pmap", 8)])
+def _slow_unless(case, keep):
+  """`case` as a pytest param, marked slow unless it is in `keep` (CI runs
+  those; MTKD_RUN_SLOW=1 runs every case)."""
+  return case if case in keep else pytest.param(*case, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("mode,devices,method", [
+    _slow_unless((mode, devices, method),
+                 keep={("jit", 1, "ew"), ("jit", 8, "ew"), ("pmap", 8, "ew"),
+                       ("jit", 8, "pcgrad"), ("jit", 1, "mgda")})
+    for method in ("ew", "pcgrad", "mgda")
+    for mode, devices in (("jit", 1), ("jit", 8), ("pmap", 8))])
 def test_row_grads_give_the_dense_update(method, mode, devices):
   keys = KEYS + (() if method == "ew" else ("weight/ctr", "weight/rating"))
   assert_same(dense_reference(method),
@@ -316,8 +327,11 @@ def test_compact_rows_densify_to_the_table_gradient():
     assert (ids[len(touched[name]):] == rows).all()  # distinct, then fill
 
 
-@pytest.mark.parametrize("embedding", ["lazy_adam", "row_adagrad"])
-@pytest.mark.parametrize("mode,devices", [("jit", 8), ("pmap", 8)])
+@pytest.mark.parametrize("mode,devices,embedding", [
+    _slow_unless((mode, devices, embedding),
+                 keep={("jit", 8, "lazy_adam"), ("pmap", 8, "row_adagrad")})
+    for embedding in ("lazy_adam", "row_adagrad")
+    for mode, devices in (("jit", 8), ("pmap", 8))])
 def test_sparse_optimizers_same_on_one_and_eight_devices(embedding, mode,
                                                          devices):
   """(SGD on the other params: Adam would magnify float noise in near-zero

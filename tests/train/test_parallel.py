@@ -131,7 +131,16 @@ def test_gradient_methods_same_update_on_one_and_eight_devices(method, mode, rep
                ref_params, params)
 
 
-@pytest.mark.parametrize("method", sorted(weighting.METHODS))
+# One method of each kind (loss weights, learned loss state, scalarization,
+# surgery, min-norm solver, allocation, half-batch, flat gradients, random
+# flat drop) in CI; every registered method with MTKD_RUN_SLOW=1.
+CI_METHODS = ("ew", "famo", "stch", "pcgrad", "mgda", "fairgrad", "modo",
+              "dbmtl", "graddrop")
+
+
+@pytest.mark.parametrize("method", [
+    m if m in CI_METHODS else pytest.param(m, marks=pytest.mark.slow)
+    for m in sorted(weighting.METHODS)])
 def test_every_method_runs_on_eight_devices_like_one(method):
   ref_params, ref_hist = run("jit", 1, steps=2, optimizer="adam", method=method)
   params, hist = run("jit", 8, steps=2, optimizer="adam", method=method)
@@ -140,6 +149,10 @@ def test_every_method_runs_on_eight_devices_like_one(method):
     np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                ref_params, params)
+
+
+def test_ci_methods_are_registered():
+  assert set(CI_METHODS) <= set(weighting.METHODS)
 
 
 def test_rep_mode_updates_every_parameter():
