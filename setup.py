@@ -24,8 +24,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["mtkd_jax", "mtkd_jax.*"]),
-    # The native kernels' source, compiled on first use (mtkd_jax/native).
-    package_data={"mtkd_jax.native": ["*.cc", "*.h"]},
+    # The native kernels' source, compiled on first use (mtkd_jax.accel.native).
+    package_data={"mtkd_jax.accel.native": ["*.cc", "*.h"]},
     install_requires=[
         JAX,
         "flax>=0.12.8,<0.13",

@@ -4,7 +4,7 @@ r"""Train-step time against embedding table size, with row-sparse optimizers.
       [--optimizers lazy_adam,row_adagrad] [--out docs/benchmarks/x.jsonl]
 
 Issue #7: with a row-sparse embedding optimizer (`optimizer.embedding`,
-mtkd_jax/train/row_optim.py) the cost of a step grows with the rows a batch
+mtkd_jax/accel/row_optim.py) the cost of a step grows with the rows a batch
 touches, not the table size: a table of 10^7 rows per field should train at
 a step time within 1.3x of 10^4 rows per field.
 

@@ -6,7 +6,8 @@ r"""Configs of the benchmark workload (BENCHMARK.md's model shapes).
 shapes: MMoE with 8 experts / Shared-Bottom with a bottom of [256, 128],
 towers [64], PLE with one CGC level of 4 shared + 2 task-specific experts,
 no dropout; one epoch of batches of 1024, evaluation batches of 4096, model
-seed 0. `get_config("mmoe,tiny")` shrinks the model (2 experts of [16],
+seed 0, `train.accel="auto"` (the CPU speed work on a CPU, as the published
+figures were measured). `get_config("mmoe,tiny")` shrinks the model (2 experts of [16],
 towers [8]) for smoke checks. Benchmarks read these instead of setting
 shapes by hand, and override only what they vary (--weighting, ...).
 """
@@ -18,7 +19,8 @@ MODEL_SHAPES = dict(num_experts=8, expert_hidden=(256, 128),
                     bottom_hidden=(256, 128), tower_hidden=(64,), num_levels=1,
                     num_shared_experts=4, num_specific_experts=2, dropout=0.0)
 TINY_SHAPES = dict(num_experts=2, expert_hidden=(16,), tower_hidden=(8,))
-TRAIN = dict(batch_size=1024, num_epochs=1, num_steps=0, tensorboard=False)
+TRAIN = dict(batch_size=1024, num_epochs=1, num_steps=0, tensorboard=False,
+             accel="auto")
 EVAL_BATCH_SIZE = 4096
 MODEL_SEED = 0
 

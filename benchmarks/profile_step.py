@@ -41,7 +41,8 @@ def parse_args(argv=None):
                  help="also print one traced step's ops in time order")
   p.add_argument("--embedding-grads", default="auto",
                  choices=("auto", "dense", "rows"))
-  p.add_argument("--no-reuse-host-memory", action="store_true")
+  p.add_argument("--accel", default="auto", choices=("auto", "on", "off"),
+                 help="train.accel (mtkd_jax/accel)")
   p.add_argument("--weighting", default="ew", help="weighting.name (train)")
   p.add_argument("--weighting-mode", default="param", choices=("param", "rep"))
   p.add_argument("--tasks", type=int, default=2, help="T: ctr, cvr, then "
@@ -64,10 +65,11 @@ def main(argv=None):
   from benchmarks import train_throughput as tt
   from benchmarks import weighting_cost
   from mtkd_jax.data import pipeline
-  from mtkd_jax.train import host_memory
+  from mtkd_jax.accel import switch as accel
   # pylint: enable=g-import-not-at-top
-  if not args.no_reuse_host_memory:
-    host_memory.reuse_freed_memory()
+  config = presets.get_config(args.model)
+  config.train.accel = args.accel
+  accel.setup_process(config)  # as the trainer, before any allocation
   data_path = args.data or tt.DEFAULT_DATA
   tt.ensure_data(data_path, tt.DEFAULT_GENERATOR)
   d = tt.load_data(data_path)
@@ -76,11 +78,9 @@ def main(argv=None):
   del d
   if args.tasks != len(spec.tasks):
     spec = weighting_cost.repeated_tasks(spec, train, args.tasks)
-  config = presets.get_config(args.model)
   config.train.embedding_grads = args.embedding_grads
   config.weighting.name = args.weighting
   config.weighting.mode = args.weighting_mode
-  config.train.reuse_host_memory = not args.no_reuse_host_memory
   config.train.num_devices, config.train.num_steps = 1, 205
   trainer = presets.build_trainer(config, spec, train, test)
   bs = 4096 if args.eval else 1024
@@ -102,7 +102,7 @@ def main(argv=None):
       holder["state"], metrics = fn(holder["state"], batches[i % len(batches)])
       return metrics
     lowered = lambda: fn.lower(holder["state"], batches[0])
-  host_memory.release_freed_memory()
+  accel.release_freed_memory()
 
   def steps(n):
     out = [run(i) for i in range(n)]

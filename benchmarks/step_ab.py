@@ -1,8 +1,8 @@
 r"""Paired step times: variants of one train step, alternated in one process.
 
-  python -m benchmarks.step_ab --model mmoe --variants base,log_every=1,native=0
-  python -m benchmarks.step_ab --variants base,native=0 --rounds 30 --block 10
-  python -m benchmarks.step_ab --model ple --variants base,mix=stack --eval
+  python -m benchmarks.step_ab --model mmoe --variants base,accel=off
+  python -m benchmarks.step_ab --variants base,accel=off --rounds 30 --block 10
+  python -m benchmarks.step_ab --model ple --variants base,embedding_grads=dense --eval
 
 The machine's noise (slow episodes of a few seconds, docs/benchmarks.md) is
 larger than many single changes, so two processes timed one after the other
@@ -15,20 +15,14 @@ over rounds of its difference to the first variant's block of that round.
 With `--eval`, each round also times `--eval-block` eval steps at batch
 4096 per variant (the inference workload), reported as `eval_*`.
 
-A variant is `base` or comma-free `key=value` pairs joined by `+`:
-  * `log_every=N`: `train.log_every` (N = 1: the norm metrics every step);
-  * `native=0`: trace the step without the native kernels
-    (`mtkd_jax/native`; as `MTKD_JAX_NATIVE=0` for that variant only);
-    `native=dense_adam` keeps that kernel only (`MTKD_JAX_NATIVE`'s values);
-  * `mix=stack`: MMoE / PLE mix their experts' stack, not the list
-    (`layers.mix_members(from_list=False)`, the earlier form);
-  * any other key: a `train.*` config entry, e.g. `embedding_grads=dense`.
+A variant is `base` or comma-free `key=value` pairs joined by `+`, each a
+`train.*` config entry, e.g. `accel=off` (plain optax and XLA, no native
+kernels) or `embedding_grads=dense`.
 """
 import argparse
 import functools
 import itertools
 import json
-import os
 import statistics
 import sys
 import time
@@ -37,7 +31,7 @@ import time
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--model", default="mmoe")
-  p.add_argument("--variants", default="base,log_every=1,native=0")
+  p.add_argument("--variants", default="base,accel=off")
   p.add_argument("--rounds", type=int, default=30)
   p.add_argument("--block", type=int, default=10, help="steps per block")
   p.add_argument("--warmup", type=int, default=20)
@@ -78,10 +72,8 @@ def main(argv=None):
   import jax
   from benchmarks import presets
   from benchmarks import train_throughput as tt
-  from mtkd_jax.models import layers
+  from mtkd_jax.accel import host_memory
   from mtkd_jax.data import pipeline
-  from mtkd_jax.train import host_memory
-  from mtkd_jax import native
   from mtkd_jax.train import parallel
   # pylint: enable=g-import-not-at-top
   host_memory.reuse_freed_memory()  # as train/loop.py
@@ -105,10 +97,6 @@ def main(argv=None):
   for name in names:
     overrides = parse_variant(name)
     config = presets.get_config(args.model)
-    use_native = overrides.pop("native", None)
-    mix = overrides.pop("mix", "list")
-    if mix not in ("list", "stack"):
-      raise SystemExit(f"step_ab: mix must be list or stack, not {mix!r}")
     for key, value in overrides.items():
       if key not in config.train:
         raise SystemExit(f"step_ab: unknown train config key {key!r}")
@@ -117,24 +105,9 @@ def main(argv=None):
     trainer = presets.build_trainer(config, spec, train)
     state = trainer.replicate(trainer.init_state)
     fn, eval_fn = trainer.train_step, trainer.eval_step
-    saved = os.environ.get("MTKD_JAX_NATIVE"), layers.mix_members
-    if use_native is not None:  # the kernels' use is read while tracing
-      os.environ["MTKD_JAX_NATIVE"] = use_native
-    if mix == "stack":
-      layers.mix_members = functools.partial(layers.mix_members,
-                                             from_list=False)
-    native.available.cache_clear()
-    try:
-      compiled = fn.lower(state, batches[0]).compile()
-      compiled_eval = (eval_fn.lower(state.params, eval_batches[0]).compile()
-                       if eval_batches else None)
-    finally:
-      if saved[0] is None:
-        os.environ.pop("MTKD_JAX_NATIVE", None)
-      else:
-        os.environ["MTKD_JAX_NATIVE"] = saved[0]
-      layers.mix_members = saved[1]
-      native.available.cache_clear()
+    compiled = fn.lower(state, batches[0]).compile()
+    compiled_eval = (eval_fn.lower(state.params, eval_batches[0]).compile()
+                     if eval_batches else None)
     runs[name] = {"fn": compiled, "eval": compiled_eval, "state": state,
                   "i": 0, "times": [], "eval_times": []}
   host_memory.release_freed_memory()

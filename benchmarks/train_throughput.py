@@ -84,7 +84,7 @@ DEFAULTS = dict(models="mmoe,shared_bottom", repeats=3, max_repeats=5,
                 steps=200, warmup=20, batch_size=1024, infer_batch_size=4096,
                 infer_batches=20, pipeline_batches=200, parallel="jit",
                 num_devices=0, epoch=True, max_train_rows=0, idle_wait=60.0,
-                weighting="ew", embedding_grads="auto", reuse_host_memory=True,
+                weighting="ew", embedding_grads="auto", accel="auto",
                 compute_dtype="float32")
 QUICK = dict(repeats=1, max_repeats=1, steps=20, warmup=3, infer_batches=4,
              pipeline_batches=20, epoch=False, max_train_rows=20_000,
@@ -285,7 +285,7 @@ def worker_config(cfg):
   config.weighting.name = cfg["weighting"]
   config.train.embedding_grads = cfg["embedding_grads"]
   config.train.compute_dtype = cfg["compute_dtype"]
-  config.train.reuse_host_memory = cfg["reuse_host_memory"]
+  config.train.accel = cfg["accel"]
   config.train.batch_size = cfg["batch_size"]
   config.train.parallel = cfg["parallel"]
   config.train.num_devices = cfg["num_devices"]
@@ -298,10 +298,10 @@ class Phases:
   of freed memory to the OS where train/loop.py does it."""
 
   def __init__(self, rec, reuse):
-    from mtkd_jax.train import host_memory  # pylint: disable=g-import-not-at-top
+    from mtkd_jax.accel import switch as accel  # pylint: disable=g-import-not-at-top
     self.rec, self.rss = rec, {}
     rec["rss_peak_after_mib"] = self.rss  # filled in phase by phase
-    self._release = host_memory.release_freed_memory if reuse else None
+    self._release = accel.release_freed_memory if reuse else None
 
   def release(self):
     if self._release is not None:
@@ -541,19 +541,21 @@ def pipeline_throughput(trainer, cfg, rec, phases, idle):
 def run_worker(cfg):
   """Benchmarks one model (`cfg["model"]`); returns its JSON record."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mtkd_jax.train import host_memory  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.accel import switch as accel  # pylint: disable=g-import-not-at-top
 
-  # As train/loop.py does (train.reuse_host_memory), before any allocation.
-  reuse = cfg["reuse_host_memory"] and host_memory.reuse_freed_memory()
+  config = worker_config(cfg)
+  # As the trainer does (train.accel), before any allocation.
+  accel.setup_process(config)
+  reuse = accel.enabled(config)
   compile_log = CompileLog()
   jax.monitoring.register_event_duration_secs_listener(compile_log)
   idle = IdleWaiter(cfg["idle_wait"])
   rec = {"model": cfg["model"], "parallel": cfg["parallel"],
-         "weighting": cfg["weighting"], "reuse_host_memory": reuse,
+         "weighting": cfg["weighting"], "accel": reuse,
          "loadavg_start": loadavg(), "compute_dtype": cfg["compute_dtype"]}
   phases = Phases(rec, reuse)
   splits, true_prob = load_workload(cfg, rec, phases)
-  trainer, state = init_trainer(worker_config(cfg), splits, rec, phases)
+  trainer, state = init_trainer(config, splits, rec, phases)
   state, first_batch = first_step_and_epoch(trainer, state, cfg, rec, phases,
                                             compile_log, true_prob)
   phases.release()  # as train/loop.py after an evaluation
@@ -608,9 +610,9 @@ def parse_args(argv=None):
                  help="train.compute_dtype: bfloat16 runs the forward and "
                  "backward passes in bf16 on a cast copy of the float32 "
                  "params, inference too (default float32, the peer's)")
-  p.add_argument("--reuse-host-memory", action=argparse.BooleanOptionalAction,
-                 help="train.reuse_host_memory: keep freed buffers in the "
-                 "malloc heap (default on; mtkd_jax/train/host_memory.py)")
+  p.add_argument("--accel", choices=("auto", "on", "off"),
+                 help="train.accel: the CPU speed work (mtkd_jax/accel; "
+                 "default auto: on for the CPU backend)")
   p.add_argument("--epoch", action=argparse.BooleanOptionalAction,
                  help="one-epoch quality run (default on)")
   p.add_argument("--max-train-rows", type=int, help="0 = all train rows")

@@ -170,9 +170,9 @@ def main(argv=None):
   # pylint: disable=g-import-not-at-top
   import dataclasses
   from mtkd_jax import weighting
-  from mtkd_jax.train import host_memory
+  from mtkd_jax.accel import host_memory
   # pylint: enable=g-import-not-at-top
-  host_memory.reuse_freed_memory()  # as train/loop.py (train.reuse_host_memory)
+  host_memory.reuse_freed_memory()  # as a run with train.accel on
   import jax  # pylint: disable=g-import-not-at-top
   tt.ensure_data(args.data, args.generator)
   d = tt.load_data(args.data)

@@ -70,10 +70,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.0
   c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
   # Embedding tables: "dense" (the optimizer above, exact dense Adam etc.;
-  # for "adam" it is computed from the tables' row gradients without a dense
-  # gradient: row_optim.dense_adam, optax.adam's update to the last bit),
+  # with train.accel on, "adam" is computed from the tables' row gradients
+  # without a dense gradient: optax.adam's update to the last bit),
   # or a row-sparse optimizer whose step cost grows with the rows a batch
-  # touches, not the table size (mtkd_jax/train/row_optim.py, which says how
+  # touches, not the table size (mtkd_jax/accel/row_optim.py, which says how
   # each differs from dense Adam): "row_adagrad" (row-wise Adagrad as in
   # DLRM/TorchRec, lr and eps above) or "lazy_adam" (Adam on the touched
   # rows only, b1/b2/eps above). Tables get no weight decay with these.
@@ -106,16 +106,17 @@ def default_config() -> ml_collections.ConfigDict:
   # cast copy of the float32 master params (optimizer state stays float32);
   # meant for GPU/TPU; on a CPU it is usually slower than float32.
   c.train.compute_dtype = "float32"
-  # Table gradients (mtkd_jax/train/row_grads.py): "dense" (grad w.r.t. the
+  # Table gradients (mtkd_jax/accel/row_grads.py): "dense" (grad w.r.t. the
   # tables: [rows, d] per table, T of them for per-term gradient methods),
   # "rows" (w.r.t. the gathered rows: one compact [U, d] per table, exact;
   # much cheaper for gradient-level weighting methods), or "auto" (rows
   # iff optimizer.embedding is row-sparse, which needs them, or is the
-  # dense Adam above, which takes them; 2-D tables only).
+  # row-fed dense Adam above, which takes them; 2-D tables only).
   c.train.embedding_grads = "auto"
-  # Keep freed host buffers in glibc's heap for reuse instead of mmap-ing
-  # every step's large temporaries afresh (mtkd_jax/train/host_memory.py).
-  c.train.reuse_host_memory = True
+  # CPU speed work (mtkd_jax/accel): "off" (plain optax and XLA, every
+  # backend), "on", or "auto" (on for the CPU backend only). The same results
+  # up to float rounding.
+  c.train.accel = "off"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 4096

@@ -27,9 +27,9 @@ import numpy as np
 
 from mtkd_jax import errors
 from mtkd_jax import models
-from mtkd_jax import native
 from mtkd_jax import paths
 from mtkd_jax import serving_info
+from mtkd_jax.accel import native
 from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.train import model_stats

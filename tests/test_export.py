@@ -9,7 +9,7 @@ from configs import synthetic_mmoe
 from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import export
-from mtkd_jax import native
+from mtkd_jax.accel import native
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import teacher as teacher_lib
 from mtkd_jax.train import loop

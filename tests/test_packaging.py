@@ -47,8 +47,8 @@ def test_only_the_library_is_installed(setup_kwargs):
 
 
 def test_native_kernel_sources_are_shipped(setup_kwargs):
-  data = setup_kwargs["package_data"]["mtkd_jax.native"]
-  sources = [p.name for p in (REPO / "mtkd_jax" / "native").iterdir()
+  data = setup_kwargs["package_data"]["mtkd_jax.accel.native"]
+  sources = [p.name for p in (REPO / "mtkd_jax" / "accel" / "native").iterdir()
              if p.suffix in (".cc", ".h")]
   assert sources
   assert all(any(pathlib.PurePath(s).match(g) for g in data) for s in sources)

@@ -30,7 +30,9 @@ every registered model):
    its shared representation through `self.perturb("shared", h)`; a model
    whose shared experts reach every loss only through a gated mixture also
    perturbs the mixture (`layers.MIXTURE_SITE`) and returns the mixing
-   weights as `Aux.mixture_gates`.
+   weights as `Aux.mixture_gates`. A model may give an exact, cheaper Gram
+   of those gradients as its `rep_gram` attribute (the signature of
+   `weighting.gram.representation_gram`; MMoE's: `mixture.py`).
 
 Adding a model: one module file (the class, following 1-4), one line in
 `models.MODELS`, and its test of the paper's defining property; the

@@ -5,7 +5,7 @@ table with per-field row offsets, so a batch's lookups are one gather (and the
 backward pass one scatter-add) instead of one per field. A behaviour sequence
 that `shares` a sparse field gathers from that field's rows of the same table.
 
-Row gradients (`mtkd_jax/train/row_grads.py`): when the collection
+Row gradients (`mtkd_jax/accel/row_grads.py`): when the collection
 `LOOKUP_IDS` is mutable, every lookup ("site") also records its row ids
 (`sow`, -1 where the site masks a position out) and passes the gathered rows
 through `self.perturb(site_name(table, k), rows, collection=LOOKUP_ROWS)`, so
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtkd_jax import native
+from mtkd_jax.accel import native
 from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.models import sequence as sequence_lib
 
@@ -50,18 +50,13 @@ def group_fields_by_dim(fields) -> Dict[int, Tuple[int, ...]]:
   return {dim: tuple(idx) for dim, idx in sorted(groups.items())}
 
 
-def gather_concat(table, ids, dense, pert=None, *, use_native=None):
+def gather_concat(table, ids, dense, pert=None):
   """The input layer's rows and dense features as one matrix.
 
   `concat(take(table, ids, mode="clip").reshape(B, F * d) (+ pert), dense)`;
   its gradients are take's (a scatter-add into the table), the identity to
-  `pert` and `dense`.
-
-  On CPU (float32) the forward pass is one native pass
-  (`mtkd_jax/native/embedding_gather.cc`): XLA's gather copies element by
-  element and its concatenate is a second pass over the result (2.3 + 0.8 ms
-  of the Shared-Bottom eval step of BENCHMARK.md at batch 4096). The values
-  are the same bit for bit (tests/models/test_embedding_gather.py).
+  `pert` and `dense`. On CPU (float32, `train.accel` on) the forward pass is
+  one native pass, the same values bit for bit (`accel.native`).
 
   Args:
     table: float[rows, d].
@@ -69,50 +64,15 @@ def gather_concat(table, ids, dense, pert=None, *, use_native=None):
     dense: float[B, D], D >= 0.
     pert: None, or float[B, F, d] added to the gathered rows (the row
       gradients' perturbation).
-    use_native: None: the native kernel when it can run; False: XLA's form.
   Returns:
     float[B, F * d + D].
   """
-  if use_native is None:
-    use_native = (jax.default_backend() == "cpu" and
-                  all(x.dtype == jnp.float32 for x in (table, dense)) and
-                  (pert is None or pert.dtype == jnp.float32) and
-                  native.use("gather_concat"))
-  if not use_native:
-    return _gather_concat_xla(table, ids, dense, pert)
-  return _gather_concat_native(table, ids.astype(jnp.int32), dense, pert)
-
-
-def _gather_concat_xla(table, ids, dense, pert):
+  if native.gather_fits(table, dense, pert):
+    return native.gather_concat_vjp(table, ids, dense, pert)
   rows = jnp.take(table, ids, axis=0, mode="clip")
   if pert is not None:
     rows = rows + pert
   return jnp.concatenate([rows.reshape(rows.shape[0], -1), dense], axis=-1)
-
-
-@jax.custom_vjp
-def _gather_concat_native(table, ids, dense, pert):
-  return native.gather_concat(table, ids, dense, pert)
-
-
-def _gather_concat_fwd(table, ids, dense, pert):
-  # pert rides along only to say whether it was given (None or an array)
-  return _gather_concat_native(table, ids, dense, pert), (table, ids, pert)
-
-
-def _gather_concat_bwd(res, ct):
-  table, ids, pert = res
-  (batch, fields), d = ids.shape, table.shape[1]
-  ct_rows = ct[:, :fields * d].reshape(batch, fields, d)
-  # take's transpose: a scatter-add at the clamped ids. Unused (and dropped
-  # by XLA) when the step differentiates w.r.t. the rows, not the table.
-  d_table = jnp.zeros_like(table).at[jnp.clip(ids, 0, table.shape[0] - 1)].add(
-      ct_rows.astype(table.dtype))
-  return (d_table, np.zeros(ids.shape, jax.dtypes.float0), ct[:, fields * d:],
-          None if pert is None else ct_rows.astype(pert.dtype))
-
-
-_gather_concat_native.defvjp(_gather_concat_fwd, _gather_concat_bwd)
 
 
 class FeatureEmbedding(nn.Module):
@@ -164,8 +124,7 @@ class FeatureEmbedding(nn.Module):
         (recorded as -1: the position touches no row).
     """
     # "clip", not the default "fill": ids are range-checked when the data
-    # load (data/columns.py), and the fill's NaN select cost 1 ms per MMoE
-    # step of BENCHMARK.md (26,624 rows of 16).
+    # load (data/columns.py), and the fill's NaN select is a pass of its own.
     rows = jnp.take(table, ids, axis=0, mode="clip")
     site = self._record_site(name, ids, valid)
     if site is None:

@@ -137,8 +137,8 @@ class CGCLevel(nn.Module):
     # Task t mixes only the experts its gate selects (mix_expert_list's
     # index); `experts` is their stack [B, N, H] under perturb("shared").
     # (A [B, T]-batched product over the selected experts gathered into
-    # [B, T, m_k + m_s, H] cost 3 ms of a 54 ms inference batch of
-    # BENCHMARK.md; the perturbed path spreads the gates over all N.)
+    # [B, T, m_k + m_s, H] copies them; the perturbed path spreads the gates
+    # over all N.)
     task_outputs, experts = layers.mix_members(
         self, gates, members, ple_expert_index(t, m_k, m_s).tolist())
     shared_output = None

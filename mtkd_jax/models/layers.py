@@ -123,8 +123,9 @@ def _stacked_init(init):
 # A model whose shared representation E reaches every loss only through
 # `mixture = mix_experts(gates, E)`, and whose mixture slot t feeds task t's
 # output alone (spec order), may say so, for rep-grad weighting
-# (train/step.py `_rep_gram`): `self.perturb(MIXTURE_SITE, mixture)` and
-# aux.mixture_gates = gates (models/base.py, contract rule 4).
+# (the model's `rep_gram` hook, models/mixture.py):
+# `self.perturb(MIXTURE_SITE, mixture)` and aux.mixture_gates = gates
+# (models/base.py, contract rule 4).
 MIXTURE_SITE = "shared_mixture"
 
 _MIX_UNROLL_MAX = 16  # mixtures summed term by term in the backward pass
@@ -144,9 +145,8 @@ def mix_expert_list(gates, experts, index=None):
 
   Elementwise products and sums, which XLA fuses into one loop (and whose
   gradients are such loops and row reductions): stacking StackedMLP's
-  members into [B, E, H] for the batched "bte,beh->bth" product cost a
-  copy of every expert output (1.0 + 1.0 ms of the PLE eval step of
-  BENCHMARK.md at batch 4096, stack and product).
+  members into [B, E, H] for the batched "bte,beh->bth" product costs a
+  copy of every expert output.
   """
   num_tasks, k = gates.shape[1:]
   if index is None:
@@ -160,22 +160,19 @@ def mix_expert_list(gates, experts, index=None):
   return jnp.stack(mixtures, axis=1)
 
 
-def mix_members(module: nn.Module, gates, members, index=None, *,
-                from_list: bool = True):
+def mix_members(module: nn.Module, gates, members, index=None):
   """(mixture, experts): the gated mixture of StackedMLP members (a list)
   and their stack float[B, E, H] under `module.perturb("shared", .)`.
 
   With rep-grad weighting perturbing "shared", the mixture reads the
   perturbed stack (`mix_experts`); otherwise it reads the members
   (`mix_expert_list`), and XLA drops the stack unless something else
-  reads it (aux.shared: feature-hint distillation). `from_list=False`
-  always mixes the stack (the earlier form; `benchmarks.step_ab`'s
-  `mix=stack` variant). Both are the same function up to float summation
-  order (tests/models/test_models.py).
+  reads it (aux.shared: feature-hint distillation). Both are the same
+  function up to float summation order (tests/models/test_models.py).
   """
   experts = jnp.stack(members, axis=1)
   perturbed = module.perturb("shared", experts)
-  if from_list and perturbed is experts:  # perturb is the identity here
+  if perturbed is experts:  # perturb is the identity here
     return mix_expert_list(gates, members, index), experts
   if index is not None:
     gates = jnp.einsum("btk,tkn->btn", gates, jax.nn.one_hot(

@@ -13,6 +13,7 @@ from mtkd_jax.data import specs as specs_lib
 from mtkd_jax.models import base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
+from mtkd_jax.models import mixture
 
 
 def head_width(spec) -> int:
@@ -78,6 +79,8 @@ class MMoE(nn.Module):
   tower_hidden: Sequence[int] = (64,)
   dropout: float = 0.0
   task_specific_params = ("towers",)
+  # Rep-grad weighting's Gram from the gated mixture (models/mixture.py).
+  rep_gram = staticmethod(mixture.mixture_rep_gram)
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):

@@ -24,14 +24,13 @@ from mtkd_jax import config_checks
 from mtkd_jax import errors
 from mtkd_jax import paths
 from mtkd_jax import serving_info
+from mtkd_jax.accel import switch as accel
 from mtkd_jax.data import pipeline
 from mtkd_jax.train import checkpoint as checkpoint_lib
-from mtkd_jax.train import host_memory
 from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train import hosts
 from mtkd_jax.train import model_stats
 from mtkd_jax.train import preemption
-from mtkd_jax.train import step as step_lib
 from mtkd_jax.train import trainer as trainer_lib
 from mtkd_jax.train import workdir as workdir_lib
 from mtkd_jax.train import writers
@@ -62,16 +61,10 @@ def step_events(step: int, total_steps: int, tcfg):
 
 def mean_metrics(step_metrics: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
   """Each metric's mean over the steps that have it ("num_examples" left
-  out); the norm metrics' NaN (not computed that step,
-  `step.NORM_METRICS`) are skipped, and a norm no step computed is left out.
-  """
+  out)."""
   summary = {}
   for k in set().union(*step_metrics) - {"num_examples"}:
-    values = [float(m[k]) for m in step_metrics if k in m]
-    if k in step_lib.NORM_METRICS:
-      values = [v for v in values if not math.isnan(v)]
-    if values:
-      summary[k] = float(np.mean(values))
+    summary[k] = float(np.mean([float(m[k]) for m in step_metrics if k in m]))
   return summary
 
 
@@ -103,7 +96,7 @@ def advance(trainer, state, batch, step: int, first: bool):
     jax.block_until_ready(metrics)
     logging.info("First step (compile + run): %.2f s.",
                  time.perf_counter() - t0)
-    host_memory.release_freed_memory()  # the compiler's memory
+    accel.release_freed_memory()  # the compiler's memory
     return state, metrics
   every = trainer.config.weighting.diagnostics_every
   if not (every and (step + 1) % every == 0):
@@ -146,7 +139,7 @@ def _train_and_evaluate(config, workdir, wd, multihost):
         splits.test, serving_info.NUM_EXAMPLES)), splits.extras)
   tcfg = config.train
   state = mesh_lib.place_state(init_state, mesh)  # tables sharded, if asked
-  host_memory.release_freed_memory()  # init's compilations
+  accel.release_freed_memory()  # init's compilations
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{sum(x.size for x in jax.tree.leaves(init_state.params)):,}")
 
@@ -185,6 +178,8 @@ def _train_and_evaluate(config, workdir, wd, multihost):
         check_finite(host, buffer_start, spec.task_names)
         now = time.perf_counter()
         summary = mean_metrics(host)
+        summary.update({k: float(v) for k, v in jax.device_get(
+            trainer.param_norm(state.params)).items()})
         summary["examples_per_sec"] = (
             sum(float(m["num_examples"]) for m in host) / (now - last_time))
         summary["steps_per_sec"] = (step - last_step) / (now - last_time)
@@ -197,7 +192,7 @@ def _train_and_evaluate(config, workdir, wd, multihost):
         last_time, last_step = now, step
       if is_eval:
         val = run_eval(state.params, "validation")
-        host_memory.release_freed_memory()  # the eval step's compilation
+        accel.release_freed_memory()  # the eval step's compilation
         writer.write(step, "validation", val)
         if tcfg.select_metric not in val:
           raise errors.ConfigError(

@@ -155,6 +155,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
                                                            tcfg)
       if is_log:
         host = jax.device_get(buffer)
+        norms = jax.device_get(trainer.param_norm(state.params))
         now = time.perf_counter()
         losses_now = []
         for i, seed in enumerate(seeds):
@@ -162,6 +163,7 @@ def train_and_evaluate_seeds(config: ml_collections.ConfigDict, workdir: str,
             continue
           per_seed, summary = _summary(host, i, now, last_time,
                                        step - last_step)
+          summary.update({k: float(v[i]) for k, v in norms.items()})
           try:
             loop.check_finite(per_seed, buffer_start, spec.task_names)
           except errors.NonFiniteLossError as e:

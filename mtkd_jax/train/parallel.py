@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mtkd_jax import errors
-from mtkd_jax import native
+from mtkd_jax.accel import native
 from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train.step import AXIS
 

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import optax
 
 from mtkd_jax import registry
-from mtkd_jax.train import row_optim
 
 
 @flax.struct.dataclass
@@ -18,8 +17,8 @@ class TrainState:
   Attributes:
     step: int32 scalar, the number of optimizer updates done.
     params: the model's parameters.
-    opt_state: the optax state (a `row_optim.SplitState` with a row-sparse
-      embedding optimizer).
+    opt_state: the optimizer's state (an `accel.row_optim.SplitState` when
+      the embedding tables have their own optimizer).
     rng: the run's base PRNG key; step s uses `fold_in(rng, s)`.
     weighting_state: the multi-task weighting method's state (learnable or
       running task weights); an empty dict for fixed weights.
@@ -62,33 +61,26 @@ OPTIMIZERS = {
 }
 
 
-def make_optimizer(cfg, total_steps: int):
-  """The optax transformation named by `cfg.name`, with `cfg.schedule`.
+def make_schedule(cfg, total_steps: int):
+  """The learning-rate schedule named by `cfg.schedule`."""
+  return registry.lookup(SCHEDULES, cfg.schedule, "schedule")(cfg, total_steps)
 
-  With `cfg.embedding` naming a row-sparse optimizer (`row_optim`), a
-  `row_optim.SplitOptimizer`: that optimizer for the embedding tables (same
-  schedule), `cfg.name` for the other params. "dense" with `cfg.name`
-  "adam" is also a SplitOptimizer, whose tables get `row_optim.dense_adam`:
-  optax.adam's update, bit for bit, computed without a dense table gradient.
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+  """The optax transformation named by `cfg.name`, with `cfg.schedule` and
+  `cfg.grad_clip_norm` (`optimizer.name="adam"` is `optax.adam`).
+
+  A run builds its optimizer with `accel.switch.make_optimizer`, which
+  returns this one unless the embedding tables get their own (a row-sparse
+  `optimizer.embedding`, or row-fed Adam with `train.accel` on).
 
   Args:
     cfg: the `optimizer` config block (name, learning_rate, schedule,
-      warmup_steps, b1, b2, eps, weight_decay, momentum, grad_clip_norm,
-      embedding).
+      warmup_steps, b1, b2, eps, weight_decay, momentum, grad_clip_norm).
     total_steps: the run's length, for decaying schedules.
   """
-  schedule = registry.lookup(SCHEDULES, cfg.schedule, "schedule")(cfg, total_steps)
+  schedule = make_schedule(cfg, total_steps)
   tx = registry.lookup(OPTIMIZERS, cfg.name, "optimizer")(schedule, cfg)
-  embedding = cfg.get("embedding", "dense")
-  if embedding == "dense" and cfg.name == "adam":
-    embedding = "adam"  # the same dense Adam, fed by row gradients
-  if embedding != "dense":
-    rows = registry.lookup(
-        {**row_optim.ROW_OPTIMIZERS, "dense": None}, embedding,
-        "embedding optimizer")(schedule, cfg)
-    adam = (row_optim.AdamConfig(schedule, cfg.b1, cfg.b2, cfg.eps)
-            if cfg.name == "adam" else None)
-    return row_optim.SplitOptimizer(tx, rows, float(cfg.grad_clip_norm), adam)
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   return tx

@@ -21,10 +21,10 @@ from mtkd_jax import data as data_lib
 from mtkd_jax import errors
 from mtkd_jax import losses
 from mtkd_jax import models
+from mtkd_jax.accel import switch as accel
 from mtkd_jax.data import pipeline
 from mtkd_jax.distill import plugin as distill_plugin
 from mtkd_jax.train import evaluate
-from mtkd_jax.train import host_memory
 from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train import parallel
 from mtkd_jax.train import state as state_lib
@@ -46,11 +46,10 @@ def setup(config: ml_collections.ConfigDict, splits=None) -> Experiment:
   """Loads the data (unless `splits` are given) and builds the model, mesh
   and optimizer of a config, checking names and sizes before anything
   compiles."""
-  if config.train.get("reuse_host_memory", True):
-    host_memory.reuse_freed_memory()
+  accel.setup_process(config)
   if splits is None:
     splits = data_lib.load_dataset(config.data)
-    host_memory.release_freed_memory()  # the loaders' temporaries
+    accel.release_freed_memory()  # the loaders' temporaries
   tcfg = config.train
   mesh = parallel.make_mesh(tcfg.num_devices, tcfg.get("mesh", ""))
   mesh_lib.check_config(config, mesh)
@@ -69,7 +68,7 @@ def setup(config: ml_collections.ConfigDict, splits=None) -> Experiment:
   per_epoch = pipeline.steps_per_epoch(len(splits.train["weights"]),
                                        tcfg.batch_size)
   total_steps = tcfg.num_steps or tcfg.num_epochs * per_epoch
-  tx = state_lib.make_optimizer(config.optimizer, total_steps)
+  tx = accel.make_optimizer(config, total_steps)
   example = next(pipeline.eval_batches(splits.train, tcfg.batch_size))
   return Experiment(splits, spec, model, mesh, tx, total_steps, example)
 
@@ -119,6 +118,8 @@ class Trainer(NamedTuple):
     train_step: compiled (state, batch) -> (state, metrics); donates state.
     diagnostics_step: compiled (state, batch) -> per-term gradient metrics.
     eval_step: compiled (params, batch) -> per-example outputs.
+    param_norm: compiled params -> {"param_norm": ...} ([S] with seeds), for
+      the steps whose metrics the loop reads.
     put: host batch -> device batch.
   """
   config: Any
@@ -136,6 +137,7 @@ class Trainer(NamedTuple):
   train_step: Callable
   diagnostics_step: Callable
   eval_step: Callable
+  param_norm: Callable
   put: Callable
 
   def replicate(self, tree):
@@ -227,8 +229,7 @@ def _init_states(config, exp, workdir, seeds):
     states = [s.replace(opt_state=exp.tx.init(s.params)) for s in states]
   step_cfg = step_lib.make_step_config(config, exp.model, exp.tx, exp.spec,
                                        states[0].params, exp.example_batch,
-                                       distill=distill.spec,
-                                       total_steps=exp.total_steps)
+                                       distill=distill.spec)
   states = [s.replace(weighting_state=step_lib.init_weighting(
       step_cfg, config.weighting, s.params)) for s in states]
   return distill, states, step_cfg
@@ -268,9 +269,12 @@ def build(config: ml_collections.ConfigDict, workdir: str = ".", *,
   step_args = distill.step_args
   diagnostics = functools.partial(step_lib.gradient_diagnostics, cfg=step_cfg)
   evaluation = functools.partial(step_lib.eval_step, model=exp.model,
-                                 compute_dtype=step_cfg.compute_dtype)
+                                 compute_dtype=step_cfg.compute_dtype,
+                                 accel_on=step_cfg.accel)
+  param_norm = step_lib.param_norm
   if seeds is not None:
     diagnostics, evaluation = vmapped_train(diagnostics), vmapped_eval(evaluation)
+    param_norm = jax.vmap(param_norm)
   train_fn = _compile_train(config, mesh, step_cfg, seeds, len(step_args))
   diagnostics_fn = parallel.compile_step(
       diagnostics, mode, mesh, out_batched=False, donate_state=False,
@@ -282,4 +286,5 @@ def build(config: ml_collections.ConfigDict, workdir: str = ".", *,
       step_cfg=step_cfg, init_state=init_state,
       train_step=_bind(train_fn, step_args),
       diagnostics_step=_bind(diagnostics_fn, step_args), eval_step=eval_fn,
+      param_norm=jax.jit(param_norm),
       put=functools.partial(parallel.shard_batch, mode=mode, mesh=mesh))

@@ -36,7 +36,7 @@ LOCK_FILE = "LOCK"
 # checkpoint is selected as best.
 RESULT_NEUTRAL_KEYS = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.tensorboard", "train.progress", "train.reuse_host_memory",
+    "train.tensorboard", "train.progress", "train.accel",
     "train.num_devices", "train.distributed", "train.parallel",
     "weighting.diagnostics_every", "eval.batch_size",
     "data.data_dir", "data.tfds_dir", "data.cache_dir",

@@ -9,6 +9,7 @@ import pytest
 from mtkd_jax import config_defaults
 from mtkd_jax import models
 from mtkd_jax.data import specs
+from mtkd_jax.models import base
 from mtkd_jax.models import embedding
 from mtkd_jax.models import layers
 
@@ -267,11 +268,11 @@ def test_unknown_model_lists_valid_names():
 @pytest.mark.parametrize("num_tasks", [2, 3])
 def test_mmoe_factored_rep_gram_equals_representation_gradients(num_tasks):
   """Rep-grad weighting's Gram for MMoE, formed from the mixture gradients
-  and the gates (train/step.py `_rep_gram`: one VJP when the terms are the
+  and the gates (models/mixture.py, MMoE's `rep_gram`: one VJP when the terms are the
   tasks, else one per term), equals the Gram of the explicit per-task
   Jacobians w.r.t. the experts' output, and so does its general path (the
   materialised gradients)."""
-  from mtkd_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  from mtkd_jax.models import mixture  # pylint: disable=g-import-not-at-top
   tasks = tuple(specs.TaskSpec(f"t{k}", "binary", "bce") for k in range(num_tasks))
   spec = SPEC.__class__(**{**SPEC.__dict__, "tasks": tasks})
   cfg = config_defaults.default_config().model
@@ -297,7 +298,9 @@ def test_mmoe_factored_rep_gram_equals_representation_gradients(num_tasks):
   _, vjp_fn, gates = jax.vjp(per_task, zeros, has_aux=True)
   assert np.abs(expected).max() > 1e-3  # not a vacuous comparison
   for use_gates, slot_per_term in [(True, True), (True, False), (False, False)]:
-    got = step_lib._rep_gram(vjp_fn, zeros, gates if use_gates else None,
-                             num_tasks, jnp.float32, distilled=False,
-                             slot_per_term=slot_per_term)
+    model_aux = base.Aux(shared=None, task_inputs=None,
+                         mixture_gates=gates if use_gates else None)
+    got = mixture.mixture_rep_gram(lambda ct: vjp_fn(ct)[-1], zeros, model_aux,
+                                   num_tasks, jnp.float32, exclusive=True,
+                                   slot_per_term=slot_per_term)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)

@@ -17,6 +17,7 @@ from mtkd_jax import config_defaults
 from mtkd_jax import errors
 from mtkd_jax import models
 from mtkd_jax import weighting
+from mtkd_jax.accel import switch as accel_switch
 from mtkd_jax.data import specs
 from mtkd_jax.train import mesh as mesh_lib
 from mtkd_jax.train import parallel
@@ -64,13 +65,13 @@ def run(mesh_spec, steps=3, optimizer="adam", embedding="dense", method="ew",
   mesh_lib.check_config(cfg, mesh)
   model = models.build_model(dataclasses.replace(
       spec, table_row_multiple=mesh_lib.model_size(mesh)), cfg.model)
-  tx = state_lib.make_optimizer(cfg.optimizer, 10)
+  tx = accel_switch.make_optimizer(cfg, 10)
   state = state_lib.create_train_state(model, tx, make_batch(spec), seed=0)
   wcfg = cfg.weighting
   method_fn = weighting.get_method(method)
   step_cfg = step_lib.StepConfig(
       model, tx, spec.tasks, spec.task_names, method_fn, wcfg, rep_grad=rep,
-      row_grads=step_lib._use_row_grads(cfg, tx, method_fn, state.params))  # pylint: disable=protected-access
+      row_grads=accel_switch.use_row_grads(cfg, tx, method_fn, state.params))
   state = state.replace(weighting_state=step_lib.init_weighting(
       step_cfg, wcfg, state.params))
   fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=step_cfg),
@@ -80,7 +81,8 @@ def run(mesh_spec, steps=3, optimizer="adam", embedding="dense", method="ew",
   for s in range(steps):
     batch = parallel.shard_batch(make_batch(spec, seed=s), "jit", mesh)
     state, metrics = fn(state, batch)
-    history.append(jax.device_get(metrics))
+    history.append(jax.device_get({**metrics, **step_lib.param_norm(
+        state.params)}))  # as the loop logs
   params = jax.device_get(state.params)
   rows = sum(f.vocab_size for f in spec.sparse)
   table = params[TABLE[0]][TABLE[1]]

@@ -13,6 +13,7 @@ from mtkd_jax import errors
 from mtkd_jax import config_defaults
 from mtkd_jax import losses
 from mtkd_jax import weighting
+from mtkd_jax.accel import switch as accel_switch
 from mtkd_jax.train import parallel
 from mtkd_jax.train import step as step_lib
 from tests.train import test_parallel as tp
@@ -85,4 +86,4 @@ def test_split_gram_needs_dense_tables():
   cfg.train.embedding_grads = "rows"
   model, tx, state = tp.setup()
   with pytest.raises(errors.ConfigError, match="two half-batches"):
-    step_lib._use_row_grads(cfg, tx, weighting.get_method("modo"), state.params)  # pylint: disable=protected-access
+    accel_switch.use_row_grads(cfg, tx, weighting.get_method("modo"), state.params)

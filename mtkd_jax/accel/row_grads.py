@@ -20,7 +20,7 @@ over the `data` axis, made unique at the static size U, and each device's
 row gradients are segment-summed into that layout and `psum`med.
 
 On CPU, `compact` finds the distinct rows and sums their gradients in one
-native pass (mtkd_jax/native/compact_rows.cc; the same values as the XLA
+native pass (accel/native/compact_rows.cc; the same values as the XLA
 form, bit for bit) where `unique_slots` would take its "map" method.
 
 Exactness. The dense gradient is `zeros.at[ids].add(grads, mode="drop")`
@@ -39,9 +39,10 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax import lax
 
-from mtkd_jax import native
+from mtkd_jax.accel import native
 from mtkd_jax.models import embedding
 from mtkd_jax.train import collectives
+from mtkd_jax.train import gradients
 
 Path = Tuple[str, ...]
 
@@ -103,9 +104,8 @@ def merge(tables, rest):
 
 
 # unique_slots finds distinct ids with a [rows] int32 map when the table has
-# at most this many rows per id, else by sorting the ids. XLA:CPU's sort is
-# slow: 4.1 ms for the 26,624 ids of a BENCHMARK.md batch (260,000 rows), 8%
-# of the MMoE step; the map takes ~0.2 ms there and stays O(ids) + O(rows).
+# at most this many rows per id, else by sorting the ids (XLA:CPU's sort is
+# slow; the map stays O(ids) + O(rows)).
 MAP_ROWS_PER_ID = 64
 
 
@@ -197,7 +197,7 @@ def compact(sites: Dict[Path, tuple], row_grads, tables: Dict[Path, jax.Array],
 
 
 def _use_native(all_ids, num_rows: int, grads) -> bool:
-  """Whether `compact` runs the native kernel (mtkd_jax/native/
+  """Whether `compact` runs the native kernel (accel/native/
   compact_rows.cc): where `unique_slots` takes its "map" method (ids in
   order of first occurrence), for float32 gradients on CPU."""
   return (num_rows <= MAP_ROWS_PER_ID * all_ids.shape[0] and
@@ -216,3 +216,65 @@ def densify(row_grad: RowGrad, num_rows: int) -> jax.Array:
   g = row_grad.grads
   dense = jnp.zeros(g.shape[:-2] + (num_rows, g.shape[-1]), g.dtype)
   return dense.at[..., row_grad.ids, :].add(g, mode="drop")
+
+
+def objective(local_terms, params, batch, rng, model, perturbations,
+              axis_name: str):
+  """The step's row-gradient `gradients.Objective`: the terms as a function
+  of (the non-table params, the rows every lookup gathers), tables held
+  constant.
+
+  Args:
+    local_terms: (params, collections, mutable) -> (local float[T],
+      gradients.TermsAux), the step's forward pass.
+    params: the params.
+    batch: this device's batch.
+    rng: its dropout key.
+    model: the model (its lookups' shapes).
+    perturbations: () -> the zero representation perturbations.
+    axis_name: the data-parallel axis.
+  """
+  sites, zeros = lookup_shapes(model, params, batch, rng)
+  tables, rest = split(params, tuple(sites))
+
+  def terms(primals, pert):
+    rest_params, rows = primals
+    collections = {embedding.LOOKUP_ROWS: rows}
+    if pert is not None:
+      collections["perturbations"] = pert
+    return local_terms(merge(tables, rest_params), collections,
+                       (embedding.LOOKUP_IDS,))
+
+  def reduce(cot, aux, lead_ndim):
+    rest_grads, row_grads = cot
+    compacted = compact(flatten_sites(aux.mutated.get(embedding.LOOKUP_IDS, {})),
+                        row_grads, tables, batch["weights"], axis_name,
+                        lead_ndim)
+    grads = collectives.psum(rest_grads, axis_name)
+    return (merge({p: r.grads for p, r in compacted.items()}, grads),
+            {p: r.ids for p, r in compacted.items()})
+
+  def densify_tree(grads, row_ids):
+    return densify_leaves(grads, row_ids, tables)
+
+  return gradients.Objective(terms, (rest, zeros), reduce, perturbations,
+                             densify=densify_tree, loop_vjp=True)
+
+
+def densify_leaves(grads, row_ids, tables):
+  """`grads` with its compact table leaves (rows `row_ids`) made dense;
+  `tables`: {path: the table, or anything with its shape}."""
+  return merge({p: densify(RowGrad(ids, _leaf(grads, p)), tables[p].shape[0])
+                for p, ids in row_ids.items()}, grads)
+
+
+def _leaf(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def has_stacked_tables(params) -> bool:
+  """Whether some embedding table is not 2-D (e.g. DML peers under nn.vmap)."""
+  return any(str(p[-1]).startswith(embedding.TABLE_PREFIXES) and x.ndim != 2
+             for p, x in traverse_util.flatten_dict(params).items())

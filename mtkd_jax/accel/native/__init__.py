@@ -2,14 +2,14 @@
 
 Four kernels, each described in its source's header:
   * `dense_adam.cc`: exact dense Adam for an embedding table from its row
-    gradient in one pass over the table (the default table optimizer
-    `train.row_optim.dense_adam` uses it on CPU), and, as the kernel
-    "adam", optax.adam on the other parameters in one call
-    (`train.row_optim.adam_update`);
+    gradient in one pass over the table (`accel.row_optim.dense_adam`), and,
+    as the kernel "adam", optax.adam on the other parameters in one call
+    (`accel.row_optim.adam_update`);
   * `embedding_gather.cc`: the input layer's row gather and concatenation
-    with the dense features in one pass (`models.embedding.gather_concat`);
+    with the dense features in one pass (`gather_concat_vjp`, which
+    `models.embedding.gather_concat` runs when it can);
   * `compact_rows.cc`: a table's distinct touched rows and their summed
-    gradients (`train.row_grads.compact`).
+    gradients (`accel.row_grads.compact`).
 
 The source ships with the package and is compiled on first use with the
 machine's C++ compiler (`$CXX`, else `c++`; ~2 s) for this CPU
@@ -18,10 +18,8 @@ machine's C++ compiler (`$CXX`, else `c++`; ~2 s) for this CPU
 the compiler, the flags, jaxlib's version and the CPU's flags. Without a
 compiler, or with `MTKD_JAX_NATIVE=0`, `available()` is False and callers
 use their XLA form, which computes the same values (a warning says why).
-`MTKD_JAX_NATIVE=dense_adam` (names of `KERNELS`, joined by ":") keeps
-only those kernels: `use(name)` says whether a caller may run one. Code
-traced under `with off():` uses none (a model exported for serving must not
-call this process's kernels).
+Code traced under `with off():` uses none (`train.accel="off"`; a model
+exported for serving must not call this process's kernels).
 """
 import contextlib
 import ctypes
@@ -114,19 +112,12 @@ def _register(path: str) -> None:  # once per library and process
                               platform="cpu")
 
 
-def _selected() -> tuple:
-  """The kernels `$MTKD_JAX_NATIVE` lets callers use."""
+def _selected() -> bool:
+  """Whether `$MTKD_JAX_NATIVE` (0 or 1, default 1) lets callers use them."""
   value = os.environ.get("MTKD_JAX_NATIVE", "1").strip()
-  if value in ("", "1"):
-    return KERNELS
-  if value == "0":
-    return ()
-  names = tuple(n for n in value.split(":") if n)
-  unknown = sorted(set(names) - set(KERNELS))
-  if unknown:
-    raise ValueError(f"MTKD_JAX_NATIVE: unknown kernel(s) {unknown}; use 0, "
-                     f"1 or names of {', '.join(KERNELS)} joined by ':'.")
-  return names
+  if value not in ("", "0", "1"):
+    raise ValueError(f"MTKD_JAX_NATIVE must be 0 or 1, got {value!r}.")
+  return value != "0"
 
 
 _switched_off = threading.local()
@@ -151,7 +142,7 @@ def use(kernel: str) -> bool:
                      f"{', '.join(KERNELS)}")
   if getattr(_switched_off, "depth", 0):
     return False
-  return kernel in _selected() and available()
+  return _selected() and available()
 
 
 @functools.lru_cache(maxsize=None)
@@ -254,3 +245,40 @@ def compact_rows(all_ids, grads, offset, size: int, fill: int):
           jax.ShapeDtypeStruct((lead, size, dim), jnp.float32))
   return jax.ffi.ffi_call(COMPACT_ROWS, outs, vmap_method="sequential")(
       all_ids, grads, jnp.asarray(offset, jnp.int32), fill=np.int64(fill))
+
+
+def gather_fits(table, dense, pert) -> bool:
+  """Whether `gather_concat_vjp` can run on these arrays (float32 on CPU,
+  kernels allowed)."""
+  return (jax.default_backend() == "cpu" and
+          all(x.dtype == jnp.float32 for x in (table, dense)) and
+          (pert is None or pert.dtype == jnp.float32) and
+          use("gather_concat"))
+
+
+@jax.custom_vjp
+def gather_concat_vjp(table, ids, dense, pert=None):
+  """`gather_concat` with take's gradients (a scatter-add into the table,
+  the identity to `dense` and `pert`), as `models.embedding.gather_concat`'s
+  XLA form; the same values bit for bit (tests/accel/)."""
+  return gather_concat(table, ids.astype(jnp.int32), dense, pert)
+
+
+def _gather_concat_fwd(table, ids, dense, pert=None):
+  # pert rides along only to say whether it was given (None or an array)
+  return gather_concat_vjp(table, ids, dense, pert), (table, ids, pert)
+
+
+def _gather_concat_bwd(res, ct):
+  table, ids, pert = res
+  (batch, fields), d = ids.shape, table.shape[1]
+  ct_rows = ct[:, :fields * d].reshape(batch, fields, d)
+  # take's transpose: a scatter-add at the clamped ids. Unused (and dropped
+  # by XLA) when the step differentiates w.r.t. the rows, not the table.
+  d_table = jnp.zeros_like(table).at[jnp.clip(ids, 0, table.shape[0] - 1)].add(
+      ct_rows.astype(table.dtype))
+  return (d_table, np.zeros(ids.shape, jax.dtypes.float0), ct[:, fields * d:],
+          None if pert is None else ct_rows.astype(pert.dtype))
+
+
+gather_concat_vjp.defvjp(_gather_concat_fwd, _gather_concat_bwd)

@@ -23,8 +23,9 @@ import pytest
 from configs import synthetic_mmoe
 from mtkd_jax import train
 from mtkd_jax.train import checkpoint as checkpoint_lib
-from mtkd_jax import native
-from mtkd_jax.train import row_optim
+from mtkd_jax.accel import native
+from mtkd_jax.accel import row_optim
+from mtkd_jax.accel import switch as accel_switch
 from mtkd_jax.train import state as state_lib
 
 ROWS, DIM = 12, 3
@@ -148,9 +149,9 @@ def test_dense_adam_equals_optax_adam():
 
 def test_split_state_checkpoints_with_the_train_state(tmp_path):
   """Orbax saves and restores the SplitState (NamedTuples, nested dicts)."""
-  cfg = synthetic_mmoe.get_config("smoke").optimizer
-  cfg.embedding = "lazy_adam"
-  tx = state_lib.make_optimizer(cfg, 10)
+  config = synthetic_mmoe.get_config("smoke")
+  config.optimizer.embedding = "lazy_adam"
+  tx = accel_switch.make_optimizer(config, 10)
   params = {"embedding": {"sparse_table_d4": jnp.ones((ROWS, DIM)),
                           "multi_hot_m": jnp.ones((5, DIM))},
             "towers": {"kernel": jnp.ones((3, 2))}}
@@ -208,7 +209,7 @@ def _adam_case(seed, rows=1000, dim=16, size=300, steps=5):
 
 
 def test_native_dense_adam_is_the_xla_form():
-  """The one-pass kernel (mtkd_jax/native/dense_adam.cc) against the XLA form
+  """The one-pass kernel (mtkd_jax/accel/native/dense_adam.cc) against the XLA form
   of the same update, step by step with a schedule: table, m and v equal
   bit for bit; padding slots are skipped."""
   assert native.available()  # CI has a C++ compiler
@@ -322,9 +323,10 @@ def test_native_adam_under_vmap_and_through_make_optimizer():
   params = {"a": jnp.arange(20000, dtype=jnp.float32).reshape(100, 200) / 1e4,
             "b": jnp.ones((3,), jnp.float32)}
   grads = jax.tree.map(lambda x: jnp.cos(x) * 0.1, params)
-  cfg = synthetic_mmoe.get_config("smoke").optimizer
-  assert cfg.name == "adam"
-  tx = state_lib.make_optimizer(cfg, 10)
+  config = synthetic_mmoe.get_config("smoke")
+  assert config.optimizer.name == "adam"
+  config.train.accel = "auto"  # on for the CPU backend
+  tx = accel_switch.make_optimizer(config, 10)
   assert isinstance(tx, row_optim.SplitOptimizer) and tx.adam is not None
   opt_state = tx.dense.init(params)
   step = lambda p, g, s: row_optim._optax_adam_step(tx.adam, p, g, s)
@@ -347,7 +349,7 @@ def test_native_adam_under_vmap_and_through_make_optimizer():
 def test_native_kernels_fall_back_to_xla(tmp_path, env):
   """Switched off, or with no compiler, `available()` is False (with a
   warning for the latter) and the default table optimizer still trains."""
-  code = ("from mtkd_jax import native; from mtkd_jax.train import row_optim; import jax.numpy as jnp;"
+  code = ("from mtkd_jax.accel import native; from mtkd_jax.accel import row_optim; import jax.numpy as jnp;"
           "print(native.available());"
           "t = jnp.ones((4, 2)); s = row_optim.DenseAdamState(t * 0, t * 0);"
           "out = row_optim.dense_adam_update(t, s, jnp.array([1, 4], jnp.int32),"

@@ -1,5 +1,5 @@
 """`models.embedding.gather_concat`: the native one-pass gather
-(mtkd_jax/native/embedding_gather.cc) against XLA's take + concatenate, in
+(mtkd_jax/accel/native/embedding_gather.cc) against XLA's take + concatenate, in
 values, gradients, under vmap, and inside the models' train step."""
 import functools
 
@@ -10,7 +10,8 @@ import pytest
 
 from mtkd_jax import config_defaults
 from mtkd_jax import models
-from mtkd_jax import native
+from mtkd_jax.accel import native
+from mtkd_jax.accel import switch as accel_switch
 from mtkd_jax.data import specs
 from mtkd_jax.models import embedding
 from mtkd_jax.train import parallel
@@ -31,6 +32,12 @@ def make_inputs(seed=0, batch=37, fields=5, dense_width=3):
   return jnp.asarray(table), jnp.asarray(ids), jnp.asarray(dense), jnp.asarray(pert)
 
 
+def xla_gather_concat(table, ids, dense, pert=None):
+  """`embedding.gather_concat` traced with the native kernels off."""
+  with native.off():
+    return embedding.gather_concat(table, ids, dense, pert)
+
+
 @pytest.fixture(autouse=True)
 def _kernel_built():
   assert native.use("gather_concat")  # CI has a C++ compiler
@@ -41,10 +48,8 @@ def _kernel_built():
 def test_native_gather_concat_is_xla_bit_for_bit(dense_width, with_pert):
   table, ids, dense, pert = make_inputs(dense_width=dense_width)
   pert = pert if with_pert else None
-  got = jax.jit(functools.partial(embedding.gather_concat, use_native=True))(
-      table, ids, dense, pert)
-  want = jax.jit(functools.partial(embedding.gather_concat, use_native=False))(
-      table, ids, dense, pert)
+  got = jax.jit(native.gather_concat_vjp)(table, ids, dense, pert)
+  want = jax.jit(xla_gather_concat)(table, ids, dense, pert)
   assert got.shape == (37, 5 * D_EMB + dense_width)
   np.testing.assert_array_equal(got, want)
   # and by hand: row 0's first field is table row 0 (id -3 clamped)
@@ -62,9 +67,8 @@ def test_native_gather_concat_gradients_are_takes(with_pert):
   weight = jax.random.normal(jax.random.key(0), (37, 5 * D_EMB + 3))
 
   def loss(use_native, table, dense, pert):
-    out = embedding.gather_concat(table, ids, dense,
-                                  pert if with_pert else None,
-                                  use_native=use_native)
+    fn = native.gather_concat_vjp if use_native else xla_gather_concat
+    out = fn(table, ids, dense, pert if with_pert else None)
     return jnp.sum(out * weight)
 
   argnums = (0, 1, 2) if with_pert else (0, 1)
@@ -82,7 +86,7 @@ def test_native_gather_concat_under_vmap():
   got = jax.jit(jax.vmap(lambda t: embedding.gather_concat(t, ids, dense)))(tables)
   for s in range(3):
     np.testing.assert_array_equal(
-        got[s], embedding.gather_concat(tables[s], ids, dense, use_native=False))
+        got[s], xla_gather_concat(tables[s], ids, dense))
 
 
 SPEC = specs.DatasetSpec(  # no multi-hot field: the dense features fuse in
@@ -104,14 +108,15 @@ def make_batch(seed, n=64):
           "weights": np.ones(n, np.float32)}
 
 
-def train(model_name, grads, steps=3):
+def train(model_name, grads, steps=3, accel="auto"):
   cfg = config_defaults.default_config()
+  cfg.train.accel = accel
   cfg.model.name, cfg.model.num_experts = model_name, 2
   cfg.model.expert_hidden, cfg.model.tower_hidden = (8,), (4,)
   cfg.optimizer.learning_rate = 0.05
   cfg.train.embedding_grads = grads
   model = models.build_model(SPEC, cfg.model)
-  tx = state_lib.make_optimizer(cfg.optimizer, 10)
+  tx = accel_switch.make_optimizer(cfg, 10)
   state = state_lib.create_train_state(model, tx, make_batch(0), seed=0)
   step_cfg = step_lib.make_step_config(cfg, model, tx, SPEC, state.params,
                                        make_batch(0))
@@ -126,20 +131,22 @@ def train(model_name, grads, steps=3):
   for s in range(steps):
     state, metrics = fn(state, parallel.shard_batch(make_batch(s + 1), "jit", mesh))
     losses.append(float(metrics["loss"]))
-  outputs = jax.jit(functools.partial(step_lib.eval_step, model=model))(
+  outputs = jax.jit(functools.partial(step_lib.eval_step, model=model,
+                                      accel_on=step_cfg.accel))(
       state.params, make_batch(9))
   return jax.device_get(state.params), losses, jax.device_get(outputs), hlo
 
 
-def test_mmoe_trains_the_same_with_the_native_gather(monkeypatch):
+def test_mmoe_trains_the_same_with_the_native_gather():
   """Row gradients (through the gather's perturbation, the dense features
-  joined in) give the XLA form's training run and eval outputs. (Dense
-  table gradients through its scatter-add: tests/train/test_row_grads.py's
-  dense references, which the row path must equal.)"""
+  joined in) give the XLA form's training run and eval outputs
+  (train.accel="off": plain optax and XLA). (Dense table gradients through
+  its scatter-add: tests/accel/test_row_grads.py's dense references, which
+  the row path must equal.)"""
   params, losses, outputs, hlo = train("mmoe", "rows")
   assert native.GATHER_CONCAT in hlo  # the native path was taken
-  monkeypatch.setenv("MTKD_JAX_NATIVE", "dense_adam")  # gather: XLA's form
-  ref_params, ref_losses, ref_outputs, ref_hlo = train("mmoe", "rows")
+  ref_params, ref_losses, ref_outputs, ref_hlo = train("mmoe", "rows",
+                                                       accel="off")
   assert native.GATHER_CONCAT not in ref_hlo
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
@@ -151,20 +158,16 @@ def test_mmoe_trains_the_same_with_the_native_gather(monkeypatch):
 
 
 def test_native_kernel_selection(monkeypatch):
-  """MTKD_JAX_NATIVE picks kernels by name; `off()` switches all off while
-  tracing (exports); unknown names list the known ones."""
-  monkeypatch.setenv("MTKD_JAX_NATIVE", "dense_adam")
-  assert native.use("dense_adam") and not native.use("gather_concat")
-  monkeypatch.setenv("MTKD_JAX_NATIVE", "gather_concat:dense_adam")
-  assert native.use("dense_adam") and native.use("gather_concat")
+  """MTKD_JAX_NATIVE is 0 or 1; `off()` switches all off while tracing
+  (train.accel="off", exports); unknown kernel names list the known ones."""
   with native.off():
     assert not native.use("dense_adam") and not native.use("gather_concat")
     table, ids, dense, _ = make_inputs()
     assert native.GATHER_CONCAT not in jax.jit(embedding.gather_concat).lower(
         table, ids, dense).as_text()
   assert native.use("gather_concat")
-  monkeypatch.setenv("MTKD_JAX_NATIVE", "dense_adam:gather")
-  with pytest.raises(ValueError, match="gather_concat"):
+  monkeypatch.setenv("MTKD_JAX_NATIVE", "dense_adam")
+  with pytest.raises(ValueError, match="must be 0 or 1"):
     native.use("dense_adam")
   with pytest.raises(ValueError, match="known: dense_adam, gather_concat, adam"):
     native.use("gather")

@@ -22,8 +22,9 @@ from mtkd_jax import models
 from mtkd_jax.data import specs
 from mtkd_jax.train import loop
 from mtkd_jax.train import parallel
-from mtkd_jax.train import row_grads
-from mtkd_jax.train import row_optim
+from mtkd_jax.accel import row_grads
+from mtkd_jax.accel import row_optim
+from mtkd_jax.accel import switch as accel_switch
 from mtkd_jax.train import state as state_lib
 from mtkd_jax.train import step as step_lib
 from tests.conftest import ci_subset
@@ -64,13 +65,13 @@ def make_config(method="ew", grads="auto", optimizer="sgd", embedding="dense",
   cfg.optimizer.embedding, cfg.optimizer.grad_clip_norm = embedding, clip
   cfg.weighting.name, cfg.weighting.mode = method, "rep" if rep else "param"
   cfg.train.embedding_grads = grads
-  cfg.train.log_every = 1  # the norm metrics on every step, to compare
+  cfg.train.accel = "auto"  # the CPU speed path (on for the CPU backend)
   return cfg
 
 
 def build(cfg, tx=None):
   model = models.build_model(SPEC, cfg.model)
-  tx = tx or state_lib.make_optimizer(cfg.optimizer, 10)
+  tx = tx or accel_switch.make_optimizer(cfg, 10)
   state = state_lib.create_train_state(model, tx, make_batch(), seed=0)
   step_cfg = step_lib.make_step_config(cfg, model, tx, SPEC, state.params,
                                        make_batch())
@@ -91,6 +92,7 @@ def run(cfg, mode="jit", devices=1, steps=2, fn=step_lib.train_step, tx=None):
     out = compiled(state, parallel.shard_batch(make_batch(seed=s), mode, mesh))
     if fn is step_lib.train_step:
       state, out = out
+      out = {**out, **step_lib.param_norm(state.params)}  # as the loop logs
     history.append(jax.device_get(out))
   return jax.device_get(state.params), history, step_cfg
 
@@ -150,11 +152,11 @@ def _xla_compact(all_ids, grads, offset, size, fill):
 
 
 def test_native_compact_rows_is_the_xla_form():
-  """The native kernel (mtkd_jax/native/compact_rows.cc) against the XLA
+  """The native kernel (mtkd_jax/accel/native/compact_rows.cc) against the XLA
   form bit for bit: repeated ids, `fill` (no row) entries, several leading
   gradients (per-term), this device's slice of the gathered ids; errors
   for an id outside [0, fill] and for more distinct ids than U."""
-  from mtkd_jax import native
+  from mtkd_jax.accel import native
   assert native.use("compact_rows")
   rng = np.random.default_rng(1)
   fill, n_all, n, dim = 300, 400, 100, 5
@@ -287,17 +289,20 @@ def test_compact_rows_densify_to_the_table_gradient():
   expected = jax.grad(loss)(state.params)["embedding"]
 
   def per_device(params, shard):
-    rows = step_lib._RowPath(params, shard, jax.random.PRNGKey(0), step_cfg)
+    sites, zeros = row_grads.lookup_shapes(model, params, shard,
+                                           jax.random.PRNGKey(0))
+    tables, _ = row_grads.split(params, tuple(sites))
 
     def local(row_zeros):
       (out, _), coll = model.apply(
           {"params": params, "lookup_rows": row_zeros}, shard, train=True,
           mutable=["lookup_ids"])
       return jnp.sum(shard["weights"] * out["rating"] ** 2), coll
-    g, coll = jax.grad(local, has_aux=True)(rows.zeros)
+    g, coll = jax.grad(local, has_aux=True)(zeros)
     sites = row_grads.flatten_sites(coll["lookup_ids"])
-    return {p[-1]: (r.ids, rows.densify({p: r})[p])
-            for p, r in rows.compact(sites, g).items()}
+    compacted = row_grads.compact(sites, g, tables, shard["weights"], "data")
+    return {p[-1]: (r.ids, row_grads.densify(r, tables[p].shape[0]))
+            for p, r in compacted.items()}
 
   mesh = parallel.make_mesh(8)
   fn = parallel.compile_step(per_device, "jit", mesh, out_batched=False,
@@ -362,54 +367,23 @@ def test_clipping_counts_the_table_rows():
                ref_params, params)
 
 
-@pytest.mark.parametrize("optimizer,embedding", ci_subset([
-    ("adam", "dense"),  # SplitOptimizer: dense Adam from row gradients
-    ("sgd", "dense"),  # plain optax
-    ("sgd", "lazy_adam")],  # a row-sparse optimizer (incremental table norm)
-    keep=[("adam", "dense")]))
-def test_norm_metrics_only_every_log_every(optimizer, embedding):
-  """With train.log_every = 3 (eval and checkpoints rarer) the norm
-  metrics are computed on updates 3 and 6 only (NaN on the others) and
-  equal the every-step run's there; the updates themselves are the same,
-  and the loop's mean skips the NaN."""
-  every = make_config("ew", optimizer=optimizer, embedding=embedding)
-  sparse = make_config("ew", optimizer=optimizer, embedding=embedding)
-  sparse.train.log_every = 3
-  ref_params, ref_hist, _ = run(every, steps=6)
-  params, hist, step_cfg = run(sparse, steps=6)
-  assert 3 in step_cfg.norm_periods and 1 not in step_cfg.norm_periods
-  for step, (r, g) in enumerate(zip(ref_hist, hist), start=1):
-    np.testing.assert_allclose(g["loss"], r["loss"], rtol=1e-6)
-    for key in step_lib.NORM_METRICS:
-      if step % 3:
-        assert np.isnan(g[key]), (step, key)
-      else:
-        assert np.isfinite(r[key]) and r[key] > 0
-        np.testing.assert_allclose(g[key], r[key], rtol=1e-5, err_msg=key)
-  # (different programs: float rounding differs, Adam magnifies it a little)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-6),
-               ref_params, params)
-  summary = loop.mean_metrics(hist[:3])
-  assert summary["grad_norm"] == pytest.approx(float(ref_hist[2]["grad_norm"]),
-                                               rel=1e-5)
-  assert summary["loss"] == pytest.approx(
-      np.mean([float(h["loss"]) for h in hist[:3]]))
-  assert "param_norm" not in loop.mean_metrics(hist[:2])  # none computed
+@pytest.mark.parametrize("optimizer,embedding,grads", [
+    ("adam", "dense", "auto"),  # SplitOptimizer: dense Adam from row gradients
+    ("sgd", "dense", "dense"),  # plain optax
+    ("sgd", "lazy_adam", "auto")])  # a row-sparse optimizer
+def test_grad_norm_is_the_full_batch_gradient_norm(optimizer, embedding, grads):
+  """The step's "grad_norm" (every step) is the norm of jax.grad of the
+  total loss on the whole batch, whichever form the optimizer takes."""
+  cfg = make_config("ew", grads, optimizer, embedding)
+  step_cfg, state = build(cfg)
+  batch = make_batch()
 
+  def total(params):
+    out, _ = step_cfg.model.apply({"params": params}, batch, train=False)
+    sums, count = step_lib.task_loss_sums(out, batch, SPEC.tasks)
+    return sum(t.weight * sums[t.name] for t in SPEC.tasks) / count
 
-def test_norm_metrics_on_every_step_the_loop_reads():
-  """The loop reads the metrics at multiples of log_every, eval_every and
-  checkpoint_every, and at the last step: exactly the norm steps."""
-  cfg = make_config()
-  cfg.train.log_every, cfg.train.eval_every = 5, 10
-  cfg.train.checkpoint_every = 12
-  step_cfg, _ = build(cfg)
-  step_cfg = step_lib.make_step_config(cfg, step_cfg.model, step_cfg.tx, SPEC,
-                                       build(cfg)[1].params, make_batch(),
-                                       total_steps=38)
-  now = [u for u in range(1, 39)
-         if bool(step_lib._norm_metrics_now(u, step_cfg))]  # pylint: disable=protected-access
-  read = [u for u in range(1, 39)
-          if loop.step_events(u, 38, cfg.train)[3]]
-  assert now == read == [5, 10, 12, 15, 20, 24, 25, 30, 35, 36, 38]
+  want = float(optax.tree.norm(jax.grad(total)(state.params)))
+  _, hist, _ = run(cfg, "jit", 8, steps=1)
+  assert want > 0
+  np.testing.assert_allclose(hist[0]["grad_norm"], want, rtol=1e-5)

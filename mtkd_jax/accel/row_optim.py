@@ -52,20 +52,17 @@ adam (what `optimizer.embedding="dense"` runs when `optimizer.name` is
   exactly 0 outside the batch. Against `optax.adam` on the densified
   gradient: rows outside the batch agree bit for bit; on the batch's rows m
   and v may differ in the last bit, as XLA fuses optax's a * b + c into one
-  rounding where the scatter-add rounds twice (tests/train/test_row_optim.py). The dense passes remain (every row
-  moves), but the dense gradient's zero fill, its scatter, its square and its
-  norm go: 10 of the 52 ms of the MMoE step of BENCHMARK.md were those.
-  On CPU the update runs as one native pass over w, m and v
-  (`mtkd_jax/native/dense_adam.cc`, the same floats bit for bit): XLA makes
-  three passes, 3.9 ms of op time per step for BENCHMARK.md's 16.6 MB
-  table against 2.3 ms, and the MMoE step is 2.2 ms shorter
-  (`python -m benchmarks.step_ab --variants base,native=0`).
+  rounding where the scatter-add rounds twice (tests/accel/test_row_optim.py).
+  The dense passes remain (every row moves), but the dense gradient's zero
+  fill, its scatter, its square and its norm go. On CPU the update runs as
+  one native pass over w, m and v (`native/dense_adam.cc`, the same floats
+  bit for bit) where XLA makes three.
   State: m and v, 2 floats per entry, as optax.adam.
 
 With optimizer.name "adam", `SplitOptimizer` updates the other parameters
 with `adam_update` (optax.adam's state, formula and floats; on CPU one call
 of the native kernel "adam" for all of them, where XLA runs one fusion per
-array: 0.3 ms of the PLE step of BENCHMARK.md).
+array).
 
 The row-sparse ones (row_adagrad, lazy_adam) apply no weight decay to the tables (it would touch every row);
 `optimizer.weight_decay` acts on the other parameters only. Gradient
@@ -81,8 +78,8 @@ import optax
 from flax import traverse_util
 
 from mtkd_jax.models import embedding
-from mtkd_jax import native as native_kernels
-from mtkd_jax.train import row_grads as row_grads_lib
+from mtkd_jax.accel import native as native_kernels
+from mtkd_jax.accel import row_grads as row_grads_lib
 
 
 class RowAdagradState(NamedTuple):
@@ -184,10 +181,10 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
     count: int32, the number of updates done before this one (t = count + 1).
     lr: the learning rate (a scalar).
     b1, b2, eps: Adam's.
-    native: None: the one-pass native kernel (`mtkd_jax/native`) when it can
+    native: None: the one-pass native kernel (`accel/native`) when it can
       run (float32 on CPU, kernel built); False: the XLA form; True: the
       kernel or an error. Both give the same floats, bit for bit
-      (tests/train/test_row_optim.py).
+      (tests/accel/test_row_optim.py).
   Returns:
     (table, state): every row updated, as `optax.adam` on the dense gradient.
   """
@@ -203,7 +200,7 @@ def dense_adam_update(table, state: DenseAdamState, ids, grads, *, count, lr,
     nu = (1 - b2) * grads ** 2 + b2 * state.nu
   else:  # optax: (1 - b1) g + b1 m, whose first product is 0 outside `ids`.
     # b1 m is decayed in place (m has no other reader); reading m's rows
-    # for a `set` instead made XLA copy the 16.6 MB m and v every step.
+    # for a `set` instead made XLA copy the whole m and v every step.
     mu = (b1 * state.mu).at[ids].add((1 - b1) * grads, mode="drop")
     nu = (b2 * state.nu).at[ids].add((1 - b2) * grads ** 2, mode="drop")
   t = count + 1
@@ -223,15 +220,14 @@ def adam_update(params, mu, nu, grads, *, count, lr, b1: float, b2: float,
     lr: the learning rate (a scalar).
     b1, b2, eps: Adam's.
     native: None: every float32 leaf in one call of the native kernel
-      "adam" (`mtkd_jax/native/dense_adam.cc`) when it can run; False: the
+      "adam" (`accel/native/dense_adam.cc`) when it can run; False: the
       XLA form (optax's formula, which XLA fuses per leaf); True: the kernel
       or an error.
   Returns:
     (params, mu, nu). The same floats as `optax.apply_updates(params,
-    optax.adam(lr).update(grads, ...))` (tests/train/test_row_optim.py). XLA
-    updates the leaves one fusion at a time, each split in two halves over
-    the 2 threads of BENCHMARK.md's machine; the kernel cuts all leaves into
-    one pool of chunks (the MMoE / PLE experts' 1.17 M parameters).
+    optax.adam(lr).update(grads, ...))` (tests/accel/test_row_optim.py). XLA
+    updates the leaves one fusion at a time; the kernel cuts all leaves into
+    one pool of chunks.
   """
   leaves, tree = jax.tree.flatten(params)
   mus, nus, gs = (tree.flatten_up_to(x) for x in (mu, nu, grads))
@@ -279,7 +275,7 @@ def _use_native_kernel(native, kernel: str, arrays, shape_ok: bool,
     return fits and native_kernels.use(kernel)
   if not (fits and native_kernels.use(kernel)):
     raise ValueError(f"The native {kernel} kernel needs {needs} on CPU and a "
-                     "C++ compiler (mtkd_jax/native).")
+                     "C++ compiler (mtkd_jax/accel/native).")
   return True
 
 
@@ -349,12 +345,6 @@ class SplitState(NamedTuple):
   dense: Any  # the optax state of the non-table params (None at the tables)
   rows: Any  # the row states, nested like the params ({module: {table: ..}})
   count: jax.Array  # int32, updates done (the row optimizers' global step)
-  # float32: sum over the tables of ||table||^2, kept up to date from the
-  # rows each update changes, so the `param_norm` metric never reads a
-  # whole table (exact up to float32 rounding accumulated over updates);
-  # when the optimizer moves every row, recomputed from the whole tables on
-  # the steps that report the metric (else left as it was).
-  table_sq_norm: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,8 +352,7 @@ class SplitOptimizer:
   """Row-sparse updates for the embedding tables, optax for the rest.
 
   `init(params)` is the TrainState's `opt_state`; the train step calls
-  `apply` with the non-table gradients and the tables' RowGrads (its
-  row-gradient path), never with dense table gradients.
+  `apply` with the gradient, whose table leaves are compact rows.
 
   Attributes:
     dense: the optax transformation of the other params (no clipping).
@@ -385,36 +374,39 @@ class SplitOptimizer:
         dense=self.dense.init(rest),
         rows=traverse_util.unflatten_dict(
             {p: self.rows.init(t) for p, t in tables.items()}),
-        count=jnp.zeros((), jnp.int32),
-        table_sq_norm=sum((_sq_norm(t) for t in tables.values()),
-                          jnp.zeros((), jnp.float32)))
+        count=jnp.zeros((), jnp.int32))
 
-  def apply(self, params, state: SplitState, grads,
-            row_grads: Dict[tuple, row_grads_lib.RowGrad], with_norms=True):
+  def apply(self, params, state: SplitState, grads, row_ids=None):
     """One update.
 
     Args:
       params: the full params.
       state: the SplitState.
-      grads: the gradient of the non-table params (None at the tables).
-      row_grads: {table path: RowGrad [U, d]}, one per table.
-      with_norms: True, or a traced bool: whether to compute the norm
-        metrics this step (`when`; NaN when not).
+      grads: the gradient, params-shaped; its table leaves are compact rows
+        [U, d] (rows `row_ids`), or dense when `row_ids` is None (only for
+        optimizers that move every row).
+      row_ids: {table path: int32[U]}, or None.
     Returns:
-      (params, state, {"grad_norm": the global gradient norm before
-      clipping, "param_norm": the global norm of the new params}).
+      (params, state, the global gradient norm before clipping).
     """
     row_states = traverse_util.flatten_dict(state.rows)
+    if row_ids is None:
+      if not self.rows.moves_all_rows:
+        raise ValueError("A row-sparse embedding optimizer needs the row path "
+                         "(StepConfig.row_grads) and a method without a flat "
+                         "gradient direction.")
+      tables, grads = row_grads_lib.split(grads, tuple(row_states))
+      row_grads = {p: row_grads_lib.all_rows(g) for p, g in tables.items()}
+    else:
+      tables, grads = row_grads_lib.split(grads, tuple(row_ids))
+      row_grads = {p: row_grads_lib.RowGrad(ids, tables[p])
+                   for p, ids in row_ids.items()}
     if set(row_states) != set(row_grads):
       raise ValueError(f"Row gradients for tables {sorted(row_grads)} but "
                        f"optimizer state for {sorted(row_states)}.")
-
-    def grad_norm():
-      sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
-      sq = sq + sum(jnp.sum(jnp.square(r.grads)) for r in row_grads.values())
-      return jnp.sqrt(sq)
-    # Clipping needs the norm every step; the metric only when asked.
-    norm = grad_norm() if self.clip_norm else when(with_norms, grad_norm)
+    sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+    norm = jnp.sqrt(sq + sum(jnp.sum(jnp.square(r.grads))
+                             for r in row_grads.values()))
     if self.clip_norm:
       scale = jnp.where(norm < self.clip_norm, 1.0,
                         self.clip_norm / jnp.maximum(norm, 1e-30))
@@ -427,30 +419,28 @@ class SplitOptimizer:
     else:
       updates, dense_state = self.dense.update(grads, state.dense, rest)
       rest = optax.apply_updates(rest, updates)
-    all_rows = self.rows.moves_all_rows  # then re-sum the whole tables
     new_rows = {}
-    table_sq = jnp.zeros((), jnp.float32) if all_rows else state.table_sq_norm
     for path, r in row_grads.items():
-      if not all_rows:
-        old = _rows(tables[path], r.ids)  # the same gather as in the update
       tables[path], new_rows[path] = self.rows.update(
           tables[path], row_states[path], r.ids, r.grads, state.count)
-      if not all_rows:
-        new = _rows(tables[path], r.ids)
-        table_sq = table_sq + jnp.sum((new - old) * (new + old))
-    if all_rows:  # a pass over every table: only when the metric is wanted
-      table_sq = when(with_norms, lambda: sum(
-          (jnp.sum(jnp.square(t)) for t in tables.values()),
-          jnp.zeros((), jnp.float32)), otherwise=state.table_sq_norm)
     new_state = SplitState(dense_state, traverse_util.unflatten_dict(new_rows),
-                           state.count + 1, table_sq)
+                           state.count + 1)
+    return row_grads_lib.merge(tables, rest), new_state, norm
 
-    def param_norm():
-      rest_sq = sum((jnp.sum(jnp.square(x)) for x in jax.tree.leaves(rest)),
-                    jnp.zeros((), jnp.float32))
-      return jnp.sqrt(rest_sq + jnp.maximum(table_sq, 0.0))
-    return (row_grads_lib.merge(tables, rest), new_state,
-            {"grad_norm": norm, "param_norm": when(with_norms, param_norm)})
+
+def optax_update(tx: optax.GradientTransformation):
+  """The step's update with an optax `tx`: (params, opt_state, grads,
+  row_ids) -> (params, opt_state, grad_norm), compact table rows densified
+  first."""
+  def update(params, opt_state, grads, row_ids=None):
+    if row_ids is not None:
+      flat = traverse_util.flatten_dict(params)
+      grads = row_grads_lib.densify_leaves(
+          grads, row_ids, {p: flat[p] for p in row_ids})
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state,
+            optax.tree.norm(grads))
+  return update
 
 
 def _optax_adam_step(cfg: AdamConfig, params, grads, state):
@@ -469,23 +459,6 @@ def _optax_adam_step(cfg: AdamConfig, params, grads, state):
   return params, (
       optax.ScaleByAdamState(optax.safe_increment(adam_state.count), mu, nu),
       optax.ScaleByScheduleState(optax.safe_increment(schedule_state.count)))
-
-
-def when(pred, fn, otherwise=None):
-  """`fn()` if `pred` (a Python bool or a traced bool scalar), else
-  `otherwise` (default: a float32 NaN scalar, "not computed"). A traced
-  `pred` is a `lax.cond`: the work of `fn` runs only on the steps that
-  take it (under `vmap` both branches run and one is selected)."""
-  if otherwise is None:
-    otherwise = jnp.full((), jnp.nan, jnp.float32)
-  if isinstance(pred, bool):
-    return fn() if pred else otherwise
-  return jax.lax.cond(pred, fn, lambda: otherwise)
-
-
-@jax.jit
-def _sq_norm(x):
-  return jnp.sum(jnp.square(x))  # fused: no table-sized temporary
 
 
 def table_paths(params):
