@@ -40,7 +40,10 @@ def test_docstring_starts_with_its_command(path):
 SMOKE_SLOW = {"mmoe_synthetic.py",  # the study config; synthetic_mmoe.py runs
               "synthetic_aitm.py",  # AITM trains in the like/love funnel test
               "synthetic_omoe.py", "synthetic_cross_stitch.py",
-              "synthetic_dselect_k.py"}
+              "synthetic_dselect_k.py",
+              # one data-set run each in tests/test_new_architectures_data.py
+              "synthetic_escm2.py", "synthetic_stem.py",
+              "synthetic_metaheac.py"}
 SMOKE = [p for p in CONFIGS if p.name not in NEEDS_DATA_DIR]
 
 
