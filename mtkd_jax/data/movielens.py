@@ -263,6 +263,12 @@ def parse_items(path) -> Dict[str, Any]:
           f"{path}:{line_no}: movie {iid} has {len(genres)} genres, more than "
           f"GENRES_MAX_LEN={GENRES_MAX_LEN}; raise it (and the version).")
     rows.append((iid, genres, _release_year(fields[2], path, line_no)))
+  return item_table(rows, path)
+
+
+def item_table(rows, path) -> Dict[str, Any]:
+  """parse_items' result from (1-based movie id, genre indices, release year
+  or None) rows; shared by every MovieLens release's movie file reader."""
   if not rows:
     raise errors.DataError(f"{path}: no movies.")
   decades = sorted({y // 10 * 10 for _, _, y in rows if y is not None})

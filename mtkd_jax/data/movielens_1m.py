@@ -144,20 +144,7 @@ def parse_movies(path) -> Dict[str, Any]:
           f"than GENRES_MAX_LEN={movielens.GENRES_MAX_LEN}.")
     rows.append((mid, [GENRES.index(g) for g in names],
                  movielens_latest.release_year(title)))
-  if not rows:
-    raise errors.DataError(f"{path}: no movies.")
-  decades = sorted({y // 10 * 10 for _, _, y in rows if y is not None})
-  num_items = max(r[0] for r in rows)
-  genres = np.full((num_items, movielens.GENRES_MAX_LEN), -1, np.int32)
-  decade = np.zeros(num_items, np.int32)
-  known = np.zeros(num_items, bool)
-  for mid, item_genres, year in rows:
-    genres[mid - 1, :len(item_genres)] = item_genres
-    decade[mid - 1] = (len(decades) if year is None
-                       else decades.index(year // 10 * 10))
-    known[mid - 1] = True
-  return {"genres": genres, "release_decade": decade, "known": known,
-          "decades": decades, "max_genres": max(len(g) for _, g, _ in rows)}
+  return movielens.item_table(rows, path)
 
 
 def parse_ratings(path, users_known: np.ndarray,
