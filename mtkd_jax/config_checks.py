@@ -9,6 +9,7 @@ the loop or, worse, training silently with it. Keys a config lacks (the
 import math
 
 from mtkd_jax import errors
+from mtkd_jax import weighting
 
 # key -> what it counts; each must be >= 1.
 POSITIVE_COUNTS = {
@@ -68,6 +69,8 @@ def check_config(config) -> None:
     value = _get(config, key)
     if value is not None and not (math.isfinite(value) and value >= 0):
       _fail(key, value, ">= 0 and finite", meaning)
+  if "weighting" in config and "name" in config.weighting:
+    weighting.from_config(config.weighting)  # unknown names and settings
   steps, epochs = _get(config, "train.num_steps"), _get(config, "train.num_epochs")
   if steps == 0 and epochs == 0:
     raise errors.ConfigError(

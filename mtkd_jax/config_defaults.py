@@ -24,7 +24,8 @@ def default_config() -> ml_collections.ConfigDict:
   # defaults (its dataclass fields; see each model's docstring).
   c.model = models.default_config("mmoe")
 
-  # Multi-task balancing: --config.weighting.name=pcgrad (see weighting/).
+  # Multi-task balancing: --config.weighting.name=pcgrad, its settings
+  # --config.weighting.pcgrad.<setting> (see weighting/).
   c.weighting = weighting.default_config()
   c.weighting.diagnostics_every = 500  # per-term grad norms/cosines; 0 = off
 

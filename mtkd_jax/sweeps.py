@@ -330,15 +330,13 @@ def apply_overrides(config: ml_collections.ConfigDict,
 
 
 def check_names(config: ml_collections.ConfigDict) -> None:
-  """Fails on an unknown model name or key, or weighting method name
-  (before training)."""
+  """Fails on an unknown model name or key, or weighting method name or
+  setting (before training)."""
   from mtkd_jax import models  # pylint: disable=g-import-not-at-top
-  from mtkd_jax import registry  # pylint: disable=g-import-not-at-top
   from mtkd_jax import weighting  # pylint: disable=g-import-not-at-top
   models.check_config(config.model)
   if "weighting" in config and "name" in config.weighting:
-    registry.lookup(weighting.METHODS, config.weighting.name,
-                    "weighting method")
+    weighting.from_config(config.weighting)
 
 
 def validate(config: ml_collections.ConfigDict, runs: Sequence[Run]) -> None:

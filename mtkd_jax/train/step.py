@@ -100,11 +100,11 @@ class StepConfig:
 
   def __init__(self, model: nn.Module, tx, tasks: Sequence[specs_lib.TaskSpec],
                terms: Sequence[str], method: weighting_base.WeightingMethod,
-               method_params=None, rep_grad: bool = False, distill=None,
+               rep_grad: bool = False, distill=None,
                row_grads: bool = False, compute_dtype=None,
                accel_on: bool = False):
     self.model, self.tx, self.tasks, self.terms = model, tx, tuple(tasks), tuple(terms)
-    self.method, self.method_params, self.rep_grad = method, method_params, rep_grad
+    self.method, self.rep_grad = method, rep_grad
     self.accel = accel_on
     self.apply_updates, needs_rows = accel.optimizer_update(tx)
     # Table gradients as rows (row_grads.py); a row-sparse optimizer needs them.
@@ -144,7 +144,7 @@ def make_step_config(config, model, tx, spec, params, example_batch,
   Args:
     distill: the extra terms, `distill_plugin.Distillation.spec` (None: none).
   """
-  method = weighting.get_method(config.weighting.name)
+  method = weighting.from_config(config.weighting)
   mode = config.weighting.mode
   if mode not in ("param", "rep"):
     raise errors.ConfigError(f"weighting.mode must be 'param' or 'rep', got "
@@ -155,7 +155,7 @@ def make_step_config(config, model, tx, spec, params, example_batch,
         "gradients; use --config.weighting.mode=param.")
   terms = term_names(model, params, example_batch, spec.tasks, distill)
   return StepConfig(model, tx, spec.tasks, terms, method,
-                    config.weighting, rep_grad=mode == "rep", distill=distill,
+                    rep_grad=mode == "rep", distill=distill,
                     row_grads=accel.use_row_grads(config, tx, method, params),
                     compute_dtype=compute_dtype(config),
                     accel_on=accel.enabled(config))
@@ -194,7 +194,7 @@ def _model_inputs(batch, dtype):
   return {**batch, "dense": batch["dense"].astype(dtype)}
 
 
-def init_weighting(step_cfg, weighting_config, params):
+def init_weighting(step_cfg, params):
   """The weighting method's initial state for the step's terms."""
   method = step_cfg.method
   if method.needs_full_grads:
@@ -202,9 +202,8 @@ def init_weighting(step_cfg, weighting_config, params):
     size = sum(x.size for x in jax.tree.leaves(shared))
     layout = ({"param_layout": weighting_base.param_layout(shared)}
               if method.needs_param_layout else {})
-    return method.init(step_cfg.terms, weighting_config, num_shared_params=size,
-                       **layout)
-  return method.init(step_cfg.terms, weighting_config)
+    return method.init(step_cfg.terms, num_shared_params=size, **layout)
+  return method.init(step_cfg.terms)
 
 
 def _local_terms(params, collections, mutable, batch, rng, denom,
@@ -346,8 +345,7 @@ def train_step(state: state_lib.TrainState, batch: Mapping[str, jax.Array],
   def weigh(global_terms, task_grads):
     return cfg.method.update(global_terms, task_grads, state.weighting_state,
                              step=state.step,
-                             rng=jax.random.fold_in(step_rng, 0x5EED),
-                             params=cfg.method_params)
+                             rng=jax.random.fold_in(step_rng, 0x5EED))
 
   with accel.kernels(cfg.accel):
     update = cfg.strategy(objective, weigh)

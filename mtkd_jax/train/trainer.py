@@ -231,7 +231,7 @@ def _init_states(config, exp, workdir, seeds):
                                        states[0].params, exp.example_batch,
                                        distill=distill.spec)
   states = [s.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, config.weighting, s.params)) for s in states]
+      step_cfg, s.params)) for s in states]
   return distill, states, step_cfg
 
 

@@ -1,9 +1,12 @@
 """Multi-task weighting methods: a registry of optax-style init/update pairs.
 
-`get_method(name)` returns a `base.WeightingMethod`; `default_config()` the
-`weighting` config block (the method's name, the gradient mode and every
-method's hyper-parameters, flat, named `<method>_<param>`, with the papers'
-defaults). The update functions receive that ConfigDict as `params`.
+`METHODS[name](**settings)` returns a `base.WeightingMethod`; a method's
+hyper-parameters are its factory's keyword arguments, with the papers'
+defaults (optax style: init and update close over them). `default_config()`
+is the `weighting` config block: the method's name, the gradient mode and,
+for every method with hyper-parameters, a block `weighting.<method>` of
+them (`--config.weighting.cagrad.c=0.5`); `from_config` builds the chosen
+method from it.
 
 Loss-level (no gradients): ew, uncertainty, dwa, rlw, famo; and the loss
 scalarizations gls, stch, imtl_l.
@@ -13,8 +16,12 @@ stochastic multi-objective modo, sdmgrad (also the cross Gram matrix of two
 half-batches, param mode only); and, on the flat gradients (param mode
 only): dbmtl, moco, graddrop, excess_mtl, gradvac_layers.
 """
-from typing import Callable, Dict
+import inspect
+from typing import Any, Callable, Dict
 
+import ml_collections
+
+from mtkd_jax import errors
 from mtkd_jax import registry
 from mtkd_jax.weighting import base
 from mtkd_jax.weighting import flat_gradient
@@ -23,7 +30,6 @@ from mtkd_jax.weighting import gradient_level
 from mtkd_jax.weighting import loss_level
 from mtkd_jax.weighting import scalarization
 from mtkd_jax.weighting import stochastic_moo
-from mtkd_jax.weighting.defaults import default_config
 
 METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
     "ew": loss_level.ew,
@@ -54,6 +60,56 @@ METHODS: Dict[str, Callable[[], base.WeightingMethod]] = {
 }
 
 
-def get_method(name: str) -> base.WeightingMethod:
-  """The weighting method `name`; a ConfigError lists the valid names."""
-  return registry.lookup(METHODS, name, "weighting method")()
+def settings(name: str) -> Dict[str, Any]:
+  """{hyper-parameter: default} of method `name` (its factory's keywords)."""
+  factory = registry.lookup(METHODS, name, "weighting method")
+  return {k: p.default for k, p in inspect.signature(factory).parameters.items()}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `weighting` config block: method, gradient mode, and one block of
+  hyper-parameters per method that has any, with the papers' defaults.
+
+  The task specs' fixed weights are not here: they are part of the losses the
+  methods see.
+  """
+  c = ml_collections.ConfigDict()
+  c.name = "ew"
+  # "param": gradients of the shared parameters; "rep": of the shared
+  # representation (MGDA-UB style; not for methods with
+  # supports_rep_grad=False).
+  c.mode = "param"
+  for name in METHODS:
+    if settings(name):
+      c[name] = settings(name)
+  return c
+
+
+def check_config(cfg) -> None:
+  """Raises ConfigError on an unknown method name or hyper-parameter key.
+
+  Args:
+    cfg: the `weighting` config block.
+  """
+  registry.lookup(METHODS, cfg.name, "weighting method")
+  for name in METHODS:
+    if name in cfg:
+      unknown = sorted(set(cfg[name]) - set(settings(name)))
+      if unknown:
+        raise errors.ConfigError(
+            f"Unknown config.weighting.{name} key(s) {', '.join(unknown)}; "
+            f"{name} takes: {', '.join(settings(name)) or 'none'}.")
+
+
+def get_method(name: str, **method_settings) -> base.WeightingMethod:
+  """`METHODS[name](**method_settings)`; a ConfigError lists the valid names
+  (and the valid settings, for an unknown one)."""
+  check_config(ml_collections.ConfigDict({"name": name, name: method_settings}))
+  return METHODS[name](**method_settings)
+
+
+def from_config(cfg) -> base.WeightingMethod:
+  """The method `cfg.name` with its settings `cfg.<name>` (the weighting
+  config block; settings left out take the factory's defaults)."""
+  block = cfg.get(cfg.name)
+  return get_method(cfg.name, **(block.to_dict() if block is not None else {}))

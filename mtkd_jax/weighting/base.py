@@ -17,7 +17,12 @@ So a method only ever sees
 Because gram is computed from the all-device gradients, a method gives the
 same update on 1 device and on 8 for the same global batch.
 
-`update(losses, grads, state, *, step, rng, params) -> (combination, state, diag)`:
+A method is built by its factory, whose keyword arguments are its
+hyper-parameters (plain Python values, closed over by init and update, as
+optax does): `cagrad(c=0.4, rescale=1)`.
+
+`init(term_names) -> state`.
+`update(losses, grads, state, *, step, rng) -> (combination, state, diag)`:
   grads: a `TaskGrads` (gram, and the flat gradients only for methods with
          `needs_full_grads`, the two half-batches' cross Gram matrix only
          for those with `needs_split_gram`), or None for methods with
@@ -34,8 +39,7 @@ same update on 1 device and on 8 for the same global batch.
           {"weight/ctr": ...}.
 `step` is the int32 step, `rng` a PRNG key that is the same on every device
 (methods that draw random numbers, e.g. RLW and PCGrad's task order, use
-it), `params` is the method's hyper-parameter ConfigDict (plain Python
-values, static).
+it).
 
 `scales_specific`: whether c_t also scales the gradient of task t's own
 (task-specific) parameters, as for loss weighting (the loss itself is
@@ -66,7 +70,7 @@ class Combination(NamedTuple):
 
 
 class WeightingMethod(NamedTuple):
-  init: Callable[..., Any]  # init(term_names: tuple[str, ...], params) -> state
+  init: Callable[..., Any]  # init(term_names: tuple[str, ...]) -> state
   update: Callable[..., Any]  # see the module docstring
   needs_grads: bool
   scales_specific: bool = True

@@ -26,7 +26,7 @@ from jax import lax
 from mtkd_jax import errors
 from mtkd_jax.weighting import base
 from mtkd_jax.weighting.gradient_level import _result, gradvac_coefficients
-from mtkd_jax.weighting.loss_level import State, resolve_params
+from mtkd_jax.weighting.loss_level import State, stateless_init
 
 
 def _flat(grads, name: str) -> jax.Array:
@@ -70,23 +70,13 @@ def graddrop_direction(flat: jax.Array, rng: jax.Array, leak: float = 0.0
   return jnp.sum((leak + (1.0 - leak) * mask) * flat, axis=0)
 
 
-def _graddrop_init(term_names, params=None, *, num_shared_params=None):
-  leak = resolve_params(params).graddrop_leak
-  if not 0.0 <= leak <= 1.0:
-    raise errors.ConfigError(f"graddrop_leak must be in [0, 1], got {leak!r}.")
-  del num_shared_params
-  return State(tuple(term_names))
-
-
-def _graddrop_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _graddrop_update(losses, grads, state, *, leak, step=None, rng=None):
   del step
-  params = resolve_params(params)
-  direction = graddrop_direction(_flat(grads, "graddrop"), rng,
-                                 params.graddrop_leak)
+  direction = graddrop_direction(_flat(grads, "graddrop"), rng, leak)
   return _result(state, jnp.ones_like(losses), direction=direction)
 
 
-def graddrop() -> base.WeightingMethod:
+def graddrop(leak: float = 0.0) -> base.WeightingMethod:
   """GradDrop: gradient sign dropout.
 
   Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, "Just Pick a
@@ -94,8 +84,7 @@ def graddrop() -> base.WeightingMethod:
   NeurIPS 2020, Eqs. (1)-(3) and Algorithm 1 (`graddrop_direction`): at each
   coordinate, with probability P (the positive sign purity) only the
   positive task gradients pass, otherwise only the negative ones; a leak
-  l = `graddrop_leak` (0, the paper's and LibMTL's default) passes l g_t
-  always. U comes from the step's `rng` (the same on every device).
+  l passes l g_t always. U comes from the step's `rng` (the same on every device).
 
   Where: the paper applies it to the gradients at a layer of shared
   activations (summed over the batch after multiplying by the activations'
@@ -105,8 +94,15 @@ def graddrop() -> base.WeightingMethod:
   gradients are already sums over the batch, so no sign correction is
   needed). Task heads get their plain gradient; the coefficients (1) are
   only logged.
+
+  Args:
+    leak: the fraction of every gradient that always passes, in [0, 1] (0,
+      the paper's and LibMTL's default).
   """
-  return base.WeightingMethod(_graddrop_init, _graddrop_update,
+  if not 0.0 <= leak <= 1.0:
+    raise errors.ConfigError(f"graddrop leak must be in [0, 1], got {leak!r}.")
+  return base.WeightingMethod(stateless_init,
+                              functools.partial(_graddrop_update, leak=leak),
                               needs_grads=True, scales_specific=False,
                               needs_full_grads=True, supports_rep_grad=False)
 
@@ -115,8 +111,7 @@ def graddrop() -> base.WeightingMethod:
 # ExcessMTL (He, Zhou, Zhao & Liu, ICML 2024).
 
 
-def _excess_init(term_names, params=None, *, num_shared_params=None):
-  del params
+def _excess_init(term_names, *, num_shared_params=None):
   size = _require_size(num_shared_params, "excess_mtl")
   num = len(term_names)
   return State(tuple(term_names), {
@@ -140,9 +135,8 @@ def excess_risks(flat: jax.Array, grad_sq_sum: jax.Array) -> jax.Array:
   return jnp.sum(flat * flat / jnp.sqrt(grad_sq_sum + 1e-7), axis=1)
 
 
-def _excess_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _excess_update(losses, grads, state, *, step_size, step=None, rng=None):
   del losses, step, rng
-  params = resolve_params(params)
   flat = _flat(grads, "excess_mtl")
   a = state.arrays
   sq = a["grad_sq_sum"] + flat * flat
@@ -150,7 +144,7 @@ def _excess_update(losses, grads, state, *, step=None, rng=None, params=None):
   first = a["count"] == 0
   initial = jnp.where(first, risk, a["initial_risk"])
   ratio = jnp.where(initial > 0, risk / jnp.where(initial > 0, initial, 1.0), 0.0)
-  w = a["w"] * jnp.exp(params.excess_mtl_step_size * ratio)
+  w = a["w"] * jnp.exp(step_size * ratio)
   w = w * (w.shape[0] / jnp.sum(w))
   w = jnp.where(first, a["w"], w)
   arrays = {"grad_sq_sum": sq, "initial_risk": initial, "w": w,
@@ -160,7 +154,7 @@ def _excess_update(losses, grads, state, *, step=None, rng=None, params=None):
   return _result(state, w, arrays, extra)
 
 
-def excess_mtl() -> base.WeightingMethod:
+def excess_mtl(step_size: float = 1e-2) -> base.WeightingMethod:
   """ExcessMTL: robust multi-task learning with excess risks.
 
   He, Zhou, Zhao & Liu, "Robust Multi-Task Learning with Excess Risks",
@@ -172,10 +166,16 @@ def excess_mtl() -> base.WeightingMethod:
   first update r_t^0; the task weights follow exponentiated gradient ascent
   w_t <- w_t exp(eta r_t / r_t^0), renormalised to sum_t w_t = T (the first
   update only records r^0 and keeps w = 1). The weights scale the whole
-  losses (task heads too). eta = `excess_mtl_step_size` (1e-2). State: the
-  squared-gradient sums float32[T, P]; needs replicated tables.
+  losses (task heads too). State: the squared-gradient sums float32[T, P];
+  needs replicated tables.
+
+  Args:
+    step_size: eta, the weights' exponentiated-gradient step (1e-2: our
+      choice; no published default was found).
   """
-  return base.WeightingMethod(_excess_init, _excess_update, needs_grads=True,
+  return base.WeightingMethod(_excess_init,
+                              functools.partial(_excess_update, step_size=step_size),
+                              needs_grads=True,
                               scales_specific=True, needs_full_grads=True,
                               supports_rep_grad=False)
 
@@ -206,8 +206,8 @@ def param_groups(layout, grouping: str) -> Tuple[int, ...]:
   parameter array; "layer": consecutive arrays of the same module (path
   without its last key, e.g. a Dense layer's kernel and bias) merged."""
   if grouping not in GRADVAC_GROUPINGS:
-    raise errors.ConfigError(f"Unknown gradvac_grouping {grouping!r}; valid: "
-                             f"{', '.join(GRADVAC_GROUPINGS)}.")
+    raise errors.ConfigError(f"Unknown gradvac_layers grouping {grouping!r}; "
+                             f"valid: {', '.join(GRADVAC_GROUPINGS)}.")
   if grouping == "matrix":
     return tuple(size for _, size in layout)
   sizes = []
@@ -216,14 +216,12 @@ def param_groups(layout, grouping: str) -> Tuple[int, ...]:
   return tuple(sizes)
 
 
-def _gradvac_groups_init(term_names, params=None, *, num_shared_params=None,
+def _gradvac_groups_init(term_names, *, grouping, num_shared_params=None,
                          param_layout=None):
-  params = resolve_params(params)
-  param_groups((), params.gradvac_grouping)  # a bad name fails first
   if param_layout is None:
     raise ValueError("gradvac_layers needs init(..., param_layout=...), the "
                      "flat gradient's segments (weighting.base.param_layout).")
-  sizes = param_groups(param_layout, params.gradvac_grouping)
+  sizes = param_groups(param_layout, grouping)
   if num_shared_params is not None and sum(sizes) != num_shared_params:
     raise ValueError(f"param_layout covers {sum(sizes)} parameters, "
                      f"num_shared_params is {num_shared_params}.")
@@ -246,13 +244,11 @@ def gradvac_groups_direction(flat, phi_hat, sizes, rng, beta):
   return direction, coeffs, phi_hat
 
 
-def _gradvac_groups_update(losses, grads, state, *, step=None, rng=None,
-                           params=None):
+def _gradvac_groups_update(losses, grads, state, *, beta, step=None, rng=None):
   del losses, step
-  params = resolve_params(params)
   direction, coeffs, phi_hat = gradvac_groups_direction(
       _flat(grads, "gradvac_layers"), state.arrays["phi_hat"],
-      state.group_sizes, rng, params.gradvac_beta)
+      state.group_sizes, rng, beta)
   names = state.term_names
   mean_phi = jnp.mean(phi_hat, axis=0)
   extra = {f"gradvac/phi_hat/{names[i]}/{names[j]}": mean_phi[i, j]
@@ -261,22 +257,30 @@ def _gradvac_groups_update(losses, grads, state, *, step=None, rng=None,
                  direction=direction)
 
 
-def gradvac_layers() -> base.WeightingMethod:
+def gradvac_layers(beta: float = 0.01, grouping: str = "layer"
+                   ) -> base.WeightingMethod:
   """Gradient Vaccine per parameter group, as the paper applies it.
 
   Wang, Tsvetkov, Firat & Cao, ICLR 2021, Algorithm 1 and Sec. 5 (GradVac
   applied to every layer's parameters, each with its own targets; LibMTL's
   `GradVac_group_type` 1 / 2): `gradvac` (gradient_level.py) run on every
   group's gradients with targets phi_hat float32[K, T, T] (state),
-  K groups from `gradvac_grouping`: "layer" (default; a module's kernel and
-  bias together) or "matrix" (every parameter array). The shared
+  K groups from `grouping`: "layer" (default; a module's kernel and bias
+  together) or "matrix" (every parameter array). The shared
   parameters follow the concatenated corrected sums (`direction`); the task
   order per task comes from `rng`, the same in every group. The logged
   weights and targets are the means over groups. Needs the flat gradients
   and `init(param_layout=...)` (the step passes it). Task heads get their
   plain gradient.
+
+  Args:
+    beta: the targets' EMA rate (the paper's 1e-2).
+    grouping: one of GRADVAC_GROUPINGS.
   """
-  return base.WeightingMethod(_gradvac_groups_init, _gradvac_groups_update,
+  param_groups((), grouping)  # a bad name fails here
+  return base.WeightingMethod(functools.partial(_gradvac_groups_init,
+                                                grouping=grouping),
+                              functools.partial(_gradvac_groups_update, beta=beta),
                               needs_grads=True, scales_specific=False,
                               needs_full_grads=True, supports_rep_grad=False,
                               needs_param_layout=True)

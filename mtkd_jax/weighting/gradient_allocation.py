@@ -6,6 +6,8 @@ FairGrad chooses the weights of an alpha-fair allocation of the update's
 utilities <g_t, d>. Both only need the Gram matrix (see gradient_level.py)
 and solve their programs exactly or to float accuracy (`solvers`).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -13,8 +15,8 @@ from jax import lax
 from mtkd_jax import errors
 from mtkd_jax.weighting import base
 from mtkd_jax.weighting import solvers
-from mtkd_jax.weighting.gradient_level import _gram, _result, _stateless_init
-from mtkd_jax.weighting.loss_level import State, resolve_params
+from mtkd_jax.weighting.gradient_level import _gram, _result
+from mtkd_jax.weighting.loss_level import stateless_init
 
 # ----------------------------------------------------------------------------
 # UPGrad (Quinton & Rey, 2024).
@@ -43,14 +45,14 @@ def upgrad_weights(gram: jax.Array, norm_eps: float = 1e-4,
                  axis=0)
 
 
-def _upgrad_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _upgrad_update(losses, grads, state, *, norm_eps, reg_eps, step=None,
+                   rng=None):
   del losses, step, rng
-  params = resolve_params(params)
-  return _result(state, upgrad_weights(_gram(grads), params.upgrad_norm_eps,
-                                       params.upgrad_reg_eps))
+  return _result(state, upgrad_weights(_gram(grads), norm_eps, reg_eps))
 
 
-def upgrad() -> base.WeightingMethod:
+def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4
+           ) -> base.WeightingMethod:
   """UPGrad: unconflicting projection of gradients.
 
   Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024
@@ -61,35 +63,32 @@ def upgrad() -> base.WeightingMethod:
   each projection with quadprog; here exactly by active-set enumeration.
   Weights scale the shared gradient only, as in LibMTL (their
   `_backward_new_grads` writes the weighted sum to the shared parameters).
-  `upgrad_norm_eps`, `upgrad_reg_eps`: TorchJD's defaults (1e-4).
+
+  Args:
+    norm_eps: the Gram matrix's trace below which it is zeroed (TorchJD's
+      1e-4).
+    reg_eps: the ridge added to the normalised Gram matrix (TorchJD's 1e-4).
   """
-  return base.WeightingMethod(_stateless_init, _upgrad_update,
-                              needs_grads=True, scales_specific=False)
+  return base.WeightingMethod(
+      stateless_init, functools.partial(_upgrad_update, norm_eps=norm_eps,
+                                        reg_eps=reg_eps),
+      needs_grads=True, scales_specific=False)
 
 
 # ----------------------------------------------------------------------------
 # FairGrad (Ban & Ji, ICML 2024).
 
 
-def _fairgrad_init(term_names, params=None, *, num_shared_params=None):
-  del num_shared_params
-  alpha = resolve_params(params).fairgrad_alpha
-  if not alpha > 0:
-    raise errors.ConfigError(f"fairgrad_alpha must be > 0, got {alpha!r}.")
-  return State(tuple(term_names))
-
-
-def _fairgrad_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _fairgrad_update(losses, grads, state, *, alpha, step=None, rng=None):
   del losses, step, rng
-  params = resolve_params(params)
   gram = _gram(grads)
-  w = solvers.fair_weights(gram, params.fairgrad_alpha)
+  w = solvers.fair_weights(gram, alpha)
   utility = gram @ w
-  residual = jnp.max(jnp.abs(w ** (1.0 / params.fairgrad_alpha) * utility - 1.0))
+  residual = jnp.max(jnp.abs(w ** (1.0 / alpha) * utility - 1.0))
   return _result(state, w, extra={"fairgrad/residual": lax.stop_gradient(residual)})
 
 
-def fairgrad() -> base.WeightingMethod:
+def fairgrad(alpha: float = 1.0) -> base.WeightingMethod:
   """FairGrad: alpha-fair resource allocation among tasks.
 
   Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024:
@@ -98,8 +97,13 @@ def fairgrad() -> base.WeightingMethod:
   G w = w^(-1/alpha) elementwise (`solvers.fair_weights`). alpha = 1 is
   Nash-MTL's proportional fairness; alpha -> infinity approaches max-min
   fairness (MGDA-like). As in their code (and LibMTL's `FairGrad`) the
-  weights scale the losses (`scales_specific=True`). alpha =
-  `fairgrad_alpha` (1.0; LibMTL's default).
+  weights scale the losses (`scales_specific=True`).
+
+  Args:
+    alpha: the fairness, > 0 (1.0, LibMTL's default).
   """
-  return base.WeightingMethod(_fairgrad_init, _fairgrad_update,
-                              needs_grads=True, scales_specific=True)
+  if not alpha > 0:
+    raise errors.ConfigError(f"fairgrad alpha must be > 0, got {alpha!r}.")
+  return base.WeightingMethod(
+      stateless_init, functools.partial(_fairgrad_update, alpha=alpha),
+      needs_grads=True, scales_specific=True)

@@ -21,6 +21,7 @@ representation's Gram matrix can be back-propagated through the encoder
 (MGDA-UB); LibMTL refuses rep-grad for PCGrad/GradVac/CAGrad/Nash-MTL only
 for implementation reasons. DB-MTL's EMA is over parameter gradients.
 """
+import functools
 import itertools
 
 import jax
@@ -32,7 +33,7 @@ from jax import lax
 from mtkd_jax import errors
 from mtkd_jax.weighting import base
 from mtkd_jax.weighting import solvers
-from mtkd_jax.weighting.loss_level import State, resolve_params, weight_diag
+from mtkd_jax.weighting.loss_level import State, stateless_init, weight_diag
 
 
 def _result(state, coeffs, arrays=None, extra=None, direction=None):
@@ -40,11 +41,6 @@ def _result(state, coeffs, arrays=None, extra=None, direction=None):
   diag.update(extra or {})
   new_state = state if arrays is None else state.replace(arrays=arrays)
   return base.Combination(coeffs=coeffs, direction=direction), new_state, diag
-
-
-def _stateless_init(term_names, params=None, *, num_shared_params=None):
-  del params, num_shared_params
-  return State(tuple(term_names))
 
 
 def _gram(grads) -> jax.Array:
@@ -71,23 +67,21 @@ def _random_orders(rng: jax.Array, num: int) -> jax.Array:
 # GradNorm (Chen et al., ICML 2018).
 
 
-def _gradnorm_init(term_names, params=None, *, num_shared_params=None):
+def _gradnorm_init(term_names, *, lr, num_shared_params=None):
   del num_shared_params
-  params = resolve_params(params)
   num = len(term_names)
   w = jnp.ones((num,), jnp.float32)
   return State(tuple(term_names), {
       "w": w,
-      "opt": optax.adam(params.gradnorm_lr).init(w),
+      "opt": optax.adam(lr).init(w),
       "initial_losses": jnp.zeros((num,), jnp.float32),
       "has_initial": jnp.zeros((), jnp.int32),
   })
 
 
-def _gradnorm_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _gradnorm_update(losses, grads, state, *, alpha, lr, step=None, rng=None):
   """c = w; then one step on L_grad = sum_t |w_t ||g_t|| - target_t|."""
   del step, rng
-  params = resolve_params(params)
   gram = _gram(grads)
   a = state.arrays
   losses = lax.stop_gradient(losses)
@@ -100,10 +94,10 @@ def _gradnorm_update(losses, grads, state, *, step=None, rng=None, params=None):
   tilde = losses / jnp.where(initial != 0, initial, 1.0)
   mean_tilde = jnp.mean(tilde)
   r = tilde / jnp.where(mean_tilde != 0, mean_tilde, 1.0)
-  target = jnp.mean(gw) * jnp.maximum(r, 0.0) ** params.gradnorm_alpha  # constant
+  target = jnp.mean(gw) * jnp.maximum(r, 0.0) ** alpha  # constant
   loss_grad = jnp.sum(jnp.abs(gw - target))
   grad_w = jnp.sign(gw - target) * norms  # d L_grad / d w_t
-  updates, opt = optax.adam(params.gradnorm_lr).update(grad_w, a["opt"], w)
+  updates, opt = optax.adam(lr).update(grad_w, a["opt"], w)
   new_w = jnp.maximum(optax.apply_updates(w, updates), 1e-6)
   new_w = new_w * (num / jnp.sum(new_w))  # renormalise: sum_t w_t = T
   arrays = {"w": new_w, "opt": opt, "initial_losses": initial,
@@ -111,7 +105,7 @@ def _gradnorm_update(losses, grads, state, *, step=None, rng=None, params=None):
   return _result(state, w, arrays, {"gradnorm/loss_grad": loss_grad})
 
 
-def gradnorm() -> base.WeightingMethod:
+def gradnorm(alpha: float = 1.5, lr: float = 0.025) -> base.WeightingMethod:
   """GradNorm.
 
   Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization
@@ -125,13 +119,18 @@ def gradnorm() -> base.WeightingMethod:
   constant, w <- w - step(dL_grad/dw), then w renormalised to sum_t w_t = T.
 
   The coefficients of a step are the pre-update w (the paper updates w after
-  the model's step). The w step is Adam(gradnorm_lr) (the paper uses the
-  network's optimiser; Adam makes the step independent of the gradients'
-  scale); w is floored at 1e-6 before the renormalisation so that it stays
-  positive. alpha = `gradnorm_alpha` (1.5).
+  the model's step). The w step is Adam(lr) (the paper uses the network's
+  optimiser; Adam makes the step independent of the gradients' scale); w is
+  floored at 1e-6 before the renormalisation so that it stays positive.
+
+  Args:
+    alpha: the restoring force's asymmetry (1.5).
+    lr: the learning rate of w's Adam.
   """
-  return base.WeightingMethod(_gradnorm_init, _gradnorm_update,
-                              needs_grads=True, scales_specific=True)
+  return base.WeightingMethod(
+      functools.partial(_gradnorm_init, lr=lr),
+      functools.partial(_gradnorm_update, alpha=alpha, lr=lr),
+      needs_grads=True, scales_specific=True)
 
 
 # ----------------------------------------------------------------------------
@@ -170,8 +169,8 @@ def pcgrad_coefficients(gram: jax.Array, rng: jax.Array) -> jax.Array:
   return jax.vmap(row)(eye, orders)
 
 
-def _pcgrad_update(losses, grads, state, *, step=None, rng=None, params=None):
-  del losses, step, params
+def _pcgrad_update(losses, grads, state, *, step=None, rng=None):
+  del losses, step
   gram = _gram(grads)
   coeffs = jnp.sum(pcgrad_coefficients(gram, rng), axis=0)
   return _result(state, coeffs)
@@ -187,7 +186,7 @@ def pcgrad() -> base.WeightingMethod:
   the shuffled list (a no-op unless g_i' has turned against g_i); here only
   the other tasks, as in the paper's text. Shared parameters only.
   """
-  return base.WeightingMethod(_stateless_init, _pcgrad_update,
+  return base.WeightingMethod(stateless_init, _pcgrad_update,
                               needs_grads=True, scales_specific=False)
 
 
@@ -244,18 +243,16 @@ def gradvac_coefficients(gram: jax.Array, phi_hat: jax.Array, rng: jax.Array,
   return jax.vmap(row)(eye, phi_hat, orders)
 
 
-def _gradvac_init(term_names, params=None, *, num_shared_params=None):
-  del params, num_shared_params
+def _gradvac_init(term_names, *, num_shared_params=None):
+  del num_shared_params
   num = len(term_names)
   return State(tuple(term_names), {"phi_hat": jnp.zeros((num, num), jnp.float32)})
 
 
-def _gradvac_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _gradvac_update(losses, grads, state, *, beta, step=None, rng=None):
   del losses, step
-  params = resolve_params(params)
   gram = _gram(grads)
-  a, phi_hat = gradvac_coefficients(gram, state.arrays["phi_hat"], rng,
-                                    params.gradvac_beta)
+  a, phi_hat = gradvac_coefficients(gram, state.arrays["phi_hat"], rng, beta)
   coeffs = jnp.sum(a, axis=0)
   names = state.term_names
   extra = {f"gradvac/phi_hat/{names[i]}/{names[j]}": phi_hat[i, j]
@@ -263,20 +260,24 @@ def _gradvac_update(losses, grads, state, *, step=None, rng=None, params=None):
   return _result(state, coeffs, {"phi_hat": phi_hat}, extra)
 
 
-def gradvac() -> base.WeightingMethod:
+def gradvac(beta: float = 0.01) -> base.WeightingMethod:
   """Gradient Vaccine.
 
   Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine: Investigating and Improving
   Multi-task Optimization in Massively Multilingual Models", ICLR 2021,
   Algorithm 1 on the whole shared gradient (`gradvac_coefficients`); the
   update is sum_i g_i', c = sum_i A_i. Targets phi_hat (state, initially 0)
-  follow an EMA with rate `gradvac_beta` (0.01, the paper's 1e-2), updated
-  for every visited pair as in the paper (LibMTL updates it only when the
-  pair was corrected). With phi_hat = 0 the correction is PCGrad's
-  projection. The task order per i comes from `rng`. Shared parameters only.
+  follow an EMA with rate `beta`, updated for every visited pair as in the
+  paper (LibMTL updates it only when the pair was corrected). With
+  phi_hat = 0 the correction is PCGrad's projection. The task order per i
+  comes from `rng`. Shared parameters only.
+
+  Args:
+    beta: the EMA rate of the cosine targets (the paper's 1e-2).
   """
-  return base.WeightingMethod(_gradvac_init, _gradvac_update,
-                              needs_grads=True, scales_specific=False)
+  return base.WeightingMethod(
+      _gradvac_init, functools.partial(_gradvac_update, beta=beta),
+      needs_grads=True, scales_specific=False)
 
 
 # ----------------------------------------------------------------------------
@@ -301,27 +302,20 @@ def mgda_normalizers(gram: jax.Array, losses: jax.Array, kind: str) -> jax.Array
   elif kind == "loss+":
     gn = losses * norms
   else:
-    raise errors.ConfigError(f"Unknown mgda_normalization {kind!r}; valid: "
+    raise errors.ConfigError(f"Unknown mgda normalization {kind!r}; valid: "
                              f"{', '.join(MGDA_NORMALIZATIONS)}.")
   return jnp.where(gn > 0, gn, 1.0)
 
 
-def _mgda_init(term_names, params=None, *, num_shared_params=None):
-  del num_shared_params
-  mgda_normalizers(jnp.eye(1), jnp.ones(1), resolve_params(params).mgda_normalization)
-  return State(tuple(term_names))
-
-
-def _mgda_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _mgda_update(losses, grads, state, *, normalization, step=None, rng=None):
   del step, rng
-  params = resolve_params(params)
   gram = _gram(grads)
-  gn = mgda_normalizers(gram, lax.stop_gradient(losses), params.mgda_normalization)
+  gn = mgda_normalizers(gram, lax.stop_gradient(losses), normalization)
   sol, cost = solvers.min_norm_element(gram / (gn[:, None] * gn[None, :]))
   return _result(state, sol, extra={"mgda/min_norm": jnp.sqrt(jnp.maximum(cost, 0.0))})
 
 
-def mgda() -> base.WeightingMethod:
+def mgda(normalization: str = "none") -> base.WeightingMethod:
   """MGDA (MGDA-UB with `mode="rep"`).
 
   Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
@@ -332,16 +326,21 @@ def mgda() -> base.WeightingMethod:
   gradients). With `mode="rep"` the gradients are
   those of the shared representation: MGDA-UB (their Theorem 1).
 
-  Normalisation (`mgda_normalization`: "none" (default), "l2", "loss",
-  "loss+") divides g_t by gn_t before solving. As in their training code the
+  Normalisation (`normalization`: "none" (default), "l2", "loss", "loss+")
+  divides g_t by gn_t before solving. As in their training code the
   simplex weights are then used as loss scales (c_t = w_t, also on the
   task-specific parameters: `scales_specific=True`) on the UNnormalised
   gradients; LibMTL instead combines the normalised gradients (w_t / gn_t).
   The weights sum to 1 (not T). Deviation: the exact minimiser has weights
   exactly 1/0 where their 2-task line search returns 0.999/0.001.
+
+  Args:
+    normalization: one of MGDA_NORMALIZATIONS.
   """
-  return base.WeightingMethod(_mgda_init, _mgda_update, needs_grads=True,
-                              scales_specific=True)
+  mgda_normalizers(jnp.eye(1), jnp.ones(1), normalization)  # a bad name fails
+  return base.WeightingMethod(
+      stateless_init, functools.partial(_mgda_update, normalization=normalization),
+      needs_grads=True, scales_specific=True)
 
 
 # ----------------------------------------------------------------------------
@@ -368,27 +367,15 @@ def cagrad_combination(gram: jax.Array, c: float, rescale: int = 1
     return coeffs / (1.0 + c * c)
   if rescale == 2:
     return coeffs / (1.0 + c)
-  raise errors.ConfigError(f"cagrad_rescale must be 0, 1 or 2, got {rescale!r}.")
+  raise errors.ConfigError(f"cagrad rescale must be 0, 1 or 2, got {rescale!r}.")
 
 
-def _cagrad_init(term_names, params=None, *, num_shared_params=None):
-  del num_shared_params
-  params = resolve_params(params)
-  if params.cagrad_rescale not in (0, 1, 2):
-    raise errors.ConfigError("cagrad_rescale must be 0, 1 or 2, got "
-                             f"{params.cagrad_rescale!r}.")
-  return State(tuple(term_names))
-
-
-def _cagrad_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _cagrad_update(losses, grads, state, *, c, rescale, step=None, rng=None):
   del losses, step, rng
-  params = resolve_params(params)
-  coeffs = cagrad_combination(_gram(grads), params.cagrad_c,
-                              params.cagrad_rescale)
-  return _result(state, coeffs)
+  return _result(state, cagrad_combination(_gram(grads), c, rescale))
 
 
-def cagrad() -> base.WeightingMethod:
+def cagrad(c: float = 0.4, rescale: int = 1) -> base.WeightingMethod:
   """Conflict-Averse Gradient descent.
 
   Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for
@@ -396,12 +383,20 @@ def cagrad() -> base.WeightingMethod:
   phi = c^2 ||g_0||^2, w* = argmin_{w in simplex} g_w^T g_0 + sqrt(phi)
   ||g_w||, d = g_0 + sqrt(phi) / ||g_w*|| g_w*, then (their code,
   rescale=1) d / (1 + c^2). Their code solves for w with scipy's SLSQP; here
-  the exact jittable solver `solvers.cagrad_weights` (face enumeration). c = `cagrad_c` (0.4, the paper's value for
-  NYUv2/Cityscapes); c = 0 gives exactly the mean gradient (their code adds
-  1e-8 to sqrt(phi); we do not). Shared parameters only.
+  the exact jittable solver `solvers.cagrad_weights` (face enumeration).
+  c = 0 gives exactly the mean gradient (their code adds 1e-8 to
+  sqrt(phi); we do not). Shared parameters only.
+
+  Args:
+    c: the conflict-aversion radius (0.4, the paper's value for
+      NYUv2/Cityscapes).
+    rescale: 0: none, 1: d / (1 + c^2) (their code's default), 2: d / (1 + c).
   """
-  return base.WeightingMethod(_cagrad_init, _cagrad_update, needs_grads=True,
-                              scales_specific=False)
+  if rescale not in (0, 1, 2):
+    raise errors.ConfigError(f"cagrad rescale must be 0, 1 or 2, got {rescale!r}.")
+  return base.WeightingMethod(
+      stateless_init, functools.partial(_cagrad_update, c=c, rescale=rescale),
+      needs_grads=True, scales_specific=False)
 
 
 # ----------------------------------------------------------------------------
@@ -448,8 +443,8 @@ def imtl_g_weights(gram: jax.Array) -> jax.Array:
   return jnp.where(ok, alpha / jnp.where(ok, total, 1.0), 1.0 / num)
 
 
-def _imtl_update(losses, grads, state, *, step=None, rng=None, params=None):
-  del losses, step, rng, params
+def _imtl_update(losses, grads, state, *, step=None, rng=None):
+  del losses, step, rng
   return _result(state, imtl_g_weights(_gram(grads)))
 
 
@@ -467,7 +462,7 @@ def imtl() -> base.WeightingMethod:
   express together with IMTL-G's shared-only alpha (and IMTL-G's combined
   direction does not depend on per-task gradient scales).
   """
-  return base.WeightingMethod(_stateless_init, _imtl_update, needs_grads=True,
+  return base.WeightingMethod(stateless_init, _imtl_update, needs_grads=True,
                               scales_specific=False)
 
 
@@ -475,16 +470,15 @@ def imtl() -> base.WeightingMethod:
 # Nash-MTL (Navon et al., ICML 2022).
 
 
-def _nash_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _nash_update(losses, grads, state, *, max_iter, step=None, rng=None):
   del losses, step, rng
-  params = resolve_params(params)
   gram = _gram(grads)
-  alpha = solvers.nash_weights(gram, params.nash_max_iter)
+  alpha = solvers.nash_weights(gram, max_iter)
   residual = jnp.max(jnp.abs(alpha * (gram @ alpha) - 1.0))
   return _result(state, alpha, extra={"nash/residual": residual})
 
 
-def nash_mtl() -> base.WeightingMethod:
+def nash_mtl(max_iter: int = 20) -> base.WeightingMethod:
   """Nash-MTL: multi-task learning as a bargaining game.
 
   Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task
@@ -493,14 +487,18 @@ def nash_mtl() -> base.WeightingMethod:
   sum_t alpha_t g_t (its norm is sqrt(T) by construction). As in their code
   alpha weights the losses (`scales_specific=True`). Their code solves a
   sequence of cvxpy problems (`optim_niter` = 20); here damped Newton on the
-  equivalent convex problem to float accuracy (`solvers.nash_weights`, at
-  most `nash_max_iter` steps).
+  equivalent convex problem to float accuracy (`solvers.nash_weights`).
   Their code also clips the shared gradient's norm to `max_norm` = 1.0 and
   can update alpha every k steps; neither is done here (use the optimizer's
   `grad_clip_norm`).
+
+  Args:
+    max_iter: the most Newton steps (it stops at float accuracy, usually
+      after fewer than 10).
   """
-  return base.WeightingMethod(_stateless_init, _nash_update, needs_grads=True,
-                              scales_specific=True)
+  return base.WeightingMethod(
+      stateless_init, functools.partial(_nash_update, max_iter=max_iter),
+      needs_grads=True, scales_specific=True)
 
 
 # ----------------------------------------------------------------------------
@@ -527,7 +525,7 @@ def aligned_mtl_matrix(gram: jax.Array, scale_mode: str = "min") -> jax.Array:
     float[T, T] (zeros if every gradient is zero).
   """
   if scale_mode not in ALIGNED_SCALE_MODES:
-    raise errors.ConfigError(f"Unknown aligned_mtl_scale_mode {scale_mode!r}; "
+    raise errors.ConfigError(f"Unknown aligned_mtl scale_mode {scale_mode!r}; "
                              f"valid: {', '.join(ALIGNED_SCALE_MODES)}.")
   num = gram.shape[0]
   lam, v = jnp.linalg.eigh(0.5 * (gram + gram.T))  # ascending
@@ -547,23 +545,13 @@ def aligned_mtl_matrix(gram: jax.Array, scale_mode: str = "min") -> jax.Array:
   return jnp.sqrt(sigma2) * (v * inv_sqrt[None, :]) @ v.T
 
 
-def _aligned_init(term_names, params=None, *, num_shared_params=None):
-  del num_shared_params
-  mode = resolve_params(params).aligned_mtl_scale_mode
-  if mode not in ALIGNED_SCALE_MODES:
-    raise errors.ConfigError(f"Unknown aligned_mtl_scale_mode {mode!r}; "
-                             f"valid: {', '.join(ALIGNED_SCALE_MODES)}.")
-  return State(tuple(term_names))
-
-
-def _aligned_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _aligned_update(losses, grads, state, *, scale_mode, step=None, rng=None):
   del losses, step, rng
-  params = resolve_params(params)
-  b = aligned_mtl_matrix(_gram(grads), params.aligned_mtl_scale_mode)
+  b = aligned_mtl_matrix(_gram(grads), scale_mode)
   return _result(state, jnp.sum(b, axis=1))
 
 
-def aligned_mtl() -> base.WeightingMethod:
+def aligned_mtl(scale_mode: str = "min") -> base.WeightingMethod:
   """Aligned-MTL: independent component alignment.
 
   Senushkin, Patakin, Kuznetsov & Konushin, "Independent Component Alignment
@@ -571,19 +559,25 @@ def aligned_mtl() -> base.WeightingMethod:
   closest (Procrustes) matrix with orthogonal columns of equal norms,
   G' = G_mat B (`aligned_mtl_matrix`), and the update is the SUM of the
   aligned gradients (their code: `grads.sum(-1)`, LibMTL `alpha = B.sum(0)`;
-  pre-weights 1), so c = B 1. `aligned_mtl_scale_mode` ("min", default)
-  picks sigma. Shared parameters only.
+  pre-weights 1), so c = B 1. Shared parameters only.
+
+  Args:
+    scale_mode: how sigma is picked, one of ALIGNED_SCALE_MODES ("min", the
+      authors' default).
   """
-  return base.WeightingMethod(_aligned_init, _aligned_update, needs_grads=True,
-                              scales_specific=False)
+  if scale_mode not in ALIGNED_SCALE_MODES:
+    raise errors.ConfigError(f"Unknown aligned_mtl scale_mode {scale_mode!r}; "
+                             f"valid: {', '.join(ALIGNED_SCALE_MODES)}.")
+  return base.WeightingMethod(
+      stateless_init, functools.partial(_aligned_update, scale_mode=scale_mode),
+      needs_grads=True, scales_specific=False)
 
 
 # ----------------------------------------------------------------------------
 # DB-MTL (Lin et al., 2023).
 
 
-def _dbmtl_init(term_names, params=None, *, num_shared_params=None):
-  del params
+def _dbmtl_init(term_names, *, num_shared_params=None):
   if num_shared_params is None:
     raise ValueError("dbmtl keeps a running average of the flat shared "
                      "gradients: init needs num_shared_params=P.")
@@ -594,19 +588,19 @@ def _dbmtl_init(term_names, params=None, *, num_shared_params=None):
   })
 
 
-def _dbmtl_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _dbmtl_update(losses, grads, state, *, beta, beta_sigma, eps, step=None,
+                  rng=None):
   """EMA of the log-loss gradients, rescaled to the largest one's norm."""
   del step, rng
-  params = resolve_params(params)
   if grads is None or grads.flat is None:
     raise ValueError("dbmtl needs the flat shared gradients (TaskGrads.flat).")
   a = state.arrays
   losses = lax.stop_gradient(losses)
   flat = lax.stop_gradient(grads.flat)
-  inv_loss = 1.0 / (jnp.maximum(losses, 0.0) + params.dbmtl_eps)
+  inv_loss = 1.0 / (jnp.maximum(losses, 0.0) + eps)
   batch = flat * inv_loss[:, None]  # grad of log(L_t + eps)
   count = a["count"] + 1
-  decay = params.dbmtl_beta / count.astype(jnp.float32) ** params.dbmtl_beta_sigma
+  decay = beta / count.astype(jnp.float32) ** beta_sigma
   ema = batch + decay * (a["ema"] - batch)
   norms = jnp.sqrt(jnp.sum(ema * ema, axis=1))
   scale = jnp.max(norms) / (norms + 1e-8)
@@ -616,7 +610,8 @@ def _dbmtl_update(losses, grads, state, *, step=None, rng=None, params=None):
                  direction=direction)
 
 
-def dbmtl() -> base.WeightingMethod:
+def dbmtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8
+          ) -> base.WeightingMethod:
   """DB-MTL: dual-balancing multi-task learning.
 
   Lin, Ye, Xu, Shi & Zhang, "Dual-Balancing for Multi-Task Learning", 2023
@@ -624,16 +619,24 @@ def dbmtl() -> base.WeightingMethod:
   balancing: each term's loss is log(L_t + eps), whose gradient is
   g_t / (L_t + eps). Gradient balancing on the shared parameters: an EMA of
   those gradients, ghat_t <- b_k ghat_t + (1 - b_k) g_t / (L_t + eps) with
-  b_k = dbmtl_beta / k^dbmtl_beta_sigma at the k-th update (state, from 0),
+  b_k = beta / k^beta_sigma at the k-th update (state, from 0),
   and the direction sum_t (max_i ||ghat_i|| / ||ghat_t||) ghat_t: every
   task's averaged gradient rescaled to the largest norm. So on the shared
   parameters the step follows `direction`, and the coefficients
-  c_t = 1 / (L_t + eps) (eps = `dbmtl_eps`, 1e-8) scale the task-specific
+  c_t = 1 / (L_t + eps) scale the task-specific
   gradients: those follow the plain log-loss gradient without EMA or
   rescaling, as in their code. Losses are clamped at 0 before the log.
   Needs the flat gradients (`needs_full_grads`) and, in `init`,
   `num_shared_params`; no representation-gradient mode.
+
+  Args:
+    beta: the EMA rate's numerator (their 0.9).
+    beta_sigma: the EMA rate's decay exponent (their 0.5).
+    eps: added to the losses inside the log (their 1e-8).
   """
-  return base.WeightingMethod(_dbmtl_init, _dbmtl_update, needs_grads=True,
+  return base.WeightingMethod(_dbmtl_init,
+                              functools.partial(_dbmtl_update, beta=beta,
+                                                beta_sigma=beta_sigma, eps=eps),
+                              needs_grads=True,
                               scales_specific=True, needs_full_grads=True,
                               supports_rep_grad=False)

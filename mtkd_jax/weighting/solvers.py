@@ -12,7 +12,6 @@ scaled alike), so the solvers first divide G by its mean diagonal
 (`normalize_gram`): their tolerances then do not depend on the gradients'
 scale, which in float32 ranges over many orders of magnitude.
 """
-import itertools
 from typing import Tuple
 
 import jax

@@ -22,6 +22,8 @@ cross Gram matrix G1^T G2 (`TaskGrads.cross`); the update combines the
 full batch's gradients (the union of the halves, not a third independent
 sample). LibMTL instead draws three separate batches per step.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -30,11 +32,11 @@ from mtkd_jax import errors
 from mtkd_jax.weighting import base
 from mtkd_jax.weighting import solvers
 from mtkd_jax.weighting.gradient_level import _result
-from mtkd_jax.weighting.loss_level import State, resolve_params
+from mtkd_jax.weighting.loss_level import State
 
 
-def _uniform_init(term_names, params=None, *, num_shared_params=None):
-  del params, num_shared_params
+def _uniform_init(term_names, *, num_shared_params=None):
+  del num_shared_params
   num = len(term_names)
   return State(tuple(term_names),
                {"lambda": jnp.full((num,), 1.0 / num, jnp.float32)})
@@ -64,15 +66,13 @@ def _cross(grads, name: str) -> jax.Array:
   return lax.stop_gradient(grads.cross)
 
 
-def _modo_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _modo_update(losses, grads, state, *, gamma, rho, step=None, rng=None):
   del losses, step, rng
-  params = resolve_params(params)
-  lam = modo_step(state.arrays["lambda"], _cross(grads, "modo"),
-                  params.modo_gamma, params.modo_rho)
+  lam = modo_step(state.arrays["lambda"], _cross(grads, "modo"), gamma, rho)
   return _result(state, lam, {"lambda": lam})
 
 
-def modo() -> base.WeightingMethod:
+def modo(gamma: float = 1e-3, rho: float = 0.1) -> base.WeightingMethod:
   """MoDo: multi-objective gradient with double sampling.
 
   Chen, Fernando, Ying & Chen, "Three-Way Trade-Off in Multi-Objective
@@ -88,9 +88,14 @@ def modo() -> base.WeightingMethod:
   a fixed G it converges to MGDA's min-norm weights (rho = 0). The
   coefficients are lambda_{k+1}, on the shared parameters only, as in the
   authors' code (LibMTL `MoDo`: the task heads get their plain gradient).
-  gamma = `modo_gamma` (1e-3), rho = `modo_rho` (0.1): LibMTL's defaults.
+
+  Args:
+    gamma: lambda's step size (LibMTL's 1e-3).
+    rho: lambda's l2 regularisation (LibMTL's 0.1).
   """
-  return base.WeightingMethod(_uniform_init, _modo_update, needs_grads=True,
+  return base.WeightingMethod(_uniform_init,
+                              functools.partial(_modo_update, gamma=gamma, rho=rho),
+                              needs_grads=True,
                               scales_specific=False, supports_rep_grad=False,
                               needs_split_gram=True)
 
@@ -135,26 +140,17 @@ def sdmgrad_coefficients(w: jax.Array, lam: float) -> jax.Array:
   return (w + lam / w.shape[0]) / (1.0 + lam)
 
 
-def _sdmgrad_init(term_names, params=None, *, num_shared_params=None):
-  params = resolve_params(params)
-  if params.sdmgrad_lambda < 0 or params.sdmgrad_num_iter < 1:
-    raise errors.ConfigError(
-        "sdmgrad_lambda must be >= 0 and sdmgrad_num_iter >= 1, got "
-        f"{params.sdmgrad_lambda!r}, {params.sdmgrad_num_iter!r}.")
-  return _uniform_init(term_names, params, num_shared_params=num_shared_params)
-
-
-def _sdmgrad_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _sdmgrad_update(losses, grads, state, *, lam, num_iter, lr, momentum,
+                    step=None, rng=None):
   del losses, step, rng
-  params = resolve_params(params)
   w = sdmgrad_weights(state.arrays["lambda"], _cross(grads, "sdmgrad"),
-                      params.sdmgrad_lambda, params.sdmgrad_num_iter,
-                      params.sdmgrad_lr, params.sdmgrad_momentum)
-  coeffs = sdmgrad_coefficients(w, params.sdmgrad_lambda)
+                      lam, num_iter, lr, momentum)
+  coeffs = sdmgrad_coefficients(w, lam)
   return _result(state, coeffs, {"lambda": w})
 
 
-def sdmgrad() -> base.WeightingMethod:
+def sdmgrad(lam: float = 0.3, num_iter: int = 20, lr: float = 5.0,
+            momentum: float = 0.5) -> base.WeightingMethod:
   """SDMGrad: stochastic direction-oriented multi-objective gradient.
 
   Xiao, Ban & Ji, "Direction-oriented Multi-objective Learning: Simple and
@@ -165,12 +161,24 @@ def sdmgrad() -> base.WeightingMethod:
   d = (G w + lambda g_0) / (1 + lambda) (`sdmgrad_weights`,
   `sdmgrad_coefficients`). lambda -> 0 gives MGDA's direction, lambda -> oo
   the mean gradient. The inner loop's G^T G is the cross Gram matrix of the
-  batch's two halves, the update uses the whole batch (module docstring). As in the authors' code (LibMTL `SDMGrad`): the Gram matrix is
-  normalised by the squared mean gradient norm, S = `sdmgrad_num_iter` (20)
-  steps of SGD with `sdmgrad_lr` (5) and `sdmgrad_momentum` (0.5),
-  lambda = `sdmgrad_lambda` (0.3), shared parameters only.
+  batch's two halves, the update uses the whole batch (module docstring).
+  As in the authors' code (LibMTL `SDMGrad`): the Gram matrix is normalised
+  by the squared mean gradient norm, and shared parameters only.
+
+  Args:
+    lam: lambda, the pull towards the mean gradient (their 0.3).
+    num_iter: S, the inner loop's steps (their 20).
+    lr: the inner SGD's learning rate (their 5).
+    momentum: the inner SGD's momentum (their 0.5).
   """
-  return base.WeightingMethod(_sdmgrad_init, _sdmgrad_update,
+  if lam < 0 or num_iter < 1:
+    raise errors.ConfigError(
+        "sdmgrad lam must be >= 0 and num_iter >= 1, got "
+        f"{lam!r}, {num_iter!r}.")
+  return base.WeightingMethod(_uniform_init,
+                              functools.partial(_sdmgrad_update, lam=lam,
+                                                num_iter=num_iter, lr=lr,
+                                                momentum=momentum),
                               needs_grads=True, scales_specific=False,
                               supports_rep_grad=False, needs_split_gram=True)
 
@@ -179,8 +187,7 @@ def sdmgrad() -> base.WeightingMethod:
 # MoCo (Fernando, Shen, Liu, Chaudhury, Murugesan & Chen, ICLR 2023).
 
 
-def _moco_init(term_names, params=None, *, num_shared_params=None):
-  del params
+def _moco_init(term_names, *, num_shared_params=None):
   if num_shared_params is None:
     raise ValueError("moco tracks every task's flat shared gradient: init "
                      "needs num_shared_params=P.")
@@ -192,41 +199,42 @@ def _moco_init(term_names, params=None, *, num_shared_params=None):
   })
 
 
-def moco_step(y, lam, flat, losses, count, params):
+def moco_step(y, lam, flat, losses, count, *, beta, beta_sigma, gamma,
+              gamma_sigma, rho, normalize_grads):
   """One MoCo update: new (y, lambda, count).
 
-  h_t = g_t, or L_t g_t / (||g_t|| + 1e-8) with `moco_normalize_grads`;
+  h_t = g_t, or L_t g_t / (||g_t|| + 1e-8) with `normalize_grads`;
   y <- y - beta_k (y - h); lambda <- Pi_simplex(lambda - gamma_k
-  (Y Y^T + rho I) lambda); beta_k = moco_beta / k^moco_beta_sigma,
-  gamma_k = moco_gamma / k^moco_gamma_sigma at the k-th update.
+  (Y Y^T + rho I) lambda); beta_k = beta / k^beta_sigma,
+  gamma_k = gamma / k^gamma_sigma at the k-th update.
   """
-  if params.moco_normalize_grads:
+  if normalize_grads:
     norms = jnp.sqrt(jnp.sum(flat * flat, axis=1, keepdims=True))
     flat = flat / (norms + 1e-8) * losses[:, None]
   count = count + 1
   k = count.astype(jnp.float32)
-  beta = params.moco_beta / k ** params.moco_beta_sigma
-  gamma = params.moco_gamma / k ** params.moco_gamma_sigma
-  y = y - beta * (y - flat)
+  beta_k = beta / k ** beta_sigma
+  gamma_k = gamma / k ** gamma_sigma
+  y = y - beta_k * (y - flat)
   yy = jnp.dot(y, y.T, precision=lax.Precision.HIGHEST)
-  lam = solvers.project_to_simplex(
-      lam - gamma * (yy @ lam + params.moco_rho * lam))
+  lam = solvers.project_to_simplex(lam - gamma_k * (yy @ lam + rho * lam))
   return y, lam, count
 
 
-def _moco_update(losses, grads, state, *, step=None, rng=None, params=None):
+def _moco_update(losses, grads, state, *, settings, step=None, rng=None):
   del step, rng
-  params = resolve_params(params)
   if grads is None or grads.flat is None:
     raise ValueError("moco needs the flat shared gradients (TaskGrads.flat).")
   a = state.arrays
   y, lam, count = moco_step(a["y"], a["lambda"], lax.stop_gradient(grads.flat),
-                            lax.stop_gradient(losses), a["count"], params)
+                            lax.stop_gradient(losses), a["count"], **settings)
   return _result(state, lam, {"y": y, "lambda": lam, "count": count},
                  direction=lam @ y)
 
 
-def moco() -> base.WeightingMethod:
+def moco(beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
+         gamma_sigma: float = 0.5, rho: float = 0.0,
+         normalize_grads: bool = True) -> base.WeightingMethod:
   """MoCo: stochastic multi-objective gradient correction.
 
   Fernando, Shen, Liu, Chaudhury, Murugesan & Chen, "Mitigating Gradient
@@ -237,14 +245,23 @@ def moco() -> base.WeightingMethod:
     x_{k+1} = x_k - alpha_k Y lambda_{k+1},
   so the shared parameters follow `direction` = Y lambda (their projection
   of y onto a bounded set, needed for the proof only, is omitted). As in
-  the authors' code (LibMTL `MoCo`): h_t = L_t g_t / ||g_t|| (off with
-  `moco_normalize_grads=False`), beta_k = 0.5 / k^0.5, gamma_k =
-  0.1 / k^0.5, rho = 0 (`moco_beta`, `moco_beta_sigma`, `moco_gamma`,
-  `moco_gamma_sigma`, `moco_rho`), and the task heads get their plain
-  gradient. Deviation: their code maps lambda back with a softmax; here the
+  the authors' code (LibMTL `MoCo`): h_t = L_t g_t / ||g_t||,
+  beta_k = 0.5 / k^0.5, gamma_k = 0.1 / k^0.5, rho = 0, and the task heads
+  get their plain gradient. Deviation: their code maps lambda back with a softmax; here the
   paper's Euclidean projection onto the simplex. State: y float32[T, P],
   lambda, the update count; needs the flat gradients and replicated tables.
+
+  Args:
+    beta, beta_sigma: the tracking step beta / k^beta_sigma.
+    gamma, gamma_sigma: lambda's step gamma / k^gamma_sigma.
+    rho: lambda's l2 regularisation.
+    normalize_grads: h_t = L_t g_t / ||g_t|| (the authors' code) or g_t.
   """
-  return base.WeightingMethod(_moco_init, _moco_update, needs_grads=True,
+  settings = dict(beta=beta, beta_sigma=beta_sigma, gamma=gamma,
+                  gamma_sigma=gamma_sigma, rho=rho,
+                  normalize_grads=normalize_grads)
+  return base.WeightingMethod(_moco_init,
+                              functools.partial(_moco_update, settings=settings),
+                              needs_grads=True,
                               scales_specific=False, needs_full_grads=True,
                               supports_rep_grad=False)

@@ -121,7 +121,7 @@ def train(model_name, grads, steps=3, accel="auto"):
   step_cfg = step_lib.make_step_config(cfg, model, tx, SPEC, state.params,
                                        make_batch(0))
   state = state.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, cfg.weighting, state.params))
+      step_cfg, state.params))
   mesh = parallel.make_mesh(1)
   fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=step_cfg),
                              "jit", mesh, out_batched=False, donate_state=False)

@@ -76,7 +76,7 @@ def build(cfg, tx=None):
   step_cfg = step_lib.make_step_config(cfg, model, tx, SPEC, state.params,
                                        make_batch())
   state = state.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, cfg.weighting, state.params))
+      step_cfg, state.params))
   return step_cfg, state
 
 

@@ -10,7 +10,6 @@ padded rows (off by ~10% here) fails by orders of magnitude.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -56,10 +55,9 @@ def setup(optimizer="sgd"):
 
 def run(mode, num_devices, steps=3, optimizer="sgd", method="ew", rep=False):
   model, tx, state = setup(optimizer)
-  wcfg = weighting.default_config()
   cfg = step_lib.StepConfig(model, tx, SPEC.tasks, SPEC.task_names,
-                            weighting.get_method(method), wcfg, rep_grad=rep)
-  state = state.replace(weighting_state=step_lib.init_weighting(cfg, wcfg, state.params))
+                            weighting.get_method(method), rep_grad=rep)
+  state = state.replace(weighting_state=step_lib.init_weighting(cfg, state.params))
   mesh = parallel.make_mesh(num_devices)
   fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=cfg),
                              mode, mesh, out_batched=False, donate_state=True)

@@ -67,13 +67,12 @@ def run(mesh_spec, steps=3, optimizer="adam", embedding="dense", method="ew",
       spec, table_row_multiple=mesh_lib.model_size(mesh)), cfg.model)
   tx = accel_switch.make_optimizer(cfg, 10)
   state = state_lib.create_train_state(model, tx, make_batch(spec), seed=0)
-  wcfg = cfg.weighting
-  method_fn = weighting.get_method(method)
+  method_fn = weighting.from_config(cfg.weighting)
   step_cfg = step_lib.StepConfig(
-      model, tx, spec.tasks, spec.task_names, method_fn, wcfg, rep_grad=rep,
+      model, tx, spec.tasks, spec.task_names, method_fn, rep_grad=rep,
       row_grads=accel_switch.use_row_grads(cfg, tx, method_fn, state.params))
   state = state.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, wcfg, state.params))
+      step_cfg, state.params))
   fn = parallel.compile_step(functools.partial(step_lib.train_step, cfg=step_cfg),
                              "jit", mesh, out_batched=False, donate_state=True)
   state = mesh_lib.place_state(state, mesh)

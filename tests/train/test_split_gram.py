@@ -23,11 +23,9 @@ GAMMA, RHO = 50.0, 0.1  # the toy gradients are small
 
 def _modo_step(num_devices):
   model, tx, state = tp.setup()
-  wcfg = weighting.default_config()
-  wcfg.modo_gamma, wcfg.modo_rho = GAMMA, RHO
   cfg = step_lib.StepConfig(model, tx, tp.SPEC.tasks, tp.SPEC.task_names,
-                            weighting.get_method("modo"), wcfg)
-  state = state.replace(weighting_state=step_lib.init_weighting(cfg, wcfg,
+                            weighting.get_method("modo", gamma=GAMMA, rho=RHO))
+  state = state.replace(weighting_state=step_lib.init_weighting(cfg,
                                                                 state.params))
   params0 = jax.device_get(state.params)
   mesh = parallel.make_mesh(num_devices)

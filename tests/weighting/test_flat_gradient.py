@@ -1,6 +1,5 @@
 """GradDrop, ExcessMTL and per-layer GradVac against their papers'
 procedures, written again here in numpy on the explicit gradients."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,14 +13,11 @@ from mtkd_jax.weighting import flat_gradient as fg
 from mtkd_jax.weighting import gradient_level as gl
 
 
-def _method(name, num, size, **overrides):
-  cfg = weighting.default_config()
-  cfg.update(overrides)
-  method = weighting.get_method(name)
-  kwargs = overrides.pop("init_kwargs", {})
-  state = method.init(tuple(f"t{i}" for i in range(num)), cfg,
-                      num_shared_params=size, **kwargs)
-  update = jax.jit(functools.partial(method.update, params=cfg))
+def _method(name, num, size, init_kwargs=None, **settings):
+  method = weighting.get_method(name, **settings)
+  state = method.init(tuple(f"t{i}" for i in range(num)),
+                      num_shared_params=size, **(init_kwargs or {}))
+  update = jax.jit(method.update)
 
   def step(state, g, k=0, rng=0):
     g = jnp.asarray(g, jnp.float32)
@@ -64,7 +60,7 @@ def test_excess_mtl_follows_its_weight_updates():
   eta = 0.5
   rs = np.random.RandomState(0)
   g_seq = [rs.randn(3, 5) * np.array([[0.1], [1.0], [2.0]]) for _ in range(4)]
-  state, step = _method("excess_mtl", 3, 5, excess_mtl_step_size=eta)
+  state, step = _method("excess_mtl", 3, 5, step_size=eta)
   sq, w, r0 = np.zeros((3, 5)), np.ones(3), None
   for k, g in enumerate(g_seq):
     comb, state, diag = step(state, g, k)
@@ -81,7 +77,7 @@ def test_excess_mtl_follows_its_weight_updates():
   # The task whose risk stays relatively high gains weight: a gradient that
   # keeps its size has r_k / r_0 ~ 1 / sqrt(k) decay, one that shrinks falls
   # faster.
-  state, step = _method("excess_mtl", 2, 3, excess_mtl_step_size=eta)
+  state, step = _method("excess_mtl", 2, 3, step_size=eta)
   for k in range(6):
     comb, state, _ = step(state, [[1.0, 1.0, 1.0], [0.5 ** k] * 3], k)
   assert comb.coeffs[0] > 1.0 > comb.coeffs[1]
@@ -120,7 +116,7 @@ def test_gradvac_layers_runs_gradvac_in_every_group():
   rs = np.random.RandomState(1)
   num, sizes, beta = 3, (2, 3, 4), 0.3
   layout = (("x/bias", 2), ("y/bias", 3), ("z/kernel", 4))
-  state, step = _method("gradvac_layers", num, 9, gradvac_beta=beta,
+  state, step = _method("gradvac_layers", num, 9, beta=beta,
                         init_kwargs={"param_layout": layout})
   assert state.group_sizes == sizes
   phi = np.zeros((3, num, num))
@@ -141,7 +137,7 @@ def test_gradvac_layers_runs_gradvac_in_every_group():
                                rtol=1e-4, atol=1e-6)
   # One group: exactly whole-model gradvac.
   g = rs.randn(num, 7)
-  state, step = _method("gradvac_layers", num, 7, gradvac_beta=beta,
+  state, step = _method("gradvac_layers", num, 7, beta=beta,
                         init_kwargs={"param_layout": (("w/kernel", 7),)})
   comb, _, _ = step(state, g, rng=4)
   a, _ = gl.gradvac_coefficients(jnp.asarray(g @ g.T, jnp.float32),
@@ -152,5 +148,5 @@ def test_gradvac_layers_runs_gradvac_in_every_group():
 
 def test_gradvac_layers_needs_a_layout():
   with pytest.raises(ValueError, match="param_layout"):
-    weighting.get_method("gradvac_layers").init(("a", "b"), None,
+    weighting.get_method("gradvac_layers").init(("a", "b"),
                                                 num_shared_params=3)

@@ -1,7 +1,6 @@
 """Gradient-level methods: coefficients from the Gram matrix, checked on the
 explicit gradients g float[T, P] (gram = g g^T) against the papers' procedures
 applied to g itself."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,16 +14,14 @@ from mtkd_jax.weighting import gradient_level as gl
 def _update(name, names, g, losses=None, state=None, rng=0, flat=False,
             **overrides):
   """One update of method `name` on gradients g; returns (comb, state, diag)."""
-  cfg = weighting.default_config()
-  cfg.update(overrides)
-  method = weighting.get_method(name)
+  method = weighting.get_method(name, **overrides)
   if state is None:
     kwargs = {"num_shared_params": g.shape[1]} if method.needs_full_grads else {}
-    state = method.init(names, cfg, **kwargs)
+    state = method.init(names, **kwargs)
   g = jnp.asarray(g, jnp.float32)
   grads = base.TaskGrads(g @ g.T, g if flat else None)
   losses = jnp.ones(len(names)) if losses is None else jnp.asarray(losses, jnp.float32)
-  update = jax.jit(functools.partial(method.update, params=cfg))
+  update = jax.jit(method.update)
   return update(losses, grads, state, step=jnp.int32(0),
                 rng=jax.random.PRNGKey(rng))
 
@@ -66,7 +63,7 @@ def test_pcgrad_matches_reference_with_random_orders():
 
 def test_gradvac_zero_target_is_pcgrad():
   g = np.array([[1.0, 0.0], [-1.0, 1.0]])
-  comb, state, diag = _update("gradvac", ("a", "b"), g, gradvac_beta=0.0)
+  comb, state, diag = _update("gradvac", ("a", "b"), g, beta=0.0)
   pc, _, _ = _update("pcgrad", ("a", "b"), g)
   np.testing.assert_allclose(comb.coeffs, pc.coeffs, atol=1e-6)
   np.testing.assert_array_equal(state.arrays["phi_hat"], 0.0)  # beta = 0
@@ -75,9 +72,8 @@ def test_gradvac_zero_target_is_pcgrad():
 
 def test_gradvac_reaches_target_cosine_and_updates_ema():
   g = np.array([[1.0, 0.0], [-0.5, 1.0]])
-  cfg = weighting.default_config()
   method = weighting.get_method("gradvac")
-  state = method.init(("a", "b"), cfg)
+  state = method.init(("a", "b"))
   state = state.replace(arrays={"phi_hat": jnp.full((2, 2), 0.3)})
   a, phi_hat = gl.gradvac_coefficients(jnp.asarray(g @ g.T, jnp.float32),
                                        state.arrays["phi_hat"],
@@ -101,19 +97,19 @@ def test_mgda_min_norm_point():
   np.testing.assert_allclose(diag["mgda/min_norm"], np.sqrt(0.8), rtol=1e-5)
   # "l2" normalisation: the unit gradients' min-norm point is their midpoint;
   # the weights are used on the unnormalised gradients (Sener & Koltun's code).
-  comb, _, _ = _update("mgda", ("a", "b"), g, mgda_normalization="l2")
+  comb, _, _ = _update("mgda", ("a", "b"), g, normalization="l2")
   np.testing.assert_allclose(comb.coeffs, [0.5, 0.5], rtol=1e-5)
   # "loss": g_t / L_t.
   comb, _, _ = _update("mgda", ("a", "b"), g, losses=[1.0, 2.0],
-                       mgda_normalization="loss")
+                       normalization="loss")
   np.testing.assert_allclose(comb.coeffs, [0.5, 0.5], rtol=1e-5)
 
 
 def test_cagrad_zero_c_is_mean_and_constraint():
   g = np.random.RandomState(1).randn(3, 5)
-  comb, _, _ = _update("cagrad", ("a", "b", "c"), g, cagrad_c=0.0)
+  comb, _, _ = _update("cagrad", ("a", "b", "c"), g, c=0.0)
   np.testing.assert_array_equal(comb.coeffs, np.full(3, 1.0 / 3, np.float32))
-  comb, _, _ = _update("cagrad", ("a", "b", "c"), g, cagrad_c=0.5)
+  comb, _, _ = _update("cagrad", ("a", "b", "c"), g, c=0.5)
   # Before the 1 / (1 + c^2) rescale, d = g0 + c ||g0|| g_w / ||g_w||: on the
   # boundary of the ball ||d - g0|| <= c ||g0|| of the paper's primal problem.
   d = np.asarray(comb.coeffs, np.float64) * 1.25 @ g
@@ -223,7 +219,7 @@ def test_dbmtl_needs_num_shared_params():
   method = weighting.get_method("dbmtl")
   assert method.needs_full_grads and not method.supports_rep_grad
   try:
-    method.init(("a", "b"), weighting.default_config())
+    method.init(("a", "b"))
   except ValueError as e:
     assert "num_shared_params" in str(e)
   else:

@@ -10,12 +10,10 @@ from mtkd_jax import weighting
 NAMES = ("ctr", "cvr")
 
 
-def _method(name, **overrides):
-  cfg = weighting.default_config()
-  cfg.update(overrides)
-  method = weighting.get_method(name)
-  state = method.init(NAMES, cfg)
-  update = jax.jit(functools.partial(method.update, grads=None, params=cfg))
+def _method(name, **settings):
+  method = weighting.get_method(name, **settings)
+  state = method.init(NAMES)
+  update = jax.jit(functools.partial(method.update, grads=None))
   return method, state, update
 
 
@@ -36,17 +34,14 @@ def test_ew_is_ones_and_logs_names():
 def test_uncertainty_converges_to_inverse_noise_variance():
   """Regression toy: L_t = MSE of a fixed predictor, E[L_t] = sigma_t^2."""
   sigma2 = np.array([0.25, 4.0])
-  method, state, _ = _method("uncertainty", uncertainty_lr=0.02)
-  cfg = weighting.default_config()
-  cfg.uncertainty_lr = 0.02
+  method, state, _ = _method("uncertainty", lr=0.02)
   # Per-step MSE of 64 residuals ~ N(0, sigma_t^2).
   noise = np.random.RandomState(0).randn(1500, 64, 2)
   losses = jnp.asarray(np.mean((noise * np.sqrt(sigma2)) ** 2, axis=1),
                        jnp.float32)
 
   def body(state, loss):
-    comb, state, _ = method.update(loss, None, state, step=0, rng=None,
-                                   params=cfg)
+    comb, state, _ = method.update(loss, None, state, step=0, rng=None)
     return state, comb.coeffs
 
   _, coeffs = jax.jit(lambda s, l: jax.lax.scan(body, s, l))(state, losses)
@@ -57,7 +52,7 @@ def test_uncertainty_converges_to_inverse_noise_variance():
 
 
 def test_uncertainty_step_is_gradient_of_its_objective():
-  method, state, update = _method("uncertainty", uncertainty_lr=0.1)
+  method, state, update = _method("uncertainty", lr=0.1)
   comb, new_state, diag = _step(update, state, [2.0, 0.1])
   s0 = -0.5
   np.testing.assert_allclose(comb.coeffs, 0.5 * np.exp(-s0), rtol=1e-6)
@@ -70,7 +65,7 @@ def test_uncertainty_step_is_gradient_of_its_objective():
 
 
 def test_dwa_weights():
-  _, state, update = _method("dwa", dwa_epoch_steps=2, dwa_temperature=2.0)
+  _, state, update = _method("dwa", epoch_steps=2, temperature=2.0)
   coeffs = []
   # Epochs 0 and 1 (weights 1); both tasks halve from epoch 0 to 1.
   for k, losses in enumerate([[1.0, 2.0], [1.0, 2.0], [0.5, 1.0], [0.5, 1.0]]):
@@ -92,9 +87,8 @@ def test_dwa_weights():
 
 def test_rlw_random_simplex_weights():
   method = weighting.get_method("rlw")
-  cfg = weighting.default_config()
-  state = method.init(("a", "b", "c"), cfg)
-  update = jax.jit(functools.partial(method.update, grads=None, params=cfg))
+  state = method.init(("a", "b", "c"))
+  update = jax.jit(functools.partial(method.update, grads=None))
   losses = jnp.ones(3)
   draws = [np.asarray(update(losses, state=state, step=0,
                              rng=jax.random.PRNGKey(k))[0].coeffs)
@@ -136,7 +130,7 @@ def test_famo_favours_slower_task_and_stays_finite():
 
 def test_famo_logit_gradient_matches_autodiff():
   """xi's gradient is J_softmax^T delta, as their torch.autograd.grad."""
-  _, state, update = _method("famo", famo_lr=0.1, famo_gamma=0.0)
+  _, state, update = _method("famo", lr=0.1, gamma=0.0)
   _, state, _ = _step(update, state, [1.0, 2.0], 0)
   _, state, _ = _step(update, state, [0.5, 1.9], 1)
   delta = np.log(np.array([1.0, 2.0]) + 1e-8) - np.log(np.array([0.5, 1.9]) + 1e-8)

@@ -1,11 +1,12 @@
 """Every registered method: jittable, finite, deterministic, well-formed."""
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtkd_jax import config_checks
+from mtkd_jax import config_defaults
 from mtkd_jax import errors
 from mtkd_jax import weighting
 from mtkd_jax.weighting import base
@@ -31,25 +32,24 @@ def _inputs(method, num, seed, zero=False):
                                 cross)
 
 
-def _init(method, names, cfg):
+def _init(method, names):
   if method.needs_param_layout:  # two layers: "a" (kernel, bias), "b"
     layout = (("a/bias", 1), ("a/kernel", 2), ("b/kernel", 3))
-    return method.init(names, cfg, num_shared_params=P, param_layout=layout)
+    return method.init(names, num_shared_params=P, param_layout=layout)
   if method.needs_full_grads:
-    return method.init(names, cfg, num_shared_params=P)
-  return method.init(names, cfg)
+    return method.init(names, num_shared_params=P)
+  return method.init(names)
 
 
 @pytest.mark.parametrize("name", sorted(weighting.METHODS))
 def test_method_jits_finite_deterministic(name):
   """T = 1, 2, 4 under jit: finite coefficients (also for zero gradients),
   diag names, the same result for the same rng, a well-formed state."""
-  cfg = weighting.default_config()
   method = weighting.get_method(name)
-  update = jax.jit(functools.partial(method.update, params=cfg))
+  update = jax.jit(method.update)
   for num in (1, 2, 4):
     names = tuple(f"t{i}" for i in range(num))
-    state = _init(method, names, cfg)
+    state = _init(method, names)
     for zero in (False, True):
       losses, grads = _inputs(method, num, num, zero)
       rng = jax.random.PRNGKey(num)
@@ -76,15 +76,14 @@ def test_method_jits_finite_deterministic(name):
 
 
 def test_random_methods_depend_on_rng():
-  cfg = weighting.default_config()
   # Several conflicting pairs: PCGrad's result depends on the task order.
   g = jnp.array([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [-1.0, -1.0, 0.5],
                  [0.3, -1.0, -1.0]])
   grads = base.TaskGrads(g @ g.T)
   for name in ("rlw", "pcgrad"):
     method = weighting.get_method(name)
-    state = method.init(tuple("abcd"), cfg)
-    update = jax.jit(functools.partial(method.update, params=cfg))
+    state = method.init(tuple("abcd"))
+    update = jax.jit(method.update)
     coeffs = [update(jnp.ones(4), None if name == "rlw" else grads, state,
                      step=jnp.int32(3), rng=jax.random.PRNGKey(k))[0].coeffs
               for k in range(6)]
@@ -98,31 +97,74 @@ def test_unknown_name_lists_valid_ones():
     assert name in str(e.value)
 
 
-def test_bad_options_raise_config_errors():
-  for name, field, value in [("mgda", "mgda_normalization", "l3"),
-                             ("rlw", "rlw_distribution", "cauchy"),
-                             ("aligned_mtl", "aligned_mtl_scale_mode", "max"),
-                             ("cagrad", "cagrad_rescale", 3),
-                             ("graddrop", "graddrop_leak", 1.5),
-                             ("sdmgrad", "sdmgrad_num_iter", 0),
-                             ("gradvac_layers", "gradvac_grouping", "block")]:
-    cfg = weighting.default_config()
-    cfg[field] = value
-    with pytest.raises(errors.ConfigError):
-      weighting.get_method(name).init(("a", "b"), cfg)
+BAD_SETTINGS = [("mgda", "normalization", "l3"),
+                ("rlw", "distribution", "cauchy"),
+                ("aligned_mtl", "scale_mode", "max"),
+                ("cagrad", "rescale", 3),
+                ("graddrop", "leak", 1.5),
+                ("sdmgrad", "num_iter", 0),
+                ("fairgrad", "alpha", 0.0),
+                ("gradvac_layers", "grouping", "block")]
 
 
-def test_default_config_fields():
+@pytest.mark.parametrize("name, key, value", BAD_SETTINGS)
+def test_bad_settings_fail_when_the_method_is_built(name, key, value):
+  cfg = weighting.default_config()
+  cfg.name = name
+  cfg[name][key] = value
+  with pytest.raises(errors.ConfigError, match=key):
+    weighting.from_config(cfg)
+  # ... so also before any run.
+  config = config_defaults.default_config()
+  config.weighting = cfg
+  with pytest.raises(errors.ConfigError, match=key):
+    config_checks.check_config(config)
+
+
+def test_unknown_setting_lists_the_valid_ones():
+  with pytest.raises(errors.ConfigError) as e:
+    weighting.get_method("cagrad", cc=0.5)
+  assert "cc" in str(e.value) and "c, rescale" in str(e.value)
+  cfg = weighting.default_config()
+  cfg.name = "ew"
+  cfg.cagrad.cc = 0.5  # another method's block is checked too
+  with pytest.raises(errors.ConfigError, match="config.weighting.cagrad"):
+    weighting.check_config(cfg)
+
+
+def test_from_config_reads_the_methods_own_block():
+  """`weighting.<name>.<setting>` reaches the method (CAGrad's c = 0 is
+  exactly the mean gradient; the default c = 0.4 is not)."""
+  g = jnp.array([[1.0, 0.0], [-0.8, 1.0]])
+  grads = base.TaskGrads(g @ g.T)
+  cfg = weighting.default_config()
+  cfg.name = "cagrad"
+  coeffs = {}
+  for c in (0.4, 0.0):
+    cfg.cagrad.c = c
+    method = weighting.from_config(cfg)
+    comb, _, _ = method.update(jnp.ones(2), grads, method.init(("a", "b")),
+                               step=0, rng=None)
+    coeffs[c] = np.asarray(comb.coeffs)
+  np.testing.assert_allclose(coeffs[0.0], [0.5, 0.5], rtol=1e-6)
+  assert np.abs(coeffs[0.4] - 0.5).max() > 1e-3
+
+
+def test_default_config_holds_the_papers_defaults():
   cfg = weighting.default_config()
   assert cfg.name == "ew" and cfg.mode == "param"
   assert "term_weights" not in cfg
-  assert cfg.dwa_temperature == 2.0 and cfg.dwa_epoch_steps == 100
-  assert cfg.gradnorm_alpha == 1.5 and cfg.cagrad_c == 0.4
-  assert cfg.famo_lr == 0.025 and cfg.famo_gamma == 0.01
-  assert cfg.dbmtl_beta == 0.9 and cfg.dbmtl_beta_sigma == 0.5
-  assert cfg.mgda_normalization == "none"
-  assert cfg.nash_max_iter == 20 and cfg.gradvac_beta == 0.01
-  assert cfg.rlw_distribution == "normal"
+  assert cfg.dwa.temperature == 2.0 and cfg.dwa.epoch_steps == 100
+  assert cfg.gradnorm.alpha == 1.5 and cfg.cagrad.c == 0.4
+  assert cfg.famo.lr == 0.025 and cfg.famo.gamma == 0.01
+  assert cfg.dbmtl.beta == 0.9 and cfg.dbmtl.beta_sigma == 0.5
+  assert cfg.mgda.normalization == "none"
+  assert cfg.nash_mtl.max_iter == 20 and cfg.gradvac.beta == 0.01
+  assert cfg.rlw.distribution == "normal"
+  # Methods without settings have no block; every block is its factory's.
+  assert "ew" not in cfg and "pcgrad" not in cfg
+  for name in weighting.METHODS:
+    assert dict(cfg.get(name, {})) == weighting.settings(name), name
 
 
 def test_flags():

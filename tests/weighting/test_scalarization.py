@@ -11,12 +11,10 @@ from mtkd_jax import weighting
 NAMES = ("a", "b", "c")
 
 
-def _method(name, **overrides):
-  cfg = weighting.default_config()
-  cfg.update(overrides)
-  method = weighting.get_method(name)
-  update = jax.jit(functools.partial(method.update, grads=None, params=cfg))
-  return method.init(NAMES, cfg), update
+def _method(name, **settings):
+  method = weighting.get_method(name, **settings)
+  update = jax.jit(functools.partial(method.update, grads=None))
+  return method.init(NAMES), update
 
 
 def _step(update, state, losses, k=0):
@@ -35,7 +33,7 @@ def test_gls_is_gradient_of_geometric_mean():
 
 
 def test_stch_warmup_then_smooth_tchebycheff():
-  state, update = _method("stch", stch_warmup_steps=2, stch_mu=0.5)
+  state, update = _method("stch", warmup_steps=2, mu=0.5)
   warm = [np.array([1.0, 2.0, 4.0]), np.array([3.0, 2.0, 2.0])]
   for k, losses in enumerate(warm):  # warm-up: sum_t log L_t
     comb, state, _ = _step(update, state, losses, k)
@@ -58,7 +56,7 @@ def test_stch_warmup_then_smooth_tchebycheff():
 
 
 def test_imtl_l_scales_and_step():
-  state, update = _method("imtl_l", imtl_l_lr=0.1)
+  state, update = _method("imtl_l", lr=0.1)
   losses = np.array([0.5, 2.0, 1.0])
   comb, new_state, _ = _step(update, state, losses)
   np.testing.assert_allclose(comb.coeffs, 1.0, rtol=1e-6)  # s = 0

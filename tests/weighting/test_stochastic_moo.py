@@ -1,6 +1,5 @@
 """MoDo, SDMGrad and MoCo against their papers' updates, written again here in
 numpy (with a bisection projection onto the simplex), and their limits."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +29,14 @@ def _halves(g, seed):
   return g + h, g - h
 
 
-def _run(name, g_seq, losses_seq=None, **overrides):
+def _run(name, g_seq, losses_seq=None, **settings):
   """The coefficients (and directions) of successive updates of `name`;
   split-gram methods get the cross Gram matrix of `_halves(g, k)`."""
-  cfg = weighting.default_config()
-  cfg.update(overrides)
-  method = weighting.get_method(name)
+  method = weighting.get_method(name, **settings)
   num, size = g_seq[0].shape
   kwargs = {"num_shared_params": size} if method.needs_full_grads else {}
-  state = method.init(tuple(f"t{i}" for i in range(num)), cfg, **kwargs)
-  update = jax.jit(functools.partial(method.update, params=cfg))
+  state = method.init(tuple(f"t{i}" for i in range(num)), **kwargs)
+  update = jax.jit(method.update)
   out = []
   for k, g in enumerate(g_seq):
     g32 = jnp.asarray(g, jnp.float32)
@@ -67,7 +64,7 @@ def _grad_seq(num, size, steps, seed):
 def test_modo_follows_its_lambda_update():
   gamma, rho = 0.05, 0.1
   g_seq = _grad_seq(3, 7, 4, 0)
-  got = _run("modo", g_seq, modo_gamma=gamma, modo_rho=rho)
+  got = _run("modo", g_seq, gamma=gamma, rho=rho)
   lam = np.full(3, 1 / 3)
   for k, (g, (coeffs, direction, _)) in enumerate(zip(g_seq, got)):
     first, second = _halves(g, k)  # G1^T G2 lambda: <g_i(z1), g_j(z2)>
@@ -109,15 +106,15 @@ def _sdmgrad_reference(w, g, lam, num_iter, lr, momentum, k):
 def test_sdmgrad_follows_its_inner_loop_and_direction():
   g_seq = _grad_seq(3, 5, 3, 1)
   got = _run("sdmgrad", g_seq)
-  cfg = weighting.default_config()
+  cfg = weighting.settings("sdmgrad")
   w = np.full(3, 1 / 3)
   for k, (g, (coeffs, _, _)) in enumerate(zip(g_seq, got)):
-    w, d = _sdmgrad_reference(w, g, cfg.sdmgrad_lambda, cfg.sdmgrad_num_iter,
-                              cfg.sdmgrad_lr, cfg.sdmgrad_momentum, k)
+    w, d = _sdmgrad_reference(w, g, cfg["lam"], cfg["num_iter"], cfg["lr"],
+                              cfg["momentum"], k)
     np.testing.assert_allclose(coeffs @ g, d, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(coeffs.sum(), 1.0, atol=1e-5)
   # A huge pull: the mean gradient.
-  coeffs = _run("sdmgrad", g_seq[:1], sdmgrad_lambda=1e6)[0][0]
+  coeffs = _run("sdmgrad", g_seq[:1], lam=1e6)[0][0]
   np.testing.assert_allclose(coeffs, np.full(3, 1 / 3), atol=1e-5)
 
 
@@ -125,16 +122,16 @@ def test_moco_tracks_gradients_and_steps_lambda():
   g_seq = _grad_seq(3, 6, 4, 2)
   losses_seq = [np.array([0.7, 1.3, 0.2]) * (k + 1) for k in range(4)]
   for normalize in (True, False):
-    got = _run("moco", g_seq, losses_seq, moco_normalize_grads=normalize,
-               moco_rho=0.05)
-    cfg = weighting.default_config()
+    got = _run("moco", g_seq, losses_seq, normalize_grads=normalize,
+               rho=0.05)
     y, lam = np.zeros((3, 6)), np.full(3, 1 / 3)
     for k, (g, losses, (coeffs, direction, _)) in enumerate(
         zip(g_seq, losses_seq, got), start=1):
       h = g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-8) * losses[:, None] \
           if normalize else g
-      y = y - cfg.moco_beta / k ** cfg.moco_beta_sigma * (y - h)
-      lam = _np_simplex(lam - cfg.moco_gamma / k ** cfg.moco_gamma_sigma *
+      # The authors' defaults: beta_k = 0.5 / k^0.5, gamma_k = 0.1 / k^0.5.
+      y = y - 0.5 / k ** 0.5 * (y - h)
+      lam = _np_simplex(lam - 0.1 / k ** 0.5 *
                         ((y @ y.T + 0.05 * np.eye(3)) @ lam))
       np.testing.assert_allclose(coeffs, lam, atol=1e-5)
       np.testing.assert_allclose(direction, lam @ y, rtol=1e-4, atol=1e-6)
