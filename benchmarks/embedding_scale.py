@@ -2,6 +2,7 @@ r"""Train-step time against embedding table size, with row-sparse optimizers.
 
   python -m benchmarks.embedding_scale [--fields 4] [--rows 10000,10000000]
       [--optimizers lazy_adam,row_adagrad] [--out docs/benchmarks/x.jsonl]
+      [--devices 8 --mesh model:8] [--dim 16]
 
 Issue #7: with a row-sparse embedding optimizer (`optimizer.embedding`,
 mtkd_jax/accel/row_optim.py) the cost of a step grows with the rows a batch
@@ -27,6 +28,14 @@ processes < 5% of the CPU; it waits up to `--idle-wait` s for quiet before
 each repeat), the ratio to the smallest table's, and the median of the
 paired per-repeat ratios. `dense` in `--optimizers` is dense Adam
 (`train.embedding_grads="dense"`), for contrast.
+
+`--mesh model:8` runs the step on a 2-D mesh (`train.mesh`,
+mtkd_jax/train/mesh.py) that splits each table's rows over the `model` axis;
+`--devices 8` gives the worker 8 fake CPU devices
+(`--xla_force_host_platform_device_count`). The worker checks that every
+table is row-sharded and records the rows one device holds (`shard_rows`).
+`--dim` sets the embedding dimension (default 16), so that 10^8 rows fit in
+memory (1 field of 10^8 rows x dim 4 is a 1.6 GB table).
 """
 import argparse
 import json
@@ -58,6 +67,13 @@ def parse_args(argv=None):
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--max-repeats", type=int, default=8)
   p.add_argument("--idle-wait", type=float, default=60.0)
+  p.add_argument("--dim", type=int, default=tt.EMBED_DIM,
+                 help="embedding dimension of every field")
+  p.add_argument("--mesh", default="",
+                 help="train.mesh of the step, e.g. model:8 (default: one "
+                 "device, tables whole)")
+  p.add_argument("--devices", type=int, default=0,
+                 help="fake CPU devices of the worker (default: JAX's)")
   p.add_argument("--out", help="also append the JSON lines to this file")
   p.add_argument("--worker", help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -70,13 +86,54 @@ def map_ids(ids: np.ndarray, rows: int) -> np.ndarray:
   return ((ids.astype(np.int64) * ID_MULTIPLIER) % rows).astype(np.int32)
 
 
+def worker_env(devices: int) -> dict:
+  """The worker's environment: the repository on PYTHONPATH and, with
+  `devices` > 0, that many fake CPU devices (set before JAX starts)."""
+  env = tt.repo_env()
+  if devices:
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(
+        flags + [f"--xla_force_host_platform_device_count={devices}"])
+    env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def table_shard_rows(params, model_size: int) -> int:
+  """Rows of the embedding tables that one device holds (all tables'
+  together).
+
+  Raises:
+    AssertionError: with `model_size` > 1, a table that is not split on
+      rows over the `model` axis into `model_size` equal shards.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax.sharding import PartitionSpec as P
+  from mtkd_jax.models import embedding
+  from mtkd_jax.train import mesh as mesh_lib
+  # pylint: enable=g-import-not-at-top
+  total = 0
+  for path, x in jax.tree_util.tree_leaves_with_path(params):
+    if not embedding.is_table(tuple(str(getattr(k, "key", k)) for k in path), x):
+      continue
+    rows = {s.data.shape[0] for s in x.addressable_shards}
+    if model_size > 1:
+      assert x.sharding.spec == P(mesh_lib.MODEL), (path, x.sharding)
+      assert rows == {x.shape[0] // model_size}, (path, rows, x.shape)
+    total += rows.pop()
+  return total
+
+
 def build(cfg, rows):
-  """(train_fn, state, device batches, distinct rows per batch) for `rows`."""
+  """(train_fn, state, device batches, distinct rows per batch, rows of
+  the tables on one device) for `rows`."""
   # pylint: disable=g-import-not-at-top
   import dataclasses
   import jax
   from benchmarks import presets
   from mtkd_jax.data import pipeline
+  from mtkd_jax.train import mesh as mesh_lib
   # pylint: enable=g-import-not-at-top
   fields, bs = cfg["fields"], cfg["batch_size"]
   d = tt.load_data(cfg["data"])
@@ -84,24 +141,30 @@ def build(cfg, rows):
   spec = tt.make_spec(d["vocab_sizes"], d["dense"].shape[1])
   del d
   spec = dataclasses.replace(spec, sparse=tuple(
-      dataclasses.replace(f, vocab_size=rows) for f in spec.sparse[:fields]))
+      dataclasses.replace(f, vocab_size=rows, embed_dim=cfg["dim"])
+      for f in spec.sparse[:fields]))
   train["sparse"] = map_ids(train["sparse"][:, :fields], rows)
   config = presets.get_config("mmoe")
   if cfg["optimizer"] == "dense":
     config.train.embedding_grads = "dense"
   else:
     config.optimizer.embedding = cfg["optimizer"]
-  config.train.num_devices, config.train.num_steps = 1, 1000
+  # A mesh takes every device (--devices); without one, a single device.
+  config.train.num_devices = 0 if cfg["mesh"] else 1
+  config.train.mesh, config.train.num_steps = cfg["mesh"], 1000
   config.train.batch_size = bs
   trainer = presets.build_trainer(config, spec, train)
   it = pipeline.train_batches(train, bs, seed=tt.SHUFFLE_SEED)
   host = [next(it) for _ in range(tt.NUM_DEVICE_BATCHES)]
-  fn, state = trainer.train_step, trainer.replicate(trainer.init_state)
+  # As the training loop places it: tables split over `model` if asked.
+  fn = trainer.train_step
+  state = mesh_lib.place_state(trainer.init_state, trainer.mesh)
+  shard_rows = table_shard_rows(state.params, mesh_lib.model_size(trainer.mesh))
   batches = [trainer.put(b) for b in host]
   offsets = np.arange(fields, dtype=np.int64) * rows  # (field, id) pairs
   touched = int(np.median([len(np.unique(b["sparse"] + offsets)) for b in host]))
   jax.block_until_ready((state, batches))
-  return fn, state, batches, touched
+  return fn, state, batches, touched, shard_rows
 
 
 def run_worker(cfg):
@@ -113,7 +176,7 @@ def run_worker(cfg):
   runs, recs = {}, {}
   for rows in sizes:
     t0 = time.perf_counter()
-    fn, state, batches, touched = build(cfg, rows)
+    fn, state, batches, touched, shard_rows = build(cfg, rows)
     init_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     state, m = fn(state, batches[0])
@@ -127,11 +190,15 @@ def run_worker(cfg):
     recs[rows] = {
         "optimizer": cfg["optimizer"], "fields": cfg["fields"],
         "rows_per_field": rows, "table_rows": rows * cfg["fields"],
-        "embedding_dim": tt.EMBED_DIM, "batch_size": cfg["batch_size"],
+        "embedding_dim": cfg["dim"], "batch_size": cfg["batch_size"],
         "distinct_rows_per_batch": touched,
-        "table_gb": round(rows * cfg["fields"] * tt.EMBED_DIM * 4 / 1e9, 3),
+        "table_gb": round(rows * cfg["fields"] * cfg["dim"] * 4 / 1e9, 3),
         "opt_state_gb": round(opt_bytes / 1e9, 3),
-        "init_s": round(init_s, 2), "first_step_s": round(first_s, 2)}
+        "mesh": cfg["mesh"], "devices": jax.device_count(),
+        "shard_rows": shard_rows,
+        "init_s": round(init_s, 2), "first_step_s": round(first_s, 2),
+        # ru_maxrss so far: grows with each size built (all stay alive)
+        "peak_rss_mib_after_init": round(tt.peak_rss_mib(), 1)}
   idle = tt.IdleWaiter(cfg["idle_wait"])
   times = {rows: [] for rows in sizes}
   other = {rows: [] for rows in sizes}
@@ -173,13 +240,13 @@ def main(argv=None):
       print(json.dumps(rec), flush=True)
     return 0
   tt.ensure_data(args.data, args.generator)
-  env = tt.repo_env()
+  env = worker_env(args.devices)
   failed = False
   rows = [int(r) for r in args.rows.split(",")]
   for optimizer in [o for o in args.optimizers.split(",") if o]:
     cfg = dict(vars(args), optimizer=optimizer, rows=rows,
                data=os.path.abspath(args.data))
-    for key in ("worker", "out", "generator", "optimizers"):
+    for key in ("worker", "out", "generator", "optimizers", "devices"):
       cfg.pop(key)
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
