@@ -1,4 +1,5 @@
 """The train state and the optimizer built from a config."""
+import contextlib
 import functools
 from typing import Any
 
@@ -86,9 +87,30 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   return tx
 
 
+def on_host():
+  """A context in which new arrays, and jitted calls on them, live on the
+  host's CPU device (where the backend has one; else a no-op).
+
+  The initial train state is built there and then placed on the mesh
+  (tables sharded): built on the default device, a whole table and its
+  optimizer state would first have to fit on one accelerator.
+  """
+  try:
+    cpu = jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS without cpu
+    return contextlib.nullcontext()
+  return jax.default_device(cpu)
+
+
 def create_train_state(model, tx, example_batch, seed: int,
                        weighting_state=None) -> TrainState:
-  """Initialises params from `example_batch` (shapes only matter)."""
+  """Initialises params from `example_batch` (shapes only matter), on the
+  host's CPU device (`on_host`)."""
+  with on_host():
+    return _create_train_state(model, tx, example_batch, seed, weighting_state)
+
+
+def _create_train_state(model, tx, example_batch, seed, weighting_state):
   rng = jax.random.PRNGKey(seed)  # raw uint32[2]: checkpoints as a plain array
   init_rng, dropout_rng, run_rng = jax.random.split(rng, 3)
   init = jax.jit(functools.partial(model.init, train=False))  # one compile

@@ -225,13 +225,15 @@ def _init_states(config, exp, workdir, seeds):
       replicate=functools.partial(parallel.replicate, mesh=exp.mesh),
       table_row_multiple=mesh_lib.table_row_multiple, workdir=workdir)
   if distill.extra_params:  # + the hint projector: a new optimizer state
-    states = [s.replace(params=distill.add_params(s.params)) for s in states]
-    states = [s.replace(opt_state=exp.tx.init(s.params)) for s in states]
+    with state_lib.on_host():  # as create_train_state
+      states = [s.replace(params=distill.add_params(s.params)) for s in states]
+      states = [s.replace(opt_state=exp.tx.init(s.params)) for s in states]
   step_cfg = step_lib.make_step_config(config, exp.model, exp.tx, exp.spec,
                                        states[0].params, exp.example_batch,
                                        distill=distill.spec)
-  states = [s.replace(weighting_state=step_lib.init_weighting(
-      step_cfg, s.params)) for s in states]
+  with state_lib.on_host():
+    states = [s.replace(weighting_state=step_lib.init_weighting(
+        step_cfg, s.params)) for s in states]
   return distill, states, step_cfg
 
 

@@ -204,3 +204,21 @@ def test_table_larger_than_a_device_share_trains():
   assert all(np.isfinite(h["loss"]) for h in hist)
   assert hist[1]["loss"] != hist[0]["loss"]
   assert params[TABLE[0]][TABLE[1]].shape == (200_000, 4)
+
+
+def test_initial_state_is_built_on_the_host_not_the_default_device():
+  """create_train_state builds on the host's CPU device whatever the default
+  device is (on an accelerator: so a table need not fit on one chip before
+  `place_state` shards it); the values do not depend on where."""
+  spec = make_spec()
+  cfg = config_defaults.default_config()
+  model = models.build_model(spec, cfg.model)
+  tx = accel_switch.make_optimizer(cfg, 10)
+  host = jax.local_devices(backend="cpu")[0]
+  elsewhere = jax.devices()[5]
+  assert elsewhere != host
+  with jax.default_device(elsewhere):
+    state = state_lib.create_train_state(model, tx, make_batch(spec), seed=0)
+  assert {d for x in jax.tree.leaves(state) for d in x.devices()} == {host}
+  again = state_lib.create_train_state(model, tx, make_batch(spec), seed=0)
+  jax.tree.map(np.testing.assert_array_equal, state, again)
