@@ -92,12 +92,12 @@ def run(mesh_spec, steps=3, optimizer="adam", embedding="dense", method="ew",
 
 def assert_same_run(ref, got, rtol=2e-5, keys=("loss", "loss/ctr",
                                                "loss/rating", "grad_norm",
-                                               "param_norm")):
+                                               "param_norm"), atol=1e-7):
   (ref_params, ref_hist, _), (params, hist, _) = ref, got
   for r, g in zip(ref_hist, hist):
     for key in keys:
       np.testing.assert_allclose(g[key], r[key], rtol=rtol, err_msg=key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-7),
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol),
                ref_params, params)
 
 
@@ -161,9 +161,14 @@ def test_gradient_methods_on_sharded_tables(method, rep):
 # the coordinates: a different (equally valid) draw. SDMGrad's 20 heavy-ball
 # steps with lr 5 carry the sharded reduction's float rounding of the Gram
 # matrix into the weights (1.7e-4 relative in the parameters after 2 Adam
-# steps).
+# steps). IMTL-G solves a linear system in the differences of the unit task
+# gradients, ill-conditioned when they nearly align, and Adam (lr 0.1) turns
+# a rounding difference in a near-zero gradient entry into a visible step:
+# one of 324 parameters moves by 2.6e-5 (2.6e-4 of one step; a wrong update
+# moves parameters by about lr), hence its absolute tolerance.
 NOT_LAYOUT_INVARIANT = ("graddrop",)
 SHARDED_RTOL = {"sdmgrad": 1e-3}
+SHARDED_ATOL = {"imtl": 1e-4}
 
 
 @pytest.mark.slow
@@ -173,7 +178,8 @@ SHARDED_RTOL = {"sdmgrad": 1e-3}
 def test_every_method_runs_on_sharded_tables_like_replicated(method):
   ref = run("", steps=2, method=method)
   got = run("data:4,model:2", steps=2, method=method)
-  assert_same_run(ref, got, rtol=SHARDED_RTOL.get(method, 1e-4), keys=("loss",))
+  assert_same_run(ref, got, rtol=SHARDED_RTOL.get(method, 1e-4), keys=("loss",),
+                  atol=SHARDED_ATOL.get(method, 1e-7))
 
 
 def test_methods_that_need_replicated_tables_say_so():
