@@ -39,7 +39,7 @@ whole run apart. `--order peer-first|ours-first` fixes the first round's
 order (later rounds still alternate).
 
 Output: one JSON line per pair (`"kind": "pair"`: both sides' figures under
-common names, the ratios, and each target of issue #7 with its value and
+common names, the ratios, and each speed target with its value and
 whether it holds), then one `"kind": "run"` line (machine, versions,
 settings, commands); `--out FILE` writes the same lines. The raw records of
 both sides are kept under `raw`.
@@ -65,7 +65,7 @@ PAIRS = (("mmoe", "rechub_mmoe"), ("ple", "rechub_ple"),
          ("shared_bottom", "rechub_sharedbottom"))
 TASKS = tt.TASKS
 
-# Targets of issue #7 ("Speed: train MMoE at 2.2x torch-rechub ...").
+# The speed targets ("Speed: train MMoE at 2.2x torch-rechub ...").
 TRAIN_RATIO_TARGET = {"mmoe": 2.2, "ple": 2.2, "shared_bottom": 2.0}
 INFER_RATIO_TARGET = 1.4
 AUC_TOLERANCE = 0.002
@@ -75,7 +75,7 @@ FIRST_STEP_LIMIT_S = 15.0
 # MMoE / PLE): at the peer script's default of 20 a repeat lasted ~1 s, less
 # than one of the machine's slow episodes (several seconds ~10% slower, seen
 # on both sides), so one episode could cover all three repeats of one side
-# (docs/benchmarks.md, "Method"). BENCHMARK.md fixes the batch, not the count.
+# (docs/benchmarks.md, "Method"). The benchmark fixes the batch, not the count.
 FULL = dict(warmup=20, steps=200, repeats=3, max_repeats=5, infer_batches=100,
             idle_wait=60.0, epoch_steps=0, rounds=3)
 # Smoke: both sides truncate the quality epoch to `epoch_steps` steps (ours
@@ -183,7 +183,7 @@ def _target(value, need, ok):
 
 
 def targets(pair, o, p):
-  """Each target of issue #7 for one pair: value, requirement, holds?"""
+  """Each speed target for one pair: value, requirement, holds?"""
   train_x = ratio(o["train_examples_per_sec"], p["train_examples_per_sec"])
   infer_x = ratio(o["infer_examples_per_sec"], p["infer_examples_per_sec"])
   need_x = TRAIN_RATIO_TARGET.get(pair)
@@ -341,7 +341,7 @@ def render_markdown(lines):
         f"| {_f(l['ours_peak_rss_mib'])} / {_f(l['peer_peak_rss_mib'])} "
         f"| {clean} | {valid} |")
   out.append("")
-  out.append("Targets of issue #7 (✓ holds, ✗ misses, – not measured):\n")
+  out.append("Targets (✓ holds, ✗ misses, – not measured):\n")
   out.append("| ours | train × | infer × (≥ 1.4) | AUC ctr Δ (≥ −0.002) "
              "| AUC cvr Δ | first step s (≤ 15) | recompiles (0) "
              "| RSS × peer (≤ 1) | all |")

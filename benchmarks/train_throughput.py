@@ -1,10 +1,10 @@
-r"""Throughput of mtkd_jax models on the ../shared/BENCHMARK.md workload.
+r"""Throughput of mtkd_jax models on the benchmark (docs/benchmarks.md) workload.
 
   python -m benchmarks.train_throughput --models mmoe,shared_bottom --repeats 3
   python -m benchmarks.train_throughput --models mmoe,ple,shared_bottom
   python -m benchmarks.train_throughput --quick --models mmoe   # smoke check
 
-Runs the workload of ../shared/BENCHMARK.md through the library's own code
+Runs the workload of benchmark (docs/benchmarks.md) through the library's own code
 path (`trainer.build` on the `benchmarks/presets.py` config of each
 model: the train and eval steps of a run, `pipeline.train_batches`,
 `evaluate.predict`, `mtkd_jax.metrics`) and
@@ -38,7 +38,7 @@ so the figures can be set side by side:
     aot_compile, train, infer, pipeline), to show which phase sets it.
 
 Models: MMoE (8 experts), PLE (one CGC level, 4 shared + 2 task-specific
-experts) and Shared-Bottom as in BENCHMARK.md, all with [256, 128] experts /
+experts) and Shared-Bottom as in the benchmark workload, all with [256, 128] experts /
 bottom and [64] towers (`benchmarks/presets.py`). `benchmarks/compare_peer.py` runs this next to the peer.
 
 Data: `--data` (default $TMPDIR/mtkd_bench_data.npz); when missing it is

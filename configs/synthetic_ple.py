@@ -5,7 +5,7 @@ PLE / CGC (Tang et al., RecSys 2020) on the synthetic CTR/CVR data.
 Smoke (seconds): --config configs/synthetic_ple.py:smoke
 
 One CGC level with 4 shared and 2 task-specific experts per task, experts
-[256, 128], towers [64] (as BENCHMARK.md). Stack levels with
+[256, 128], towers [64] (as the benchmark workload, docs/benchmarks.md). Stack levels with
 `--config.model.num_levels=2` (PLE proper: a shared gate feeds the next
 level's shared experts).
 """

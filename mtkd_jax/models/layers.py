@@ -32,7 +32,7 @@ class StackedMLP(nn.Module):
   matrix is a free reshape (stacked on the leading axis it was a transposed
   copy each step, ~1 ms, and one more for its gradient). How the products
   run (the fastest forms on XLA:CPU, measured on the MMoE expert block of
-  BENCHMARK.md, 8 experts [256, 128] over a 429-d input, 2 cores):
+  the benchmark workload, 8 experts [256, 128] over a 429-d input, 2 cores):
     * training, members sharing their input (`x`: [B, D]): the first layer
       is ONE wide product x @ [D, num * width]; layers whose input is per
       member (`x`: [B, num, D]) run one plain [B, D] @ [D, width] product
@@ -195,7 +195,7 @@ def mix_experts(gates, experts):
   experts is written differently. Autodiff transposes the einsum into a
   [B]-batched dot that contracts over the T tasks (a length-2..4
   contraction per example: 3 ms of MMoE's 57 ms train step at T = 4 on
-  BENCHMARK.md, 2 cores); here it is sum_t gates[:, t, :, None] *
+  the benchmark workload, 2 cores); here it is sum_t gates[:, t, :, None] *
   ct[:, t, None, :], one elementwise loop (0.3 ms). Under `vmap` over
   one-hot task cotangents (rep-grad weighting) the batched dot also came
   with a transpose of the [T, B, E, H] result; the sum writes it in place.

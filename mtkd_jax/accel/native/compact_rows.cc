@@ -10,7 +10,7 @@
 // XLA:CPU computes this (`row_grads.unique_slots`'s "map" method, then a
 // scatter-add) as a dozen small ops: a [fill + 1] int32 map filled and
 // scatter-min'ed, a gather, a cumulative sum (reduce-window), scatters,
-// zero fills, selects: ~0.5 ms of the PLE train step of BENCHMARK.md
+// zero fills, selects: ~0.5 ms of the PLE train step of the benchmark workload
 // (26,624 lookups of a 260,000-row table; `python -m
 // benchmarks.profile_step --model ple`). This makes one pass over the ids
 // and one over the gradients. The scatter-add adds each lookup's gradient

@@ -5,7 +5,7 @@
 // The XLA:CPU form of `row_optim.dense_adam_update` (b1 m and b2 v over the
 // whole table, the batch's rows scattered in, then the weight update) makes
 // three passes over three table-sized arrays: ~133 MB per step for the
-// 16.6 MB tables of BENCHMARK.md, 3.9 ms of a traced step on 2 cores
+// 16.6 MB tables of the benchmark workload, 3.9 ms of a traced step on 2 cores
 // (`MTKD_JAX_NATIVE=0 python -m benchmarks.profile_step`). This kernel reads
 // w, m and v once and writes them once, in place (the outputs alias the
 // inputs), with the same float operations in the same order and the same
@@ -21,7 +21,7 @@
 // JAX rounds Python's 1 - b1), eps. Outputs: the new w, m, v.
 //
 // `MtkdAdam`: the other parameters' update (1.17 M floats in 10 arrays for
-// BENCHMARK.md's MMoE / PLE). XLA updates each array in its own fusion,
+// the benchmark workload's MMoE / PLE). XLA updates each array in its own fusion,
 // split in two halves over the pool: ~1.3 ms of op time in a traced PLE
 // step; this cuts every array into chunks claimed by the pool's threads
 // (0.6 ms; the step 0.3 ms shorter: `python -m benchmarks.step_ab --model

@@ -6,7 +6,7 @@
 // XLA:CPU runs `jnp.take(table, ids, mode="clip")` as a loop fusion that
 // copies element by element and then concatenates the dense features in a
 // second pass: 2.3 ms + 0.8 ms of the Shared-Bottom eval step at batch 4096
-// of BENCHMARK.md (106,496 rows of 16 floats from a 260,000-row table;
+// of the benchmark workload (106,496 rows of 16 floats from a 260,000-row table;
 // `python -m benchmarks.profile_step --model shared_bottom --eval`). This
 // copies each row once, straight into its place in the model's input, on the
 // pool's threads (run_chunks.h).
