@@ -22,6 +22,8 @@ so the figures can be set side by side:
   * throughput continues on that model: `--warmup` steps, then repeats of
     `--steps` steps on batches already on the device (the timed region is the
     step alone), examples/s = steps * batch / time, median of "clean" repeats;
+    with `--steps-per-call k` (train.steps_per_call) the steps run k per
+    compiled call (`Trainer.scan_step` on k batches stacked [B, k, ...]);
   * a repeat is clean when other processes used < 5% of the machine's CPU
     during it (/proc/stat minus /proc/self/stat; this process's threads,
     XLA's included, count as its own); before each repeat the worker waits
@@ -85,7 +87,7 @@ DEFAULTS = dict(models="mmoe,shared_bottom", repeats=3, max_repeats=5,
                 infer_batches=20, pipeline_batches=200, parallel="jit",
                 num_devices=0, epoch=True, max_train_rows=0, idle_wait=60.0,
                 weighting="ew", embedding_grads="auto", accel="auto",
-                compute_dtype="float32")
+                compute_dtype="float32", steps_per_call=1)
 QUICK = dict(repeats=1, max_repeats=1, steps=20, warmup=3, infer_batches=4,
              pipeline_batches=20, epoch=False, max_train_rows=20_000,
              idle_wait=0.0)
@@ -287,6 +289,7 @@ def worker_config(cfg):
   config.train.compute_dtype = cfg["compute_dtype"]
   config.train.accel = cfg["accel"]
   config.train.batch_size = cfg["batch_size"]
+  config.train.steps_per_call = cfg["steps_per_call"]
   config.train.parallel = cfg["parallel"]
   config.train.num_devices = cfg["num_devices"]
   config.eval.batch_size = cfg["infer_batch_size"]
@@ -428,32 +431,50 @@ def aot_compile(trainer, state, first_batch, rec, phases):
   phases.done("aot_compile")
 
 
+def device_calls(trainer, k):
+  """The timed steps' batches, on the devices: NUM_DEVICE_BATCHES host
+  batches (k = 1), or enough stacks of k ([B, k, ...], for `scan_step`)
+  to hold as many (at least 2)."""
+  from mtkd_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  source = host_batches(trainer, start_step=trainer.total_steps)
+  if k == 1:
+    return [trainer.put(next(source)) for _ in range(NUM_DEVICE_BATCHES)]
+  return [trainer.put(trainer_lib.stack_batches([next(source)
+                                                 for _ in range(k)]))
+          for _ in range(max(2, -(-NUM_DEVICE_BATCHES // k)))]
+
+
 def train_throughput(trainer, state, cfg, rec, phases, compile_log, idle):
   """Examples/s of the train step alone on pre-transferred batches;
   returns the trained params."""
   import jax  # pylint: disable=g-import-not-at-top
   bs = trainer.config.train.batch_size
-  source = host_batches(trainer, start_step=trainer.total_steps)
-  device_batches = [trainer.put(next(source))
-                    for _ in range(NUM_DEVICE_BATCHES)]
+  k = cfg["steps_per_call"]
+  step_fn = trainer.train_step if k == 1 else trainer.scan_step
+  device_batches = device_calls(trainer, k)
   jax.block_until_ready(device_batches)
   holder = {"state": state, "i": 0}
   del state
 
   def train_steps(count, contaminated=None):
+    """Runs calls until `count` steps (k per call) are done."""
     st, m = holder["state"], None
     done = 0
     while done < count:
-      st, m = trainer.train_step(
-          st, device_batches[holder["i"] % len(device_batches)])
+      st, m = step_fn(st, device_batches[holder["i"] % len(device_batches)])
       holder["i"] += 1
-      done += 1
-      if (contaminated is not None and done % 25 == 0 and done < count
-          and contaminated()):
+      done += k
+      if (contaminated is not None and holder["i"] % max(1, 25 // k) == 0
+          and done < count and contaminated()):
         break
     jax.block_until_ready((st, m))
     holder["state"] = st
     return done
+
+  if k > 1:  # compiles the k-step call, which is not a recompile
+    t0 = time.perf_counter()
+    train_steps(k)
+    rec["first_call_s"] = round(time.perf_counter() - t0, 3)
 
   def train_body(contaminated):
     t0 = time.perf_counter()
@@ -473,10 +494,10 @@ def train_throughput(trainer, state, cfg, rec, phases, compile_log, idle):
   recompiled = compile_log.watched()
   rec["recompiles_after_first_step"] = len(recompiled)
   rec["recompiled_functions"] = sorted(set(recompiled))
-  if hasattr(trainer.train_step, "_cache_size"):
+  if hasattr(step_fn, "_cache_size"):
     # Executables held by the jitted step; 1 unless it recompiled.
     rec["train_fn_cache_size"] = (
-        trainer.train_step._cache_size())  # pylint: disable=protected-access
+        step_fn._cache_size())  # pylint: disable=protected-access
   del device_batches
   phases.done("train")
   params = holder["state"].params
@@ -567,6 +588,7 @@ def run_worker(cfg):
   pipeline_throughput(trainer, cfg, rec, phases, idle)
   rec.update(
       batch_size=cfg["batch_size"], infer_batch_size=cfg["infer_batch_size"],
+      steps_per_call=cfg["steps_per_call"],
       steps=cfg["steps"], warmup=cfg["warmup"], repeats=cfg["repeats"],
       n_train_rows=len(splits.train["weights"]),
       n_test_rows=len(splits.test["weights"]), idle_wait_s=idle.waited,
@@ -596,6 +618,10 @@ def parse_args(argv=None):
   p.add_argument("--steps", type=int, help="train steps per timed repeat")
   p.add_argument("--warmup", type=int, help="untimed train steps first")
   p.add_argument("--batch-size", type=int)
+  p.add_argument("--steps-per-call", type=int,
+                 help="train.steps_per_call: timed steps per compiled call "
+                 "(default 1; k > 1 scans k steps in one call, for "
+                 "launch-bound steps on a GPU/TPU)")
   p.add_argument("--infer-batch-size", type=int)
   p.add_argument("--infer-batches", type=int, help="eval steps per repeat")
   p.add_argument("--pipeline-batches", type=int,

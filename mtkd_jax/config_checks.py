@@ -17,6 +17,7 @@ POSITIVE_COUNTS = {
     "eval.batch_size": "examples per evaluation step",
     "train.log_every": "steps between metric logs",
     "train.keep_checkpoints": "latest checkpoints kept",
+    "train.steps_per_call": "training steps per compiled call",
 }
 # key -> what it counts; each must be >= 0 (0 means off / all / automatic).
 NON_NEGATIVE_COUNTS = {

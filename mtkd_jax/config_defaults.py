@@ -96,6 +96,12 @@ def default_config() -> ml_collections.ConfigDict:
   # "" = data-parallel only; "data:4,model:2" (or "model:2") also shards the
   # embedding tables' rows over a `model` axis (mtkd_jax/train/mesh.py).
   c.train.mesh = ""
+  # Updates per compiled call: k > 1 runs k steps in one call (a lax.scan of
+  # the train step over k batches), for steps so short that launching them
+  # costs as much as running them (small batches on a GPU/TPU). The same
+  # updates, logs, evaluations and checkpoints as k = 1 (mtkd_jax/train/
+  # loop.py says how); parallel "jit" and single-seed runs only.
+  c.train.steps_per_call = 1
   c.train.distributed = False  # jax.distributed.initialize() (multi-host)
   # Hand-launched multi-host runs (docs/multihost.md): all three or none
   # (none: auto-detected on TPU pods, SLURM, Open MPI).

@@ -90,6 +90,20 @@ def test_quick_run_in_bf16_compute(tmp_path):
         rec[f"logloss_{task}"])
 
 
+def test_quick_run_with_steps_per_call(tmp_path):
+  """--steps-per-call 4 times `scan_step`; its compile is not counted as a
+  recompile of the timed steps."""
+  data = tmp_path / "tiny.npz"
+  _write_tiny_data(data)
+  proc = _run("benchmarks.train_throughput", "--quick", "--no-epoch",
+              "--models", "mmoe", "--data", str(data), "--steps-per-call", "4")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rec = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert rec["steps_per_call"] == 4 and "error" not in rec
+  assert rec["train_examples_per_sec"] > 0 and rec["first_call_s"] > 0
+  assert rec["recompiles_after_first_step"] == 0
+
+
 @pytest.mark.slow  # minutes of CI; MTKD_RUN_SLOW=1 runs it
 def test_weighting_cost_quick_lines(tmp_path):
   """One line per method and mode (EW first), each measured in its own

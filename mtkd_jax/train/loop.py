@@ -9,6 +9,18 @@ Order of events for step s (1-based count of updates done):
       the loop state, so a restarted run continues bit-for-bit.
 At the end the best checkpoint is restored and evaluated on validation and,
 once, on test; results go to <workdir>/results.json.
+
+Steps per call (`train.steps_per_call` = k > 1): a compiled call may run k
+updates (`Trainer.scan_step`). Every event above stays at its step: a
+k-call is taken only when none of the steps it passes through is an event
+step and none of its updates takes the gradient diagnostics (`call_size`);
+otherwise the loop takes single steps up to the event. With `log_every`,
+`eval_every` and `checkpoint_every` multiples of k (and k dividing the
+step count), every call is a k-call except the k single steps up to each
+diagnostics update (every `weighting.diagnostics_every`; 0 turns them
+off). The calls are a function of the step count alone, so a resumed run
+makes the same calls as an uninterrupted one. A preemption signal is
+honoured at the next call boundary, after at most k updates.
 """
 import json
 import math
@@ -59,6 +71,56 @@ def step_events(step: int, total_steps: int, tcfg):
   return is_last, is_eval, is_ckpt, is_log
 
 
+def call_size(step: int, total_steps: int, tcfg, diagnostics_every: int
+              ) -> int:
+  """The updates of the compiled call from `step` updates done:
+  `tcfg.steps_per_call` (k) when none of the steps it passes through,
+  step+1 .. step+k-1, is an event step (a log, evaluation, checkpoint or
+  the last step) and none of its updates step+1 .. step+k takes the gradient
+  diagnostics; else 1."""
+  k = tcfg.get("steps_per_call", 1)
+  if k == 1:
+    return 1
+  if any(step_events(s, total_steps, tcfg)[3] for s in range(step + 1,
+                                                               step + k)):
+    return 1
+  if diagnostics_every and any(u % diagnostics_every == 0
+                               for u in range(step + 1, step + k + 1)):
+    return 1
+  return k
+
+
+def call_sizes(step: int, total_steps: int, tcfg, diagnostics_every: int):
+  """The updates of each compiled call from `step` updates done to the
+  end."""
+  while step < total_steps:
+    size = call_size(step, total_steps, tcfg, diagnostics_every)
+    yield size
+    step += size
+
+
+def call_batches(trainer, start_step: int):
+  """(updates, device batch) of each call from update `start_step` on: one
+  host batch for a single step, k stacked [B, k, ...] for a k-call."""
+  host = trainer.train_batches(start_step, prefetch=False)
+  sizes = call_sizes(start_step, trainer.total_steps, trainer.config.train,
+                     trainer.config.weighting.diagnostics_every)
+  calls = ((n, next(host) if n == 1 else
+            trainer_lib.stack_batches([next(host) for _ in range(n)]))
+           for n in sizes)
+  return pipeline.prefetch(calls, lambda call: (call[0], trainer.put(call[1])))
+
+
+def per_step_metrics(calls) -> List[Dict[str, np.ndarray]]:
+  """[(updates, metrics)] of calls, read to the host -> one metrics dict per
+  update (a k-call's metrics are [k] arrays)."""
+  steps = []
+  for n, metrics in calls:
+    steps.extend([metrics] if n == 1 else
+                 [{k: v[i] for k, v in metrics.items()} for i in range(n)])
+  return steps
+
+
 def mean_metrics(step_metrics: List[Dict[str, np.ndarray]]) -> Dict[str, float]:
   """Each metric's mean over the steps that have it ("num_examples" left
   out)."""
@@ -85,24 +147,26 @@ def check_finite(step_metrics: List[Dict[str, np.ndarray]], first_step: int,
           f"{float(m['loss'])}.")
 
 
-def advance(trainer, state, batch, step: int, first: bool):
-  """(state, metrics) after one update from `step` updates done; the first
-  update of a run logs its compile + run time, and every
-  `weighting.diagnostics_every`-th adds the per-term gradient diagnostics
-  taken before the update."""
-  if first:
-    t0 = time.perf_counter()
-    state, metrics = trainer.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    logging.info("First step (compile + run): %.2f s.",
-                 time.perf_counter() - t0)
-    accel.release_freed_memory()  # the compiler's memory
-    return state, metrics
+def advance(trainer, state, batch, step: int, first: bool, size: int = 1):
+  """(state, metrics) after one update (`size` > 1: `size` updates of
+  `scan_step`, metrics [size]) from `step` updates done. The `first` call
+  (of its size) logs its compile + run time; every
+  `weighting.diagnostics_every`-th update adds the per-term gradient
+  diagnostics taken before it (single steps only: see `call_size`)."""
   every = trainer.config.weighting.diagnostics_every
-  if not (every and (step + 1) % every == 0):
-    return trainer.train_step(state, batch)
-  diagnostics = trainer.diagnostics_step(state, batch)  # before the update
-  state, metrics = trainer.train_step(state, batch)
+  diagnostics = {}
+  if size == 1 and every and (step + 1) % every == 0:
+    diagnostics = trainer.diagnostics_step(state, batch)  # before the update
+  step_fn = trainer.train_step if size == 1 else trainer.scan_step
+  if not first:
+    state, metrics = step_fn(state, batch)
+    return state, {**metrics, **diagnostics}
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  logging.info("First call of %d step(s) (compile + run): %.2f s.", size,
+               time.perf_counter() - t0)
+  accel.release_freed_memory()  # the compiler's memory
   return state, {**metrics, **diagnostics}
 
 
@@ -161,20 +225,22 @@ def _train_and_evaluate(config, workdir, wd, multihost):
 
   step = start_step
   done = step >= total_steps or loop_state["stopped_early"]
-  batches = trainer.train_batches(start_step)
+  calls, compiled = call_batches(trainer, start_step), set()
   progress = None if done else _progress(total_steps, start_step)
   buffer, buffer_start = [], step + 1
   last_time, last_step = time.perf_counter(), step
   watcher, preempted = preemption.Watcher(multihost), False
   try:
     while not done:
-      state, metrics = advance(trainer, state, next(batches), step,
-                               first=step == start_step)
-      step += 1
-      buffer.append(metrics)
+      size, batch = next(calls)
+      state, metrics = advance(trainer, state, batch, step,
+                               first=size not in compiled, size=size)
+      compiled.add(size)
+      step += size
+      buffer.append((size, metrics))
       is_last, is_eval, is_ckpt, is_log = step_events(step, total_steps, tcfg)
       if is_log:
-        host = jax.device_get(buffer)
+        host = per_step_metrics(jax.device_get(buffer))
         check_finite(host, buffer_start, spec.task_names)
         now = time.perf_counter()
         summary = mean_metrics(host)
@@ -212,7 +278,8 @@ def _train_and_evaluate(config, workdir, wd, multihost):
         last_time = time.perf_counter()  # eval time is not train throughput
       if is_ckpt:
         save_latest(step)
-      if not (done or is_last) and watcher.requested(step):
+      if not (done or is_last) and any([  # each step, as multi-host needs
+          watcher.requested(s) for s in range(step - size + 1, step + 1)]):
         save_latest(step)
         preempted = done = True
       done = done or is_last

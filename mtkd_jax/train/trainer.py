@@ -7,6 +7,9 @@ pieces, the compiled train / diagnostics / eval steps and the batch
 iterators. With `seeds`, the same pieces for S seeds in one program: the
 states stacked on a leading axis, the per-device steps under `jax.vmap`
 (batches [B, S, ...], outputs [b, S, ...]); that is the only difference.
+With `train.steps_per_call` k > 1, also a step that runs k updates in one
+call: `lax.scan` of the per-device train step over k batches stacked the
+same way, [B, k, ...] (rows on axis 0, so they are sharded as one batch).
 """
 import dataclasses
 import functools
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax import lax
 
 from mtkd_jax import data as data_lib
 from mtkd_jax import errors
@@ -96,10 +100,44 @@ def vmapped_eval(fn):
   return per_device
 
 
+def stack_batches(batches):
+  """Host batches -> one batch [B, len(batches), ...]: the new axis is the
+  second, so the rows stay on axis 0 and are split over `data` as in one
+  batch."""
+  return {k: np.stack([b[k] for b in batches], axis=1) for k in batches[0]}
+
+
 def stacked_batches(iterators):
   """Zips per-seed host batches into [B, S, ...] batches."""
   for batches in zip(*iterators):
-    yield {k: np.stack([b[k] for b in batches], axis=1) for k in batches[0]}
+    yield stack_batches(batches)
+
+
+# ------------------------------------------------------- steps per call
+
+
+def scanned_train(fn):
+  """Per-device fn(state, batch[b, k], *args) -> (state, metrics[k]): k
+  updates in one `lax.scan`, the i-th on the batch at index i of axis 1."""
+  def per_device(state, batch, *args):
+    steps = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batch)
+    return lax.scan(lambda s, b: fn(s, b, *args), state, steps)
+  return per_device
+
+
+def check_steps_per_call(config, seeds) -> int:
+  """`train.steps_per_call`, which needs parallel "jit" and one seed."""
+  k = config.train.get("steps_per_call", 1)
+  if k > 1 and config.train.parallel != "jit":
+    raise errors.ConfigError(
+        f"train.steps_per_call={k} needs train.parallel='jit' (got "
+        f"{config.train.parallel!r}); pass --config.train.steps_per_call=1 or "
+        "--config.train.parallel=jit.")
+  if k > 1 and seeds is not None:
+    raise errors.ConfigError(
+        f"train.steps_per_call={k} is for single-seed runs, not vmapped "
+        "seeds; pass --config.train.steps_per_call=1.")
+  return k
 
 
 # ------------------------------------------------------------------ trainer
@@ -121,6 +159,9 @@ class Trainer(NamedTuple):
     param_norm: compiled params -> {"param_norm": ...} ([S] with seeds), for
       the steps whose metrics the loop reads.
     put: host batch -> device batch.
+    scan_step: with `train.steps_per_call` > 1, compiled (state, batch
+      [B, k, ...]) -> (state, metrics [k]): k updates in one call, the same
+      as k calls of `train_step`; donates state. None otherwise.
   """
   config: Any
   splits: Any
@@ -139,6 +180,7 @@ class Trainer(NamedTuple):
   eval_step: Callable
   param_norm: Callable
   put: Callable
+  scan_step: Optional[Callable] = None
 
   def replicate(self, tree):
     """A host pytree on every device of the mesh."""
@@ -184,10 +226,13 @@ class Trainer(NamedTuple):
     return self.split_metrics(split, self.predict(params, split))
 
 
-def _compile_train(config, mesh, step_cfg, seeds, num_step_args):
+def _compile_train(config, mesh, step_cfg, seeds, num_step_args,
+                   scan=False):
   fn = functools.partial(step_lib.train_step, cfg=step_cfg)
   if seeds is not None:
     fn = vmapped_train(fn)
+  if scan:
+    fn = scanned_train(fn)
   return parallel.compile_step(fn, config.train.parallel, mesh,
                                out_batched=False, donate_state=True,
                                extra_args=num_step_args)
@@ -263,6 +308,7 @@ def build(config: ml_collections.ConfigDict, workdir: str = ".", *,
   if seeds is not None:
     seeds = tuple(int(s) for s in seeds)
     check_seeds(config, seeds)
+  steps_per_call = check_steps_per_call(config, seeds)
   exp = setup(config, splits)
   distill, states, step_cfg = _init_states(
       config, exp, workdir, (config.seed,) if seeds is None else seeds)
@@ -278,6 +324,8 @@ def build(config: ml_collections.ConfigDict, workdir: str = ".", *,
     diagnostics, evaluation = vmapped_train(diagnostics), vmapped_eval(evaluation)
     param_norm = jax.vmap(param_norm)
   train_fn = _compile_train(config, mesh, step_cfg, seeds, len(step_args))
+  scan_fn = (_compile_train(config, mesh, step_cfg, seeds, len(step_args),
+                            scan=True) if steps_per_call > 1 else None)
   diagnostics_fn = parallel.compile_step(
       diagnostics, mode, mesh, out_batched=False, donate_state=False,
       extra_args=len(step_args))
@@ -289,4 +337,5 @@ def build(config: ml_collections.ConfigDict, workdir: str = ".", *,
       train_step=_bind(train_fn, step_args),
       diagnostics_step=_bind(diagnostics_fn, step_args), eval_step=eval_fn,
       param_norm=jax.jit(param_norm),
-      put=functools.partial(parallel.shard_batch, mode=mode, mesh=mesh))
+      put=functools.partial(parallel.shard_batch, mode=mode, mesh=mesh),
+      scan_step=None if scan_fn is None else _bind(scan_fn, step_args))

@@ -37,6 +37,7 @@ LOCK_FILE = "LOCK"
 RESULT_NEUTRAL_KEYS = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.tensorboard", "train.progress", "train.accel",
+    "train.steps_per_call",
     "train.num_devices", "train.distributed", "train.parallel",
     "weighting.diagnostics_every", "eval.batch_size",
     "data.data_dir", "data.tfds_dir", "data.cache_dir",
