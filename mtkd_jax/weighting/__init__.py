@@ -80,9 +80,20 @@ def default_config() -> ml_collections.ConfigDict:
   # supports_rep_grad=False).
   c.mode = "param"
   for name in METHODS:
-    if settings(name):
-      c[name] = settings(name)
+    defaults = settings(name)
+    if defaults:
+      c[name] = defaults
   return c
+
+
+def _check_settings(name: str, keys) -> None:
+  """Raises ConfigError on an unknown method or a key it does not take."""
+  valid = settings(name)
+  unknown = sorted(set(keys) - set(valid))
+  if unknown:
+    raise errors.ConfigError(
+        f"Unknown config.weighting.{name} key(s) {', '.join(unknown)}; "
+        f"{name} takes: {', '.join(valid) or 'none'}.")
 
 
 def check_config(cfg) -> None:
@@ -94,22 +105,20 @@ def check_config(cfg) -> None:
   registry.lookup(METHODS, cfg.name, "weighting method")
   for name in METHODS:
     if name in cfg:
-      unknown = sorted(set(cfg[name]) - set(settings(name)))
-      if unknown:
-        raise errors.ConfigError(
-            f"Unknown config.weighting.{name} key(s) {', '.join(unknown)}; "
-            f"{name} takes: {', '.join(settings(name)) or 'none'}.")
+      _check_settings(name, cfg[name])
 
 
 def get_method(name: str, **method_settings) -> base.WeightingMethod:
   """`METHODS[name](**method_settings)`; a ConfigError lists the valid names
   (and the valid settings, for an unknown one)."""
-  check_config(ml_collections.ConfigDict({"name": name, name: method_settings}))
+  _check_settings(name, method_settings)
   return METHODS[name](**method_settings)
 
 
 def from_config(cfg) -> base.WeightingMethod:
   """The method `cfg.name` with its settings `cfg.<name>` (the weighting
-  config block; settings left out take the factory's defaults)."""
+  config block, every method's block checked first; settings left out take
+  the factory's defaults)."""
+  check_config(cfg)
   block = cfg.get(cfg.name)
   return get_method(cfg.name, **(block.to_dict() if block is not None else {}))

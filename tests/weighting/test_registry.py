@@ -130,6 +130,10 @@ def test_unknown_setting_lists_the_valid_ones():
   cfg.cagrad.cc = 0.5  # another method's block is checked too
   with pytest.raises(errors.ConfigError, match="config.weighting.cagrad"):
     weighting.check_config(cfg)
+  config = config_defaults.default_config()
+  config.weighting = cfg
+  with pytest.raises(errors.ConfigError, match="config.weighting.cagrad"):
+    config_checks.check_config(config)  # before any run
 
 
 def test_from_config_reads_the_methods_own_block():
