@@ -299,3 +299,26 @@ def test_sweep_files_take_a_seeds_option():
   assert [r.name for r in kd] == [
       f"{v}__seed={s}" for v in ("teacher", "student", "student_kd")
       for s in (0, 1)]
+
+
+def test_distillation_sweep_sizes_widen_the_student():
+  runs = {r.name: r for r in sweeps.load_sweep(
+      f"{REPO}/configs/sweeps/distillation.py:"
+      f"{REPO}/configs/census_kd.py:settings:sizes:seeds=1")}
+  assert list(runs)[-4:] == ["student_w4__seed=0", "student_w4_kd__seed=0",
+                             "student_w16__seed=0", "student_w16_kd__seed=0"]
+  assert "kd_calibrated__seed=0" in runs
+  student = runs["student__seed=0"].overrides
+  assert student["model.expert_hidden"] == (8,)  # configs/census_kd.py
+  for m in (4, 16):
+    alone = runs[f"student_w{m}__seed=0"].overrides
+    distilled = runs[f"student_w{m}_kd__seed=0"].overrides
+    assert alone["model.expert_hidden"] == (8 * m,)
+    assert alone["model.tower_hidden"] == (4 * m,)
+    assert alone["model.num_experts"] == student["model.num_experts"] == 2
+    assert alone["distill.teacher_workdirs"] == ()  # trained alone
+    assert "distill.teacher_workdirs" not in distilled  # the config's teacher
+    assert distilled["model.expert_hidden"] == (8 * m,)
+  with pytest.raises(errors.ConfigError, match="valid: smoke"):
+    sweeps.load_sweep(f"{REPO}/configs/sweeps/distillation.py:"
+                      f"{REPO}/configs/census_kd.py:size")

@@ -11,7 +11,11 @@ same seed in this sweep. `<file>:seeds=N` runs seeds 0..N-1 instead of
 five. `<file>:settings` adds, after those three, distilled students with
 other distillation settings (SETTINGS: temperature, KD weight alpha, Platt-
 calibrated teacher), each named by its overrides, all distilling from the
-same teachers; docs/reproductions.md reports them. Runs go in sweep order
+same teachers; `<file>:sizes` adds larger students, alone and distilled
+(`student_w<m>`, `student_w<m>_kd` for each width multiplier m in SIZES:
+every hidden width in which the student and the teacher differ, times m),
+again from the same teachers. Options combine (`<file>:settings:sizes`);
+docs/reproductions.md reports them. Runs go in sweep order
 (teachers first), so run the sweep with the default --parallel 1 and
 without --vmap_seeds: vmapped teachers write no best checkpoint, so the
 distilled students would find no teacher to load.
@@ -30,6 +34,10 @@ SETTINGS = {
     "kd_T=2_alpha=0.9": {"distill.temperature": 2.0, "distill.alpha": 0.9},
     "kd_calibrated": {"distill.calibrate": True},
 }
+# `:sizes`: multipliers of the student's hidden widths (x4 and x16 widths
+# give about 4x and 16x its non-embedding parameters).
+SIZES = (4, 16)
+OPTIONS = ("smoke", "settings", "sizes")
 
 
 def _load(path):
@@ -49,14 +57,31 @@ def _model_overrides(config):
           if v is not None}  # None: the model's own default
 
 
+def _widened(student, teacher, multiplier):
+  """The student's `model.*` overrides, widths differing from the teacher's
+  times `multiplier`."""
+  def is_widths(value):
+    return isinstance(value, tuple) and all(isinstance(v, int) for v in value)
+  widened = {key: tuple(multiplier * v for v in value)
+             for key, value in student.items()
+             if is_widths(value) and value != teacher.get(key)}
+  if not widened:
+    raise errors.ConfigError("The student's hidden widths equal the teacher's; "
+                             "the sizes option has nothing to widen.")
+  return {**student, **widened}
+
+
 def get_sweep(arg=None):
   arg, seeds = sweeps.split_seeds_option(arg, SEEDS)
   path, _, option = (arg or "").partition(":")
-  if option not in ("", "smoke", "settings"):
+  options = set(option.split(":")) - {""}
+  if options - set(OPTIONS):
     raise errors.ConfigError(
-        f"Unknown distillation sweep option {option!r}; valid: smoke (one "
-        "seed, the smoke configs), settings (adds SETTINGS), seeds=N.")
-  smoke = option == "smoke"
+        f"Unknown distillation sweep option(s) "
+        f"{', '.join(sorted(options - set(OPTIONS)))}; valid: smoke (one "
+        "seed, the smoke configs), settings (adds SETTINGS), sizes (adds "
+        "SIZES), seeds=N.")
+  smoke = "smoke" in options
   get_config = _load(path)
   suffix = "_smoke" if smoke else ""
   off = {"distill.teacher_workdirs": ()}
@@ -65,8 +90,14 @@ def get_sweep(arg=None):
   variants = [sweeps.named("teacher", teacher),
               sweeps.named("student", student),
               sweeps.named("student_kd", {})]
-  if option == "settings":
+  if "settings" in options:
     variants += [sweeps.named(name, overrides)
                  for name, overrides in SETTINGS.items()]
+  if "sizes" in options:
+    for multiplier in SIZES:
+      wide = _widened(student, teacher, multiplier)
+      wide_kd = {k: v for k, v in wide.items() if k not in off}
+      variants += [sweeps.named(f"student_w{multiplier}", wide),
+                   sweeps.named(f"student_w{multiplier}_kd", wide_kd)]
   return sweeps.product(sweeps.chain(*variants),
                         sweeps.seeds((0,) if smoke else seeds))
