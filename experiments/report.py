@@ -31,7 +31,9 @@ def main(argv=None):
   parser.add_argument("--gap_closed", default=None,
                       help="TEACHER,STUDENT,DISTILLED[,DISTILLED...] variants: "
                       "the share of the teacher-student gap each distilled "
-                      "student closes")
+                      "student closes; DISTILLED/OWN_STUDENT measures (and "
+                      "tests) it against OWN_STUDENT instead, e.g. a wider "
+                      "student against the same width trained alone")
   parser.add_argument("--correction", default="holm",
                       choices=("holm", "bh", "none"),
                       help="multiple-comparison adjustment of the p-values "

@@ -289,6 +289,30 @@ def test_gap_closed_for_several_distilled_variants(tmp_path):
   assert gap["one"]["per_seed_mean"] == pytest.approx(
       100 * (0.80 - 0.70) / (0.74 - 0.70))
   text = report.to_markdown(rep, title="kd")
-  assert "| test/c/auc | sb | 0.0 |" in text and "| test/c/auc | one |" in text
+  assert ("| test/c/auc | sb | stl | 0.0 |" in text
+          and "| test/c/auc | one | stl |" in text)
+  assert "(vs " not in text  # every distilled row is tested against stl
   with pytest.raises(ValueError, match="three or more"):
     report.build(records, ["c/auc"], "stl", ("mmoe", "stl"))
+
+
+def test_gap_closed_against_a_distilled_variant_s_own_student(tmp_path):
+  # "sb/stl": sb measured and tested against stl, not the baseline "one".
+  records = store.read(str(make_store(tmp_path)))
+  rep = report.build(records, ["c/auc"], "one", ("mmoe", "one", "sb/stl"))
+  assert rep.gap_variants == ("mmoe", "one", "sb")
+  assert rep.gap_students == {"sb": "stl"}
+  assert rep.baseline_of["sb"] == "stl" and rep.baseline_of["mmoe"] == "one"
+  gap = rep.gap["test/c/auc"]["sb"]
+  per_seed = [100 * (d - s) / (t - s) for t, s, d in
+              ((0.74, 0.70, 0.72), (0.75, 0.72, 0.70), (0.73, 0.71, 0.71))]
+  assert gap["per_seed_mean"] == pytest.approx(np.mean(per_seed))
+  assert gap["of_means"] == pytest.approx(0.0, abs=1e-9)  # 0.71 both
+  sb, stl = [0.72, 0.70, 0.71], [0.70, 0.72, 0.71]
+  assert rep.tests["test/c/auc"]["sb"].t_pvalue == pytest.approx(
+      sp_stats.ttest_rel(sb, stl).pvalue)
+  text = report.to_markdown(rep, title="kd")
+  assert "| sb (vs stl) | 3 |" in text
+  assert "| test/c/auc | sb | stl |" in text
+  with pytest.raises(ValueError, match="distilled\\[/its student\\]"):
+    report.build(records, ["c/auc"], "one", ("mmoe", "one", "sb/nope"))

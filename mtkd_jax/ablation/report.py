@@ -132,11 +132,33 @@ class Report:
   primary: Dict[str, str]  # task -> primary metric (test split)
   # (teacher, student, distilled, ...) variants and, per metric with a
   # direction and per distilled variant, stats.gap_closed of them; empty
-  # without `gap_closed`.
+  # without `gap_closed`. gap_students: distilled -> the student it is
+  # measured (and tested) against.
   gap_variants: Tuple[str, ...] = ()
   gap: Dict[str, Dict[str, Dict[str, Optional[float]]]] = dataclasses.field(
       default_factory=dict)
   correction: str = "holm"  # stats.CORRECTIONS
+  gap_students: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def parse_gap_closed(names: Sequence[str], variants: Mapping
+                     ) -> Tuple[str, str, Dict[str, str]]:
+  """(teacher, student, {distilled: its student}) of a `gap_closed` list.
+
+  `names` is TEACHER, STUDENT, DISTILLED, ...; a distilled entry written
+  `DISTILLED/OWN_STUDENT` is measured against OWN_STUDENT (e.g. a wider
+  student distilled, against the same width trained alone) instead of
+  STUDENT.
+  """
+  names = tuple(names)
+  # "D" -> (D, STUDENT); "D/S" -> (D, S, STUDENT)
+  students = dict((n.split("/", 1) + list(names[1:2]))[:2] for n in names[2:])
+  used = set(names[:2]) | set(students) | set(students.values())
+  if len(names) < 3 or any(n not in variants for n in used):
+    raise ValueError(f"gap_closed needs three or more variants (teacher, "
+                     f"student, distilled[/its student], ...); got "
+                     f"{list(names)}; variants: {', '.join(variants)}.")
+  return names[0], names[1], students
 
 
 def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
@@ -154,7 +176,9 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
       sweep order. Accepts "a=1, b=2" or "a=1__b=2".
     gap_closed: (teacher, student, distilled, ...) variant names: adds the
       share of the teacher-student gap each distilled student closes per
-      metric (`gap[metric][distilled]`).
+      metric (`gap[metric][distilled]`). A distilled entry
+      "DISTILLED/OWN_STUDENT" is measured against OWN_STUDENT, and its
+      paired tests compare it with OWN_STUDENT instead of the baseline.
     correction: "holm", "bh" (Benjamini-Hochberg) or "none": how each
       metric's p-values over the rows compared with a baseline are adjusted.
   """
@@ -173,6 +197,14 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
   if not any(baseline_of.values()):
     raise ValueError(f"Baseline {baseline!r} is not a variant; variants: "
                      f"{', '.join(variants)}.")
+  gap_closed = tuple(gap_closed or ())
+  gap_students = {}
+  if gap_closed:
+    teacher, student, gap_students = parse_gap_closed(gap_closed, variants)
+    gap_closed = (teacher, student, *gap_students)
+    for distilled, own in gap_students.items():
+      if own != student:  # a distilled student is tested against its own
+        baseline_of[distilled] = own
   cells = {m: {n: stats.cell(v.records, m) for n, v in variants.items()}
            for m in metrics}
   best = {m: stats.best_variants(cells[m], m) for m in metrics}
@@ -196,20 +228,15 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
                  for m in primary_metrics}
     dm[name] = stats.delta_m(means, ref_means)
   gap = {}
-  gap_closed = tuple(gap_closed or ())
   if gap_closed:
-    if len(gap_closed) < 3 or any(n not in variants for n in gap_closed):
-      raise ValueError(f"gap_closed needs three or more variants (teacher, "
-                       f"student, distilled, ...); got {list(gap_closed)}; "
-                       f"variants: {', '.join(variants)}.")
-    teacher, student = gap_closed[:2]
     for m in metrics:
       if stats.direction(m) is not None:
-        gap[m] = {d: stats.gap_closed(cells[m][teacher], cells[m][student],
+        gap[m] = {d: stats.gap_closed(cells[m][gap_closed[0]], cells[m][own],
                                       cells[m][d])
-                  for d in gap_closed[2:]}
+                  for d, own in gap_students.items()}
   return Report(variants, metrics, cells, best, baseline, baseline_of, tests,
-                dm, stl_of, primary, gap_closed, gap, correction)
+                dm, stl_of, primary, gap_closed, gap, correction,
+                gap_students)
 
 
 def adjust_family(tests: Mapping[str, stats.PairedTest], correction: str):
@@ -307,8 +334,12 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
          "(for each row, the variant with its other overrides) ") +
       "(two-sided; `scipy.stats.ttest_rel`, Wilcoxon signed-rank "
       "`scipy.stats.wilcoxon`); n/a = fewer than 2 paired seeds, or "
-      "differences all equal (t-test) / all zero (Wilcoxon). Adjusted "
-      "p-values (p adj.): "
+      "differences all equal (t-test) / all zero (Wilcoxon)"
+      + ("; a distilled student given with its own student in gap_closed "
+         "is tested against that student, marked (vs ...)"
+         if any(s != report.gap_variants[1]
+                for s in report.gap_students.values()) else "") +
+      ". Adjusted p-values (p adj.): "
       + {"holm": "Holm's step-down method (family-wise error rate)",
          "bh": "Benjamini-Hochberg (false discovery rate)",
          "none": "none, equal to the raw ones"}[report.correction] +
@@ -347,7 +378,10 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
         t = report.tests[m][name]
         base_mean = report.cells[m][ref].mean
         diff = c.mean - base_mean if c.n else math.nan
-        row = [display(name), str(c.n), text, f"{diff:+.4f}"
+        own = report.gap_students.get(name) not in (None,
+                                                    *report.gap_variants[1:2])
+        label = f"{display(name)} (vs {display(ref)})" if own else display(name)
+        row = [label, str(c.n), text, f"{diff:+.4f}"
                if math.isfinite(diff) else "n/a", _fmt_p(t.t_pvalue),
                _fmt_p(t.wilcoxon_pvalue), _fmt_p(t.t_adjusted),
                _fmt_p(t.wilcoxon_adjusted)]
@@ -372,22 +406,25 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
     out.append("")
   # Distillation: the share of the teacher-student gap closed.
   if report.gap:
-    teacher, student = (display(n) for n in report.gap_variants[:2])
+    teacher = display(report.gap_variants[0])
     out += ["## Teacher–student gap closed by distillation", "",
-            f"share = (M[distilled] - M[{student}]) / (M[{teacher}] - "
-            f"M[{student}]) × 100%: 100% = the distilled student matches the "
-            "teacher, 0% = no better than the student alone, < 0 = worse. "
-            "From the means over seeds, and per seed (mean ± std over the "
-            "seeds all three have).", "",
-            "| metric | distilled | share of means (%) | per seed (%) | n |",
-            "|---|---|---:|---:|---:|"]
+            f"share = (M[distilled] - M[student]) / (M[{teacher}] - "
+            f"M[student]) × 100%, the student being the one trained alone "
+            "that the distilled student is measured against: 100% = the "
+            "distilled student matches the teacher, 0% = no better than the "
+            "student alone, < 0 = worse. From the means over seeds, and per "
+            "seed (mean ± std over the seeds all three have).", "",
+            "| metric | distilled | student | share of means (%) | "
+            "per seed (%) | n |",
+            "|---|---|---|---:|---:|---:|"]
     for m, by_distilled in report.gap.items():
       for d, g in by_distilled.items():
         per_seed = _fmt(g["per_seed_mean"], 1)
         if g["per_seed_std"] is not None:
           per_seed += f" ± {_fmt(g['per_seed_std'], 1)}"
-        out.append(f"| {m} | {display(d)} | {_fmt(g['of_means'], 1)} | "
-                   f"{per_seed} | {g['n']} |")
+        out.append(f"| {m} | {display(d)} | "
+                   f"{display(report.gap_students[d])} | "
+                   f"{_fmt(g['of_means'], 1)} | {per_seed} | {g['n']} |")
     out.append("")
   # Runs.
   out += ["## Runs", "",
