@@ -11,6 +11,10 @@ Configs: `:teacher` (8 experts of 128-64 units), `:student` (2 experts of 8
 units: under 1/8 of the teacher's non-embedding parameters) and, with no
 argument, the student distilled from "{parent}/teacher__seed={seed}" with
 Bernoulli soft targets (T^2-scaled KL) on both tasks.
+This student (1/65 of the teacher) is too small to gain from distillation;
+4x its widths (`--config.model.expert_hidden="(32,)"
+--config.model.tower_hidden="(16,)"`, 1/18 of the teacher) closes 55% of
+its gap to the teacher (docs/reproductions.md; the sweep's `:sizes`).
 """
 from configs import census_mmoe
 from mtkd_jax import config_defaults
