@@ -40,8 +40,9 @@ order (later rounds still alternate).
 
 Output: one JSON line per pair (`"kind": "pair"`: both sides' figures under
 common names, the ratios, and each speed target with its value and
-whether it holds), then one `"kind": "run"` line (machine, versions,
-settings, commands); `--out FILE` writes the same lines. The raw records of
+whether it holds), then one `"kind": "run"` line (machine, with its JAX
+float32 GEMM speed from `benchmarks.gemm_ceiling`, versions, settings,
+commands); `--out FILE` writes the same lines. The raw records of
 both sides are kept under `raw`.
 """
 import argparse
@@ -310,7 +311,10 @@ def render_markdown(lines):
     out.append(
         f"Run {run.get('started_at', '?')} to {run.get('finished_at', '?')}; "
         f"{m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} CPUs "
-        f"({m.get('simd', '?')}); ours: jax {v.get('jax', '?')}; peer: "
+        f"({m.get('simd', '?')}"
+        + (f"; JAX float32 GEMM {m['gemm_gflops']:g} GFLOP/s"
+           if m.get("gemm_gflops") else "") +
+        f"); ours: jax {v.get('jax', '?')}; peer: "
         f"torch {v.get('torch', '?')}, torch-rechub "
         f"{v.get('torch-rechub', '?')}. Settings (both sides): {settings}. "
         f"Order: {order or '?'}.\n")
@@ -515,6 +519,18 @@ def machine():
   return info
 
 
+def gemm_ceiling():
+  """`benchmarks.gemm_ceiling`'s GFLOP/s, in a fresh process (None if it
+  fails): the ceiling the MMoE step is bound by, which tells hosts apart."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.gemm_ceiling"],
+                        cwd=REPO_ROOT, capture_output=True, text=True,
+                        check=False)
+  try:
+    return json.loads(proc.stdout.strip().splitlines()[-1])["gflops"]
+  except (IndexError, KeyError, ValueError):
+    return None
+
+
 def _git_state():
   def git(*a):
     return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True,
@@ -542,7 +558,8 @@ def run(args, settings):
   tt.ensure_data(data, args.generator)
   header = {"kind": "run", "started_at": _now(), "quick": args.quick,
             "settings": settings, "order": args.order, "data": data,
-            "machine": machine(), "git": _git_state(),
+            "machine": {**machine(), "gemm_gflops": gemm_ceiling()},
+            "git": _git_state(),
             "loadavg_start": tt.loadavg(), "peer_python": python,
             "peer_bench": str(bench), "versions": dict(peer_ver)}
   lines, failed = [], False

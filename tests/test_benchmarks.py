@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import compare_peer
+from benchmarks import gemm_ceiling
 from benchmarks import train_throughput
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -244,13 +245,16 @@ def test_compare_peer_rounds_take_the_median_and_the_worst():
 
 def test_compare_peer_markdown_and_doc(tmp_path, capsys):
   lines = list(_lines()) + [{"kind": "run", "started_at": "t0",
-                             "finished_at": "t1", "machine": {},
+                             "finished_at": "t1",
+                             "machine": {"simd": "avx2 fma",
+                                         "gemm_gflops": 121.9},
                              "versions": {"jax": "0.10.2"}}]
   path = tmp_path / "lines.jsonl"
   path.write_text("".join(json.dumps(l) + "\n" for l in lines))
   assert compare_peer.main(["--markdown", str(path)]) == 0
   table = capsys.readouterr().out
   assert "SMOKE" not in table and "jax 0.10.2" in table
+  assert "(avx2 fma; JAX float32 GEMM 121.9 GFLOP/s)" in table
   assert ("| mmoe / rechub_mmoe | 17,000 | 7,500 | 2.27 | 50,000 | 35,000 "
           "| 1.43 | 0.7200 / 0.7217 (-0.0017) | 0.6980 / 0.7008 (-0.0028) "
           "| 9.0 (4.0) | 700 / 749 | 3, 3 / 3, 3 | yes |") in table
@@ -325,3 +329,19 @@ def test_step_ab_prints_one_line_per_variant(tmp_path, capsys):
       "log_every": "1", "embedding_grads": "dense"}
   with pytest.raises(SystemExit, match="bad variant"):
     step_ab.parse_variant("log_every")
+
+
+# ------------------------------------------------------------ gemm_ceiling
+
+
+def test_gemm_ceiling_times_the_product_it_names(capsys):
+  assert gemm_ceiling.main(["--shape", "64,32,16", "--iters", "2",
+                            "--repeats", "3"]) == 0
+  line = json.loads(capsys.readouterr().out)
+  assert line["kind"] == "gemm" and line["shape"] == [64, 32, 16]
+  assert len(line["gflops_all"]) == 3 and line["gflops"] > 0
+  assert line["gflops"] == sorted(line["gflops_all"])[1]  # the median
+  with pytest.raises(SystemExit):
+    gemm_ceiling.main(["--shape", "64,32"])
+  assert compare_peer.gemm_ceiling() > 0  # the run line's figure
+
