@@ -13,7 +13,9 @@ other distillation settings (SETTINGS: temperature, KD weight alpha, Platt-
 calibrated teacher), each named by its overrides, all distilling from the
 same teachers; `<file>:sizes` adds larger students, alone and distilled
 (`student_w<m>`, `student_w<m>_kd` for each width multiplier m in SIZES:
-every hidden width in which the student and the teacher differ, times m),
+every hidden width in which the student and the teacher differ, times m,
+not capped at the teacher's: on Census-Income the 16x student's towers
+have 64 units to the teacher's 32, with a quarter of its parameters),
 again from the same teachers. Options combine (`<file>:settings:sizes`);
 docs/reproductions.md reports them. Runs go in sweep order
 (teachers first), so run the sweep with the default --parallel 1 and
