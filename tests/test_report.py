@@ -314,5 +314,12 @@ def test_gap_closed_against_a_distilled_variant_s_own_student(tmp_path):
   text = report.to_markdown(rep, title="kd")
   assert "| sb (vs stl) | 3 |" in text
   assert "| test/c/auc | sb | stl |" in text
+  assert gap["teacher_better"] is True
+  assert "(teacher worse)" not in text
+  # The teacher (stl, 0.71) below the student (mmoe, 0.74): flagged.
+  worse = report.build(records, ["c/auc"], "one", ("stl", "mmoe", "sb"))
+  assert worse.gap["test/c/auc"]["sb"]["teacher_better"] is False
+  assert "| test/c/auc | sb | mmoe | 100.0 (teacher worse) |" in (
+      report.to_markdown(worse, title="kd"))
   with pytest.raises(ValueError, match="distilled\\[/its student\\]"):
     report.build(records, ["c/auc"], "one", ("mmoe", "one", "sb/nope"))

@@ -230,10 +230,18 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
   gap = {}
   if gap_closed:
     for m in metrics:
-      if stats.direction(m) is not None:
-        gap[m] = {d: stats.gap_closed(cells[m][gap_closed[0]], cells[m][own],
-                                      cells[m][d])
-                  for d, own in gap_students.items()}
+      sign = {"max": 1, "min": -1}.get(stats.direction(m))
+      if sign is None:
+        continue
+      teacher = cells[m][gap_closed[0]]
+      gap[m] = {}
+      for d, own in gap_students.items():
+        g = stats.gap_closed(teacher, cells[m][own], cells[m][d])
+        # A positive share then means moving toward a WORSE teacher.
+        g["teacher_better"] = (None if not (teacher.n and cells[m][own].n)
+                               else sign * (teacher.mean - cells[m][own].mean)
+                               > 0)
+        gap[m][d] = g
   return Report(variants, metrics, cells, best, baseline, baseline_of, tests,
                 dm, stl_of, primary, gap_closed, gap, correction,
                 gap_students)
@@ -422,9 +430,18 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
         per_seed = _fmt(g["per_seed_mean"], 1)
         if g["per_seed_std"] is not None:
           per_seed += f" ± {_fmt(g['per_seed_std'], 1)}"
+        share = _fmt(g["of_means"], 1)
+        if g.get("teacher_better") is False:
+          share += " (teacher worse)"
         out.append(f"| {m} | {display(d)} | "
                    f"{display(report.gap_students[d])} | "
-                   f"{_fmt(g['of_means'], 1)} | {per_seed} | {g['n']} |")
+                   f"{share} | {per_seed} | {g['n']} |")
+    if any(g.get("teacher_better") is False
+           for by_distilled in report.gap.values()
+           for g in by_distilled.values()):
+      out += ["", "(teacher worse): the teacher's mean is no better than "
+              "the student's, so a positive share means the distilled "
+              "student moved toward a worse model."]
     out.append("")
   # Runs.
   out += ["## Runs", "",
