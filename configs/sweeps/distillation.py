@@ -36,8 +36,9 @@ SETTINGS = {
     "kd_T=2_alpha=0.9": {"distill.temperature": 2.0, "distill.alpha": 0.9},
     "kd_calibrated": {"distill.calibrate": True},
 }
-# `:sizes`: multipliers of the student's hidden widths (x4 and x16 widths
-# give about 4x and 16x its non-embedding parameters).
+# `:sizes`: multipliers of the student's hidden widths (x4 and x16 give the
+# Census-Income student 3.6x and 16x its non-embedding parameters, the
+# MovieLens one, whose experts have two layers, 5.6x and 51x).
 SIZES = (4, 16)
 OPTIONS = ("smoke", "settings", "sizes")
 
