@@ -161,6 +161,13 @@ def parse_gap_closed(names: Sequence[str], variants: Mapping
   return names[0], names[1], students
 
 
+def own_students(gap_students: Mapping[str, str], student: Optional[str]
+                 ) -> Dict[str, str]:
+  """The entries of gap_students (distilled -> its student) whose student
+  is not the gap's STUDENT: those measured and tested against their own."""
+  return {d: s for d, s in gap_students.items() if s != student}
+
+
 def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
           baseline: Optional[str] = None,
           gap_closed: Optional[Sequence[str]] = None,
@@ -202,9 +209,8 @@ def build(records: Sequence[Mapping], metrics: Optional[Sequence[str]] = None,
   if gap_closed:
     teacher, student, gap_students = parse_gap_closed(gap_closed, variants)
     gap_closed = (teacher, student, *gap_students)
-    for distilled, own in gap_students.items():
-      if own != student:  # a distilled student is tested against its own
-        baseline_of[distilled] = own
+    # a distilled student with its own student is tested against it
+    baseline_of.update(own_students(gap_students, student))
   cells = {m: {n: stats.cell(v.records, m) for n, v in variants.items()}
            for m in metrics}
   best = {m: stats.best_variants(cells[m], m) for m in metrics}
@@ -331,6 +337,8 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
   rv = report.variants
   n_runs = sum(len(v.records) for v in rv.values())
   has_dm = any(v is not None for v in report.delta_m.values())
+  own = own_students(report.gap_students, (report.gap_variants[1:2] or
+                                           (None,))[0])
   out = [f"# {title}", ""]
   if command:
     out += [f"`{command}`", ""]
@@ -345,8 +353,7 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
       "differences all equal (t-test) / all zero (Wilcoxon)"
       + ("; a distilled student given with its own student in gap_closed "
          "is tested against that student, marked (vs ...)"
-         if any(s != report.gap_variants[1]
-                for s in report.gap_students.values()) else "") +
+         if own else "") +
       ". Adjusted p-values (p adj.): "
       + {"holm": "Holm's step-down method (family-wise error rate)",
          "bh": "Benjamini-Hochberg (false discovery rate)",
@@ -386,9 +393,8 @@ def to_markdown(report: Report, *, title: str, images: Sequence[str] = (),
         t = report.tests[m][name]
         base_mean = report.cells[m][ref].mean
         diff = c.mean - base_mean if c.n else math.nan
-        own = report.gap_students.get(name) not in (None,
-                                                    *report.gap_variants[1:2])
-        label = f"{display(name)} (vs {display(ref)})" if own else display(name)
+        label = (f"{display(name)} (vs {display(ref)})" if name in own
+                 else display(name))
         row = [label, str(c.n), text, f"{diff:+.4f}"
                if math.isfinite(diff) else "n/a", _fmt_p(t.t_pvalue),
                _fmt_p(t.wilcoxon_pvalue), _fmt_p(t.t_adjusted),
