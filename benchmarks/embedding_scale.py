@@ -9,7 +9,7 @@ mtkd_jax/accel/row_optim.py) the cost of a step grows with the rows a batch
 touches, not the table size: a table of 10^7 rows per field should train at
 a step time within 1.3x of 10^4 rows per field.
 
-The workload is benchmark (docs/benchmarks.md)'s MMoE (8 experts [256, 128], towers
+The workload is the benchmark MMoE of docs/benchmarks.md (8 experts [256, 128], towers
 [64], batch 1024, ctr + cvr, EW) on its data, with the first `--fields`
 sparse fields (dim 16) and the 13 dense features. With R rows per field the
 benchmark's ids (in [0, 10^4)) are mapped by i -> i * 1,000,003 mod R, a

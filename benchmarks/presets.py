@@ -1,4 +1,4 @@
-r"""Configs of the benchmark workload (the benchmark workload's model shapes).
+r"""Configs of the benchmark workload's model shapes (docs/benchmarks.md).
 
   python -m benchmarks.train_throughput --models mmoe,ple,shared_bottom
 

@@ -5,7 +5,7 @@ r"""Where a step's time goes: per-op times from a `jax.profiler` trace.
   python -m benchmarks.profile_step --model mmoe --top 40 --steps 20
   python -m benchmarks.profile_step --weighting pcgrad --weighting-mode rep --tasks 4
 
-Builds the benchmark (docs/benchmarks.md) workload exactly as `benchmarks.train_throughput`
+Builds the benchmark workload (docs/benchmarks.md) exactly as `benchmarks.train_throughput`
 does (same model shapes, optimizer, allocator settings, device batches),
 times `--steps` steps, then traces `--trace-steps` more with XLA's per-thunk
 trace events (`--xla_cpu_enable_xprof_traceme`, set here before JAX starts)

@@ -6,8 +6,8 @@ r"""Paired step times: variants of one train step, alternated in one process.
 
 The machine's noise (slow episodes of a few seconds, docs/benchmarks.md) is
 larger than many single changes, so two processes timed one after the other
-compare badly. This compiles one train step per variant on the benchmark (docs/benchmarks.md)
-workload (as `benchmarks.train_throughput` builds it), then times blocks of
+compare badly. This compiles one train step per variant on the benchmark
+workload of docs/benchmarks.md (as `benchmarks.train_throughput` builds it), then times blocks of
 `--block` steps, variant after variant, for `--rounds` rounds (the order
 reversed every other round), and prints one JSON line per variant: the
 median, lower quartile and minimum block time (ms per step), and the median

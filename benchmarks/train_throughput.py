@@ -1,10 +1,10 @@
-r"""Throughput of mtkd_jax models on the benchmark (docs/benchmarks.md) workload.
+r"""Throughput of mtkd_jax models on the benchmark workload (docs/benchmarks.md).
 
   python -m benchmarks.train_throughput --models mmoe,shared_bottom --repeats 3
   python -m benchmarks.train_throughput --models mmoe,ple,shared_bottom
   python -m benchmarks.train_throughput --quick --models mmoe   # smoke check
 
-Runs the workload of benchmark (docs/benchmarks.md) through the library's own code
+Runs the benchmark workload (docs/benchmarks.md) through the library's own code
 path (`trainer.build` on the `benchmarks/presets.py` config of each
 model: the train and eval steps of a run, `pipeline.train_batches`,
 `evaluate.predict`, `mtkd_jax.metrics`) and

@@ -3,7 +3,7 @@ r"""Train-step cost of every weighting method relative to EW.
   python -m benchmarks.weighting_cost [--tasks 2,4] [--methods ew,pcgrad,...] [--quick]
       [--embedding-grads dense|rows|auto] [--embedding-optimizer dense|lazy_adam|row_adagrad]
 
-The benchmark (docs/benchmarks.md) workload (MMoE, 8 experts [256, 128], towers [64],
+The benchmark workload of docs/benchmarks.md (MMoE, 8 experts [256, 128], towers [64],
 batch 1024, Adam) with T = 2 tasks (ctr, cvr) and T = 4 (the same two label
 columns twice more, as extra terms). For each method and mode ("param":
 gradients of the shared parameters; "rep": of the shared representation) it

@@ -4,7 +4,7 @@ XLA:CPU allocates every temporary buffer of a step with `malloc` and frees
 it at the end. glibc serves large requests with a fresh `mmap` (and returns
 freed heap tops to the OS), so each step's multi-megabyte temporaries
 (embedding-table-sized gradients, optimizer moments) are page-faulted in
-anew: on the benchmark (docs/benchmarks.md) MMoE step that was 12-15 of ~78 ms (a zero fill
+anew: on the benchmark MMoE step (docs/benchmarks.md) that was 12-15 of ~78 ms (a zero fill
 of a 16.6 MB gradient took 11 ms instead of ~1). Keeping freed memory in
 the heap for reuse removes it; peak RSS (the high-water mark) is what it
 was, as the same buffers are live at the peak either way, provided the

@@ -3,7 +3,7 @@
 Inside `shard_map` / `pmap` the axis size is a Python int, so a psum over a
 1-device axis can be dropped at trace time. XLA does not drop it itself: a
 single-replica `all-reduce` of the MMoE gradients copies all 21 MB of them
-every step (4.9 ms of an ~80 ms step on the benchmark (docs/benchmarks.md) workload, measured
+every step (4.9 ms of an ~80 ms step on the benchmark workload (docs/benchmarks.md), measured
 with `jax.profiler` on XLA:CPU). The results are identical either way.
 """
 from jax import lax
